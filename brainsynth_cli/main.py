@@ -1,0 +1,105 @@
+"""The ``brainsynth`` command line: a typer app assembled from kernel commands and plugins.
+
+Only the kernel, typer and pluggy are imported here; commands import what they need inside
+their bodies, so ``brainsynth --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from typing import Sequence
+
+import typer
+
+from brainsynth_cli import __version__
+from brainsynth_cli.errors import UserError
+from brainsynth_cli.plugin_manager import get_manager
+
+#: Kernel commands, one module each under ``brainsynth_cli.commands``.
+KERNEL_COMMANDS: tuple[str, ...] = ("plugins",)
+
+HELP = (
+    "Text-editable brain MRI: segment longitudinal scans, make prior/target training pairs with "
+    "prompts, train an InstructPix2Pix-style latent diffusion model, edit new scans and "
+    "evaluate the edits. Every algorithm is a plugin: see `brainsynth plugins`."
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"brainsynth {__version__}")
+        raise typer.Exit()
+
+
+def build_app() -> typer.Typer:
+    """The root app: kernel commands, then the commands plugins add via ``register_commands``."""
+    app = typer.Typer(
+        name="brainsynth",
+        help=HELP,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @app.callback()
+    def root(
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+        debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    ) -> None:
+        """Text-editable brain MRI."""
+
+    for name in KERNEL_COMMANDS:
+        importlib.import_module(f"brainsynth_cli.commands.{name.replace('-', '_')}").register(app)
+    get_manager().register_commands(app)
+    return app
+
+
+def _debug(args: Sequence[str]) -> bool:
+    return "--debug" in args or os.environ.get("BRAINSYNTH_DEBUG", "") not in ("", "0")
+
+
+def run(args: Sequence[str]) -> int:
+    """Run the CLI on ``args`` and return the exit status (no ``sys.exit``)."""
+    debug = _debug(args)
+    app = build_app()
+    get_manager().flush_messages()
+    command = typer.main.get_command(app)
+    try:
+        # standalone mode: typer/click handle their own usage errors (exit 2) and --help.
+        command.main(args=list(args), prog_name="brainsynth", standalone_mode=True)
+        return 0
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:
+        print("brainsynth: interrupted", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"brainsynth: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        else:
+            first = str(exc).strip().splitlines()
+            print(
+                f"brainsynth: internal error: {type(exc).__name__}: {first[0] if first else ''} "
+                "(run with --debug for the traceback; please report it)",
+                file=sys.stderr,
+            )
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(run(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
