@@ -50,6 +50,8 @@ class PluginRecord:
         if registries is not None:
             seen = set()
             for kind, names in self.provides.items():
+                if kind not in registries:
+                    continue
                 for n in names:
                     for req in registries[kind].get(n).requires:
                         key = (req.kind, req.name)
@@ -215,6 +217,10 @@ class PluginManager:
         return registries
 
     def register_commands(self, app: Any) -> None:
+        """Let every loaded plugin add its commands to ``app`` (guarded like loading)."""
+        for record in self.records.values():
+            record.provides.pop("command", None)
+            record.problems = [p for p in record.problems if not p.startswith("register_commands")]
         for impl in self.pm.hook.register_commands.get_hookimpls():
             record = self.records.get(impl.plugin_name)
             if record is None or record.status != "loaded":

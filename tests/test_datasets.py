@@ -1,0 +1,50 @@
+import pytest
+
+from brainsynth_cli.datasets import read_dataset
+from brainsynth_cli.errors import InputError
+
+
+def touch(p):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"")
+    return p
+
+
+def test_bids_tree_sessions_ordered_by_age_with_labels(tmp_path):
+    for ses in ("ses-1", "ses-2", "ses-10"):
+        touch(tmp_path / "sub-01" / ses / "anat" / f"sub-01_{ses}_T1w.nii.gz")
+        touch(tmp_path / "derivatives/seg/sub-01" / ses / "anat" / f"sub-01_{ses}_dseg.nii.gz")
+    (tmp_path / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tage\nses-1\t70\nses-2\t75\nses-10\t72\n")
+    (tmp_path / "participants.tsv").write_text("participant_id\tage\tsex\nsub-01\t70\tF\n")
+    ds = read_dataset(tmp_path, tmp_path / "derivatives/seg")
+    sessions = ds.subjects()["sub-01"]
+    assert [s.session for s in sessions] == ["ses-1", "ses-10", "ses-2"]
+    assert sessions[0].labels.name == "sub-01_ses-1_dseg.nii.gz" and sessions[0].sex == "F"
+
+
+def test_bids_natural_order_without_ages(tmp_path):
+    for ses in ("ses-2", "ses-10", "ses-1"):
+        touch(tmp_path / "sub-a" / ses / "anat" / f"sub-a_{ses}_T1w.nii")
+    assert [s.session for s in read_dataset(tmp_path).subjects()["sub-a"]] == ["ses-1", "ses-2", "ses-10"]
+
+
+def test_csv_manifest_relative_paths_and_dates(tmp_path):
+    (tmp_path / "m.csv").write_text("subject,session,image,labels,date\n7,b,img/b.nii.gz,lab/b.nii.gz,2020-05-01\n7,a,img/a.nii.gz,,2019-01-01\n")
+    ds = read_dataset(tmp_path / "m.csv")
+    s = ds.subjects()["sub-7"]
+    assert [x.session for x in s] == ["ses-a", "ses-b"]
+    assert s[0].image == tmp_path / "img/a.nii.gz" and s[0].labels is None and s[1].labels == tmp_path / "lab/b.nii.gz"
+
+
+@pytest.mark.parametrize(
+    "setup, needle",
+    [
+        (lambda p: p, "holds no sub-"),
+        (lambda p: p / "missing", "not found"),
+        (lambda p: (p / "m.csv").write_text("subject,image\n") and p / "m.csv", "lacks column(s) session"),
+        (lambda p: (p / "m.csv").write_text("subject,session,image\n1,1,a.nii\n1,1,b.nii\n") and p / "m.csv", "appears twice"),
+    ],
+)
+def test_bad_datasets(tmp_path, setup, needle):
+    with pytest.raises(InputError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        read_dataset(setup(tmp_path))
