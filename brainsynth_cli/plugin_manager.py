@@ -30,7 +30,9 @@ ENTRY_POINT_GROUP = "brainsynth"
 BUILTIN_PACKAGE = "brainsynth_plugins"
 
 #: Built-in plugin modules, loaded in this order before any third-party plugin.
-BUILTIN_PLUGINS: tuple[str, ...] = ()
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "brainsynth_plugins.prompts",
+)
 
 
 @dataclass
