@@ -183,8 +183,11 @@ def labels_1mm() -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
     outer = (~brain) | ((tissue == 0) & ~ventricle)
     dist_outer = ndi.distance_transform_edt(~outer, sampling=np.abs(np.diag(affine)[:3]))
     central = (np.abs(X) <= 34) & (Y >= -40) & (Y <= 30) & (Z >= -12) & (Z <= 28)
-    deep = (tissue == 1) & cerebrum & central & (dist_outer > 7.0)
+    deep = cerebrum & central & (gm >= 0.3) & (tissue != 0) & ~ventricle & (dist_outer > 6.0)
     deep = ndi.binary_opening(deep, iterations=1)
+    comp, n = ndi.label(deep)
+    sizes = ndi.sum_labels(np.ones(shape), comp, index=np.arange(1, n + 1))
+    deep = np.isin(comp, 1 + np.flatnonzero(sizes >= 200))
 
     left = X < 0
     lab = np.zeros(shape, dtype=np.int32)
@@ -195,10 +198,11 @@ def labels_1mm() -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
 
     assign(cerebrum & (tissue == 2), "wm")
     assign(cerebrum & (tissue == 1), "cortex")
-    thal = deep & (Y < -8)
+    thal = deep & (Y < -6) & (np.abs(X) < 22) & (Z <= 18)
+    caud = deep & ~thal & (np.abs(X) < 20)
     assign(thal, "thalamus")
-    assign(deep & ~thal & (np.abs(X) < 20), "caudate")
-    assign(deep & ~thal & (np.abs(X) >= 20), "putamen")
+    assign(caud, "caudate")
+    assign(deep & ~thal & ~caud, "putamen")
     assign(cerebellum & (tissue == 2), "cb_wm")
     assign(cerebellum & (tissue == 1), "cb_cortex")
     lab[stem & (tissue >= 1)] = BRAINSTEM
