@@ -96,6 +96,21 @@ class TextEncoder(Protocol):
     def load(self) -> tuple[Any, Any]: ...
 
 
+@runtime_checkable
+class Measure(Protocol):
+    """Labels for an image whose change from a labelled reference is to be measured.
+
+    ``measure(reference, reference_labels, image)``: ``reference`` and ``image`` are float
+    arrays of the same 2D or 3D shape (intensities normalised to [0, 1]), ``reference_labels``
+    an integer aseg label array on the reference; returns an integer label array for ``image``.
+    ``spacing`` (voxel size in mm) is passed when known.
+    """
+
+    def measure(
+        self, reference: "np.ndarray", reference_labels: "np.ndarray", image: "np.ndarray", spacing: tuple[float, ...] | None = None
+    ) -> "np.ndarray": ...
+
+
 @dataclass
 class TrainOptions:
     """What ``brainsynth train`` passes to a generator; ``extra`` holds generator-specific options."""

@@ -16,6 +16,7 @@ KINDS: dict[str, str] = {
     "blender": "register_blenders",
     "text-encoder": "register_text_encoders",
     "generator": "register_generators",
+    "measure": "register_measures",
 }
 
 

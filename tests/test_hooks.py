@@ -10,7 +10,7 @@ import pytest
 
 from brainsynth_cli import hookimpl, hookspecs
 from brainsynth_cli.images import Volume
-from brainsynth_cli.interfaces import Blender, Change, Generator, PromptBuilder, Segmenter, TextEncoder, TrainOptions
+from brainsynth_cli.interfaces import Blender, Change, Generator, Measure, PromptBuilder, Segmenter, TextEncoder, TrainOptions
 from brainsynth_cli.plugin_manager import get_manager
 from brainsynth_cli.specs import Spec
 from brainsynth_cli.structures import Interval
@@ -21,8 +21,8 @@ HOOKS = sorted(n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) i
 
 def test_the_hook_list_is_what_the_design_names():
     assert HOOKS == [
-        "register_blenders", "register_commands", "register_generators", "register_prompt_builders",
-        "register_segmenters", "register_text_encoders",
+        "register_blenders", "register_commands", "register_generators", "register_measures",
+        "register_prompt_builders", "register_segmenters", "register_text_encoders",
     ]
 
 
@@ -84,6 +84,11 @@ class EchoGenerator:
         return (Path(model_dir) / "model.txt").read_text()
 
 
+class IdentityMeasure:
+    def measure(self, reference, reference_labels, image, spacing=None):
+        return reference_labels.copy()
+
+
 class EveryHook:
     @hookimpl
     def register_segmenters(self, register):
@@ -104,6 +109,10 @@ class EveryHook:
     @hookimpl
     def register_generators(self, register):
         register(Spec("hooktest-gen", EchoGenerator, "echo"))
+
+    @hookimpl
+    def register_measures(self, register):
+        register(Spec("hooktest-measure", IdentityMeasure, "labels unchanged"))
 
     @hookimpl
     def register_commands(self, app):
@@ -138,6 +147,9 @@ def test_components_of_every_kind_work_through_the_registries(every_hook, tmp_pa
     assert isinstance(gen, Generator)
     out = gen.train(TrainOptions(data=tmp_path, output=tmp_path / "m", seed=7))
     assert gen.load(out) == "7"
+    me = reg["measure"].create("hooktest-measure")
+    assert isinstance(me, Measure)
+    assert me.measure(np.zeros((2, 2)), np.eye(2, dtype=int) * 4, np.ones((2, 2))).tolist() == [[4, 0], [0, 4]]
 
 
 def test_commands_hook(every_hook, cli):
