@@ -47,10 +47,13 @@ def to_uint8(image: "np.ndarray", low: float | None = None, high: float | None =
 
 
 def display(slice2d: "np.ndarray") -> "np.ndarray":
-    """Orient a voxel-space slice (first axis = x) for display: x to the right, y up."""
+    """Orient a voxel-space slice (first axis = x) for display: x to the right, y up.
+
+    Works on grey (x, y) and RGB (x, y, 3) arrays."""
     import numpy as np
 
-    return np.flipud(np.asarray(slice2d).T)
+    a = np.asarray(slice2d)
+    return np.flipud(a.transpose(1, 0, 2) if a.ndim == 3 else a.T)
 
 
 def outline(labels2d: "np.ndarray") -> "np.ndarray":

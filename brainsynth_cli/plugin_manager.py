@@ -32,6 +32,7 @@ BUILTIN_PACKAGE = "brainsynth_plugins"
 #: Built-in plugin modules, loaded in this order before any third-party plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "brainsynth_plugins.prompts",
+    "brainsynth_plugins.evaluate",
 )
 
 

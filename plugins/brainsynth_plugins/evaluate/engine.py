@@ -1,0 +1,199 @@
+"""Evaluation of an editing model on the test rows of a pairs folder (BrainEditor's Table 1).
+
+For each row: edit the prior with the row's prompt, compare with the real target (PSNR, SSIM,
+MS-SSIM on the [0, 1] normalised slices, data range 1), measure the achieved change of each
+structure with a measurement plugin, and score it: ACC = the achieved rate lies in the interval
+the prompt requests; MAE = |achieved - target rate| in percentage points, where the target rate
+is computed from the row's label slices. The same is done for two baselines: ``identity``
+(edited = prior) and ``target`` (the real target measured as if it were an edit: the ceiling
+of the measurement itself).
+
+Per-row results are appended to ``REPORT_DIR/rows.jsonl`` as they are computed, so an
+interrupted evaluation resumes where it stopped (rows computed with other settings are redone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainsynth_cli.errors import InputError, UserError
+from brainsynth_cli.pairs_folder import PairRow, PairsFolder
+from brainsynth_cli.structures import Rules, change_rate
+
+from brainsynth_plugins.evaluate import metrics
+
+METHODS = ("model", "identity", "target")
+
+
+@dataclass
+class EvalSettings:
+    split: str = "test"
+    measure: str = "registration"
+    steps: int = 20
+    scheduler: str = "ddim"
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = 1.5
+    seed: int = 0
+    limit: int | None = None
+
+    def key(self, model_dir: Path) -> str:
+        text = json.dumps({**asdict(self), "limit": None, "model": str(Path(model_dir).resolve())}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_slice(path: Path) -> np.ndarray:
+    """A PNG slice as float32 in [0, 1]."""
+    from brainsynth_cli.images import read_png
+    from brainsynth_cli.slices import PNG_MAX
+
+    arr, bits = read_png(path)
+    return (arr.astype(np.float32) / (PNG_MAX if bits == 16 else 255.0)).astype(np.float32)
+
+
+def load_label_slice(path: Path) -> np.ndarray:
+    from brainsynth_cli.images import read_png
+
+    return read_png(path)[0].astype(np.int32)
+
+
+def areas(labels: np.ndarray, rules: Rules) -> dict[str, float]:
+    return {s.name: float(np.isin(labels, s.labels).sum()) for s in rules.structures}
+
+
+def rates_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: change_rate(before[k], after[k]) for k in before}
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    from brainsynth_cli.slices import to_square
+
+    return img if img.shape == (size, size) else to_square(img, size)
+
+
+def _back(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from brainsynth_cli.slices import from_square
+
+    return img if img.shape == shape else from_square(img, shape)
+
+
+def row_labels(row: PairRow) -> tuple[np.ndarray, np.ndarray]:
+    a, b = row.path("input_labels_file_name"), row.path("edited_labels_file_name")
+    if a is None or b is None:
+        raise InputError(row.root / "metadata.jsonl", f"line {row.number} has no label slices (input_labels_file_name, edited_labels_file_name)",
+                         "re-run `brainsynth make-pairs` with this version, which writes them")
+    for p in (a, b):
+        if not p.is_file():
+            raise InputError(p, f"is listed on line {row.number} of metadata.jsonl but missing", "re-run make-pairs")
+    return load_label_slice(a), load_label_slice(b)
+
+
+def score_row(row: PairRow, prior: np.ndarray, target: np.ndarray, edited: np.ndarray, prior_labels: np.ndarray,
+              target_labels: np.ndarray, requested: dict[str, Any] | None, measure: Any, rules: Rules) -> dict[str, Any]:
+    """Image metrics and per-structure rates for the three methods of one row."""
+    truth = rates_between(areas(prior_labels, rules), areas(target_labels, rules))
+    base = areas(measure.measure(prior, prior_labels, prior), rules)
+    described = sorted(requested) if requested else []
+    others = [s.name for s in rules.described() if s.name not in described] if row.kind == "disentangled" else []
+    out: dict[str, Any] = {"row": row.number, "subject": row.subject, "kind": row.kind, "prompt": row.prompt,
+                           "structure": row.data.get("structure"), "truth": {k: truth[k] for k in described + others}, "methods": {}}
+    for method, image in (("model", edited), ("identity", prior), ("target", target)):
+        measured = areas(measure.measure(prior, prior_labels, image), rules)
+        achieved = rates_between(base, measured)
+        m: dict[str, Any] = {
+            "psnr": metrics.psnr(target, image, 1.0), "ssim": metrics.ssim(target, image, 1.0),
+            "ms_ssim": metrics.ms_ssim(target, image, 1.0), "structures": {},
+        }
+        for name in described:
+            iv = requested[name]
+            r = achieved[name]
+            m["structures"][name] = {"achieved": r, "interval": iv.name, "hit": bool(iv.contains(r)),
+                                     "abs_error": abs(r - truth[name]) if not math.isnan(truth[name]) else math.nan}
+        for name in others:
+            m["structures"][name] = {"achieved": achieved[name], "leak": abs(achieved[name])}
+        out["methods"][method] = m
+    return out
+
+
+@dataclass
+class Summary:
+    rows: int = 0
+    by_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _mean(values: list[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v) and not math.isinf(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means per method, overall / per kind / per requested interval."""
+    out: dict[str, Any] = {"rows": len(results), "methods": {}}
+    for method in METHODS:
+        groups: dict[str, list[dict[str, Any]]] = {"all": results}
+        for r in results:
+            groups.setdefault(f"kind={r['kind']}", []).append(r)
+        table: dict[str, Any] = {}
+        for gname, rows in groups.items():
+            items = [(r, s, v) for r in rows for s, v in r["methods"][method]["structures"].items() if "hit" in v]
+            leaks = [v["leak"] for r in rows for v in r["methods"][method]["structures"].values() if "leak" in v]
+            table[gname] = {
+                "rows": len(rows),
+                "psnr": _mean([r["methods"][method]["psnr"] for r in rows]),
+                "ssim": _mean([r["methods"][method]["ssim"] for r in rows]),
+                "ms_ssim": _mean([r["methods"][method]["ms_ssim"] for r in rows]),
+                "acc": _mean([float(v["hit"]) for _, _, v in items]),
+                "mae": _mean([v["abs_error"] for _, _, v in items]),
+                "structure_items": len(items),
+                "leak": _mean(leaks),
+            }
+        intervals: dict[str, Any] = {}
+        for r in results:
+            for s, v in r["methods"][method]["structures"].items():
+                if "hit" in v:
+                    intervals.setdefault(f"{s}:{v['interval']}", []).append(v)
+        table["intervals"] = {k: {"n": len(v), "acc": _mean([float(x["hit"]) for x in v]), "mae": _mean([x["abs_error"] for x in v])}
+                              for k, v in sorted(intervals.items())}
+        out["methods"][method] = table
+    return out
+
+
+def prompt_parser(pairs: PairsFolder, rules: Rules) -> Any:
+    from brainsynth_cli.plugin_manager import registry
+
+    name = str(pairs.info.get("prompt_builder", "quantized"))
+    return registry("prompt-builder").create(name, rules=rules)
+
+
+def requested_intervals(parser: Any, prompt: str) -> dict[str, Any] | None:
+    try:
+        return parser.parse(prompt)
+    except UserError:
+        return None
+
+
+def select_rows(pairs: PairsFolder, settings: EvalSettings) -> list[PairRow]:
+    rows = pairs.split(settings.split)
+    if not rows:
+        splits = sorted({r.split for r in pairs.rows})
+        raise InputError(pairs.root / "metadata.jsonl", f"has no rows in split {settings.split!r}", f"choose --split from {', '.join(splits)}")
+    return rows[: settings.limit] if settings.limit else rows
+
+
+def read_done(path: Path, key: str) -> dict[int, dict[str, Any]]:
+    done: dict[int, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by an interruption
+            if rec.get("key") == key:
+                done[int(rec["result"]["row"])] = rec["result"]
+    return done
