@@ -33,6 +33,7 @@ BUILTIN_PACKAGE = "brainsynth_plugins"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "brainsynth_plugins.prompts",
     "brainsynth_plugins.evaluate",
+    "brainsynth_plugins.blend",
 )
 
 
