@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "brainsynth_plugins.prompts",
     "brainsynth_plugins.evaluate",
     "brainsynth_plugins.blend",
+    "brainsynth_plugins.pairs",
 )
 
 

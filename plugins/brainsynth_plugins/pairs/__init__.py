@@ -1,0 +1,56 @@
+"""The ``make-pairs`` command: longitudinal prior/target pairs with prompts, and structure-
+disentangled pairs blended by a blender plugin. The engine is
+:mod:`brainsynth_plugins.pairs.engine`, imported when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from brainsynth_cli.hookspecs import hookimpl
+
+
+@hookimpl
+def register_commands(app: typer.Typer) -> None:
+    @app.command("make-pairs")
+    def make_pairs(
+        dataset: Path = typer.Argument(..., help="BIDS tree (sub-*/ses-*/anat/*_T1w.nii.gz) or CSV manifest (subject, session, image[, labels, age, date, sex])."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder (the pairs folder; re-running resumes it)."),
+        labels: Optional[Path] = typer.Option(None, "--labels", help="Derivatives folder with sub-*/ses-*/anat/*_dseg.nii.gz label maps."),
+        rules: Optional[Path] = typer.Option(None, "--rules", help="Rules TOML (structure groups, intervals, phrases); default: BrainEditor's."),
+        prompt_builder: str = typer.Option("quantized", "--prompt-builder", help="Prompt builder plugin (quantized, numeric, template, ...)."),
+        blender: str = typer.Option("poisson", "--blender", help="Blender plugin for disentangled pairs (poisson, copy-paste, none, ...)."),
+        dim: str = typer.Option("2d", "--dim", help="2d: 16-bit PNG axial slices; 3d: NIfTI volumes."),
+        slices: int = typer.Option(30, "--slices", help="2d: number of axial slices per pair, centred on the lateral ventricles."),
+        size: int = typer.Option(256, "--size", help="2d: slices are padded to a square and resized to SIZE x SIZE."),
+        pairing: str = typer.Option("consecutive", "--pairing", help="consecutive: each session with the next; all: every earlier/later pair."),
+        split: str = typer.Option("8:1:1", "--split", help="train:validation:test ratios, by subject (seeded)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the split, the registration sampling and the template choice."),
+        jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes."),
+        shard: Optional[str] = typer.Option(None, "--shard", help="K/N: make only the pairs of shard K (1..N); finish with --merge."),
+        merge: bool = typer.Option(False, "--merge", help="Make nothing; merge the finished pairs of all shards into metadata.jsonl."),
+        margin: float = typer.Option(2.0, "--margin", help="Ω margin in mm: a structure's voxels (prior ∪ target) dilated by this much."),
+        min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Skip pairs whose prior/target PSNR (dB, [0,1] volumes) is below this."),
+        montage: int = typer.Option(3, "--montage", help="Pairs shown per kind in montage-real.png / montage-disentangled.png."),
+    ) -> None:
+        """Make prior/target training pairs with prompts from a longitudinal dataset, plus one
+        structure-disentangled pair per described structure (see docs/commands/make-pairs.md)."""
+        from brainsynth_cli.errors import UserError
+        from brainsynth_plugins.pairs.engine import Options, make_pairs as run, parse_shard
+
+        if jobs < 1:
+            raise UserError("--jobs must be at least 1")
+        options = Options(
+            dataset=dataset, out=out, labels=labels, rules=rules, prompt_builder=prompt_builder, blender=blender,
+            dim=dim.lower(), slices=slices, size=size, pairing=pairing, split=split, seed=seed, jobs=jobs,
+            shard=parse_shard(shard), margin=margin, min_psnr=min_psnr, merge_only=merge, montage=montage,
+        )
+        summary = run(options, echo=typer.echo)
+        rows = ", ".join(f"{n} {k}" for k, n in sorted(summary.rows.items())) or "no"
+        skipped = ", ".join(f"{n} ({k})" for k, n in sorted(summary.pairs_skipped.items()))
+        if summary.merged:
+            typer.echo(f"{out}: {summary.pairs_total} pairs ({summary.pairs_made} made, {summary.pairs_resumed} resumed"
+                       f"{', skipped ' + skipped if skipped else ''}); {rows} rows in metadata.jsonl")

@@ -1,0 +1,715 @@
+"""The make-pairs engine: longitudinal prior/target pairs, prompts, structure-disentangled pairs.
+
+Work is cut into *pairs* (one subject, one prior session, one later target session). Each pair
+is made on its own (in a worker process with ``--jobs``), written into a temporary folder that
+is renamed into place when complete, and then recorded by a *part file*
+``OUT/.parts/<pair>.json`` (its rows, its files, or why it was skipped). A pair with a part
+file whose files all exist is finished: re-running skips it. The last step (``merge``) reads
+the part files of every planned pair in dataset order and writes ``metadata.jsonl``, the
+montages and ``summary.json``; with ``--shard K/N`` a run only makes its pairs, and a final
+``--merge`` (or a run without ``--shard``) merges them. See docs/commands/make-pairs.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from brainsynth_cli.errors import InputError, UserError
+
+FORMAT = "brainsynth-pairs"
+VERSION = 1
+PARTS = ".parts"
+SPLITS = ("train", "validation", "test")
+
+#: Words that make ``datasets``' imagefolder guess splits from paths (see datasets.data_files).
+_SPLIT_WORDS = ("train", "training", "validation", "valid", "dev", "val", "test", "testing", "eval", "evaluation")
+_SEP = r"[-._ 0-9]"
+_SPLIT_RE = re.compile(rf"(?:^|{_SEP})(?:{'|'.join(_SPLIT_WORDS)})(?:{_SEP}|$)")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a make-pairs run depends on (what is not in ``pairs.json`` does not change rows)."""
+
+    dataset: Path
+    out: Path
+    labels: Path | None = None
+    rules: Path | None = None
+    prompt_builder: str = "quantized"
+    blender: str = "poisson"
+    dim: str = "2d"
+    slices: int = 30
+    size: int = 256
+    pairing: str = "consecutive"
+    split: str = "8:1:1"
+    seed: int = 0
+    jobs: int = 1
+    shard: tuple[int, int] | None = None
+    margin: float = 2.0
+    min_psnr: float | None = None
+    merge_only: bool = False
+    montage: int = 3
+
+
+@dataclass
+class Pair:
+    subject: str
+    prior: Any  # brainsynth_cli.datasets.Session
+    target: Any
+    index: int  # subject index among subjects with >= 2 sessions (for sharding)
+
+    @property
+    def key(self) -> str:
+        return safe_name(f"{self.subject}__{self.prior.session}__{self.target.session}")
+
+    @property
+    def folder(self) -> str:
+        return f"pairs/{safe_component(self.subject)}/{safe_component(self.prior.session)}_to_{safe_component(self.target.session)}"
+
+
+@dataclass
+class Summary:
+    pairs_total: int = 0
+    pairs_made: int = 0
+    pairs_resumed: int = 0
+    pairs_skipped: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    merged: bool = False
+
+
+# -- names ---------------------------------------------------------------------------------
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def safe_component(text: str) -> str:
+    """A path component that ``datasets`` will not read as a split name ("sub-test01")."""
+    import hashlib
+
+    name = safe_name(text)
+    if _SPLIT_RE.search(name.lower()):
+        return "x" + hashlib.sha1(text.encode()).hexdigest()[:10]
+    return name
+
+
+# -- planning ------------------------------------------------------------------------------
+def parse_split(text: str) -> tuple[float, float, float]:
+    parts = text.split(":")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or any(v < 0 or not math.isfinite(v) for v in values) or sum(values) <= 0:
+        raise UserError(f"--split {text!r}: give three non-negative ratios train:validation:test, e.g. 8:1:1")
+    return values  # type: ignore[return-value]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not (1 <= int(m.group(1)) <= int(m.group(2))):
+        raise UserError(f"--shard {text!r}: give K/N with 1 <= K <= N, e.g. --shard 2/8")
+    return int(m.group(1)), int(m.group(2))
+
+
+def assign_splits(subjects: list[str], ratios: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """Subjects -> split, by a seeded permutation of the sorted subject list."""
+    import numpy as np
+
+    n = len(subjects)
+    order = np.random.default_rng(seed).permutation(n)
+    total = sum(ratios)
+    b1 = int(round(n * ratios[0] / total))
+    b2 = int(round(n * (ratios[0] + ratios[1]) / total))
+    out = {}
+    for rank, i in enumerate(order):
+        out[subjects[int(i)]] = "train" if rank < b1 else ("validation" if rank < b2 else "test")
+    return out
+
+
+def plan(options: Options, warn=lambda msg: None) -> tuple[list[Pair], dict[str, str]]:
+    """All pairs of the dataset in order, and the subject splits."""
+    from brainsynth_cli.datasets import read_dataset
+
+    ds = read_dataset(options.dataset, options.labels)
+    subjects = ds.subjects()
+    eligible = []
+    for subject, sessions in subjects.items():
+        if len(sessions) < 2:
+            warn(f"brainsynth: warning: {subject} has one session ({sessions[0].session}); skipped (a pair needs two)")
+            continue
+        eligible.append(subject)
+    if not eligible:
+        raise InputError(options.dataset, "has no subject with two or more sessions", "make-pairs needs longitudinal data")
+    pairs = []
+    for index, subject in enumerate(eligible):
+        sessions = subjects[subject]
+        if options.pairing == "consecutive":
+            combos = [(sessions[i], sessions[i + 1]) for i in range(len(sessions) - 1)]
+        else:
+            combos = [(sessions[i], sessions[j]) for i in range(len(sessions)) for j in range(i + 1, len(sessions))]
+        pairs += [Pair(subject, p, t, index) for p, t in combos]
+    return pairs, assign_splits(eligible, parse_split(options.split), options.seed)
+
+
+def in_shard(pair: Pair, shard: tuple[int, int] | None) -> bool:
+    return shard is None or pair.index % shard[1] == shard[0] - 1
+
+
+def check_inputs(pairs: Iterable[Pair]) -> None:
+    """Cheap checks before any work: every session has a label map on its image's grid."""
+    import nibabel as nib
+    import numpy as np
+
+    seen = set()
+    for pair in pairs:
+        for ses in (pair.prior, pair.target):
+            if ses.key in seen:
+                continue
+            seen.add(ses.key)
+            where = f"{ses.subject} {ses.session}"
+            if ses.labels is None:
+                raise InputError(ses.image, f"{where}: no label map for this session",
+                                 "give --labels DERIVATIVES_DIR (sub-*/ses-*/anat/*_dseg.nii.gz) or a labels column, e.g. from `brainsynth segment`")
+            if not Path(ses.labels).is_file():
+                raise InputError(ses.labels, f"{where}: label map not found", "check the labels path of this session")
+            try:
+                img = nib.load(str(ses.image))
+                lab = nib.load(str(ses.labels))
+                ishape, lshape = tuple(img.shape[:3]), tuple(lab.shape[:3])
+                iaff, laff = np.asarray(img.affine), np.asarray(lab.affine)
+            except Exception as exc:  # unreadable headers: read_volume later gives the precise message
+                raise InputError(ses.labels, f"{where}: cannot read the image or label header ({type(exc).__name__})",
+                                 "check that both files are NIfTI") from None
+            if ishape != lshape:
+                raise InputError(ses.labels, f"{where}: label map has shape {lshape} but the image has shape {ishape}",
+                                 "resample the labels to the image grid (or segment this image again)")
+            if not np.allclose(iaff, laff, atol=1e-3):
+                delta = float(np.abs(iaff - laff).max())
+                raise InputError(ses.labels, f"{where}: label map affine differs from the image's by up to {delta:.3g} mm",
+                                 "resample the labels to the image grid (or segment this image again)")
+
+
+# -- pairs.json ----------------------------------------------------------------------------
+def config(options: Options, rules) -> dict[str, Any]:
+    from brainsynth_cli import __version__
+
+    return {
+        "format": FORMAT, "version": VERSION, "dim": options.dim, "size": options.size if options.dim == "2d" else None,
+        "slices": options.slices if options.dim == "2d" else None, "prompt_builder": options.prompt_builder,
+        "blender": options.blender, "rules": rules.to_toml(), "seed": options.seed, "split": options.split,
+        "slice_convention": "brainsynth_cli.slices v1", "pairing": options.pairing, "margin_mm": options.margin,
+        "min_psnr": options.min_psnr, "slice_centre": "lateral-ventricle centroid" if options.dim == "2d" else None,
+        "intensity": "each volume windowed to [0,1] (brainsynth_cli.slices.normalisation)",
+        "brainsynth": __version__,
+    }
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in ("brainsynth",)}
+
+
+def check_or_write_config(out: Path, cfg: dict[str, Any], merge_only: bool) -> None:
+    from brainsynth_cli.images import atomic_write_text
+
+    path = out / "pairs.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise InputError(path, "is not a readable pairs.json", "remove it or choose another -o folder") from None
+        if old.get("format") != FORMAT:
+            raise InputError(path, "is not a brainsynth pairs folder", "choose another -o folder")
+        a, b = _comparable(old), _comparable(cfg)
+        diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if diff:
+            shown = ", ".join(f"{k}: {b.get(k)!r} now, {a.get(k)!r} there" if k != "rules" else "rules differ" for k in diff[:3])
+            raise InputError(out, f"holds pairs made with other options ({shown})",
+                             "use the same options to resume, or another -o folder")
+        return
+    if merge_only:
+        raise InputError(out, "holds no pairs.json", "run make-pairs (with --shard K/N) before --merge")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(cfg, indent=2) + "\n")
+
+
+# -- one pair ------------------------------------------------------------------------------
+_components: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+
+
+def components(builder: str, blender: str, rules, seed: int) -> tuple[Any, Any]:
+    import inspect
+
+    from brainsynth_cli.plugin_manager import get_manager
+
+    key = (builder, blender, rules.to_toml(), seed)
+    if key not in _components:
+        manager = get_manager()
+        spec = manager.registry("prompt-builder").get(builder)
+        factory = spec.resolve()
+        try:
+            accepts_seed = "seed" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            accepts_seed = False
+        b = factory(rules=rules, seed=seed) if accepts_seed else factory(rules=rules)
+        _components[key] = (b, manager.registry("blender").create(blender))
+    return _components[key]
+
+
+def _rate(vp: float, vt: float) -> float | None:
+    from brainsynth_cli.structures import change_rate
+
+    r = change_rate(vp, vt)
+    return None if math.isnan(r) else round(r, 6)
+
+
+def group_vols(labels, voxel_volume: float, rules) -> dict[str, float]:
+    from brainsynth_cli.structures import group_volumes, label_volumes
+
+    return group_volumes(label_volumes(labels, voxel_volume), rules)
+
+
+def structure_mask(labels, structure) -> Any:
+    import numpy as np
+
+    return np.isin(labels, np.asarray(structure.labels, dtype=labels.dtype))
+
+
+def omega(prior_labels, target_labels, structure, margin_mm: float, voxel_size, protect=()) -> Any:
+    """Ω_S, the region taken from the target for an S-disentangled pair.
+
+    S's voxels in the prior or the target (the core), dilated by ``margin_mm`` (an ellipsoid of
+    that radius in millimetres, at least one voxel along each axis), so that S's whole edge lies
+    inside Ω and ∂Ω runs through the tissue around it. From the dilated shell (never from the
+    core) the voxels where another described structure of ``protect`` changes (in one of prior
+    and target but not both) are removed: there the result keeps the prior, so the other
+    described structures stay as they were except where they touch S itself.
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    core = structure_mask(prior_labels, structure) | structure_mask(target_labels, structure)
+    if margin_mm <= 0:
+        return core
+    radii = [max(1, int(math.floor(margin_mm / float(v) + 1e-6))) for v in voxel_size]
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    ball = sum(((g * float(v)) / max(margin_mm, float(v))) ** 2 for g, v in zip(grids, voxel_size)) <= 1.0 + 1e-9
+    region = ndimage.binary_dilation(core, structure=ball)
+    for other in protect:
+        if other.name == structure.name:
+            continue
+        region &= ~(structure_mask(prior_labels, other) ^ structure_mask(target_labels, other))
+    return region | core
+
+
+def psnr(a, b) -> float:
+    """PSNR (dB) of two images on [0, 1]."""
+    import numpy as np
+
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def centre_slice(labels_canonical, rules) -> int:
+    """Axial index of the lateral ventricles' centroid (labels of the rules' "ventricle" group,
+    else aseg 4/43), else of all labelled voxels, else the middle slice."""
+    import numpy as np
+
+    try:
+        ids = list(rules["ventricle"].labels)
+    except KeyError:
+        ids = [4, 43]
+    for mask in (np.isin(labels_canonical, ids), labels_canonical > 0):
+        z = np.nonzero(mask.any(axis=(0, 1)))[0]
+        if z.size:
+            counts = mask.sum(axis=(0, 1)).astype(np.float64)
+            return int(round(float((counts * np.arange(counts.size)).sum() / counts.sum())))
+    return labels_canonical.shape[2] // 2
+
+
+def slice_range(centre: int, n: int, depth: int) -> list[int]:
+    n = min(n, depth)
+    k0 = min(max(0, centre - n // 2), depth - n)
+    return list(range(k0, k0 + n))
+
+
+def interval_years(prior, target) -> float | None:
+    if prior.age is not None and target.age is not None:
+        return round(float(target.age - prior.age), 4)
+    if prior.date and target.date:
+        from datetime import date
+
+        try:
+            a, b = date.fromisoformat(prior.date[:10]), date.fromisoformat(target.date[:10])
+        except ValueError:
+            return None
+        return round((b - a).days / 365.25, 4)
+    return None
+
+
+def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
+    """Make one pair's files (in a temporary folder renamed into place) and return its part."""
+    import numpy as np
+
+    from brainsynth_cli.images import read_labels, read_volume, write_png, write_volume
+    from brainsynth_cli.interfaces import Change
+    from brainsynth_cli.slices import normalisation, normalise, to_canonical, to_png16, to_square
+    from brainsynth_plugins.pairs.align import align_to
+
+    builder, blender = components(options.prompt_builder, options.blender, rules, options.seed)
+    p, t = pair.prior, pair.target
+
+    def load(ses):
+        img, lab = read_volume(ses.image), read_labels(ses.labels)
+        if img.shape != lab.shape or not np.allclose(img.affine, lab.affine, atol=1e-3):
+            raise InputError(ses.labels, f"{ses.subject} {ses.session}: label map is not on the image's grid",
+                             "resample the labels to the image grid (or segment this image again)")
+        return img, lab
+
+    prior, prior_lab = load(p)
+    target, target_lab = load(t)
+    # the real change is measured on each session's own label map (exact voxel counts; a
+    # resampled label map gains or loses partial voxels); the images are then put on one grid
+    vt = group_vols(target_lab.data, target.voxel_volume, rules)
+    target, target_lab, alignment = align_to(prior, target, target_lab, seed=options.seed)
+    vv = prior.voxel_volume
+    vp = group_vols(prior_lab.data, vv, rules)
+    for s in rules.described():
+        if vp[s.name] <= 0:
+            raise InputError(p.labels, f"{p.subject} {p.session}: structure group '{s.name}' (labels {', '.join(map(str, s.labels))}) is empty in the prior's label map",
+                             "check the segmentation, or leave the group out of the rules (--rules)")
+    rates = {g: _rate(vp[g], vt[g]) for g in rules.names()}
+    years = interval_years(p, t)
+    context = dict(age=t.age, sex=t.sex, modality="T1w", interval_years=years)
+
+    def num_rates(r):
+        return {k: (math.nan if v is None else v) for k, v in r.items()}
+
+    def intervals_of(r, only=None):
+        out = {}
+        for s in rules.described():
+            iv = s.interval_for(math.nan if r.get(s.name) is None else r[s.name]) if (only is None or s.name == only) else None
+            out[s.name] = iv.name if iv is not None else None
+        return out
+
+    pn = normalisation(prior.data)
+    tn = normalisation(target.data)
+    prior01 = normalise(prior.data, pn)
+    target01 = normalise(target.data, tn)
+    pair_psnr = psnr(prior01, target01)
+    base = {"pair": pair.key, "subject": pair.subject, "sessions": [p.session, t.session], "folder": pair.folder,
+            "registered": alignment.registered, "psnr": round(pair_psnr, 4), "rows": [], "files": [], "skipped": None,
+            "rates": rates}
+    if options.min_psnr is not None and pair_psnr < options.min_psnr:
+        base["skipped"] = f"psnr {pair_psnr:.2f} dB < {options.min_psnr:g}"
+        return base
+
+    # what to write: (name, volume on [0,1], normalisation, row fields)
+    outputs: list[tuple[str, Any, Any, dict[str, Any] | None]] = [("prior", prior01, pn, None)]
+    real_prompt = builder.build(Change(rates=num_rates(rates), volumes=vt, **context))
+    if real_prompt is not None:
+        outputs.append(("real", target01, tn, {"kind": "real", "structure": None, "edit_prompt": real_prompt,
+                                                 "rates": rates, "intervals": intervals_of(rates), "blender": None}))
+    # the target's intensities mapped linearly onto the prior's window before blending
+    scale = (pn.high - pn.low) / (tn.high - tn.low)
+    target_matched = ((target.data.astype(np.float32) - np.float32(tn.low)) * np.float32(scale) + np.float32(pn.low)).astype(np.float32)
+    for s in rules.described():
+        if rates[s.name] is None or s.interval_for(rates[s.name]) is None:
+            continue
+        mask = omega(prior_lab.data, target_lab.data, s, options.margin, prior.voxel_size, protect=rules.described())
+        blended = np.asarray(blender.blend(prior.data.astype(np.float32), target_matched, mask), dtype=np.float32)
+        if blended.shape != prior.shape or not np.all(np.isfinite(blended)):
+            raise UserError(f"blender {options.blender!r} returned an invalid image for {pair.subject} {p.session}->{t.session}; report it to the plugin's author")
+        composite = np.where(mask, target_lab.data, prior_lab.data)
+        vb = group_vols(composite, vv, rules)
+        realised = {g: _rate(vp[g], vb[g]) for g in rules.names()}
+        prompt = builder.build(Change(rates=num_rates(realised), volumes=vb, only=s.name, **context))
+        if prompt is None:
+            continue
+        bn = normalisation(blended)
+        outputs.append((f"dis-{safe_component(s.name)}", normalise(blended, bn), bn, {
+            "kind": "disentangled", "structure": s.name, "edit_prompt": prompt, "rates": realised,
+            "intervals": intervals_of(realised, only=s.name), "blender": options.blender,
+            "omega_voxels": int(mask.sum())}))
+    if len(outputs) == 1:
+        base["skipped"] = "no described change"
+        return base
+
+    out = options.out
+    tmp = out / PARTS / f".tmp-{pair.key}-{os.getpid()}"
+    final = out / pair.folder
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    rows: list[dict[str, Any]] = []
+    files: list[str] = []
+    common = {"subject": pair.subject, "sessions": [p.session, t.session], "interval_years": years,
+              "prior_normalisation": pn.as_dict()}
+    try:
+        if options.dim == "2d":
+            prior_c, _ = to_canonical(prior_lab.data, prior.affine)
+            ks = slice_range(centre_slice(prior_c, rules), options.slices, prior_c.shape[2])
+            names: dict[str, dict[int, str]] = {}
+            for name, vol, _, _ in outputs:
+                canon, _ = to_canonical(vol, prior.affine)
+                names[name] = {}
+                for k in ks:
+                    fname = f"{name}_z{k:03d}.png"
+                    write_png(tmp / fname, to_png16(to_square(canon[:, :, k], options.size)), bits=16)
+                    names[name][k] = f"{pair.folder}/{fname}"
+                    files.append(f"{pair.folder}/{fname}")
+            for name, _, norm, fields in outputs[1:]:
+                for k in ks:
+                    rows.append({"input_image_file_name": names["prior"][k], "edited_image_file_name": names[name][k],
+                                 **_ordered(fields, common, k, norm)})
+        else:
+            for name, vol, _, _ in outputs:
+                write_volume(tmp / f"{name}.nii.gz", vol, prior.affine, prior.header)
+                files.append(f"{pair.folder}/{name}.nii.gz")
+            for name, _, norm, fields in outputs[1:]:
+                rows.append({"input_image_file_name": f"{pair.folder}/prior.nii.gz",
+                             "edited_image_file_name": f"{pair.folder}/{name}.nii.gz", **_ordered(fields, common, None, norm)})
+        if final.exists():
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    base["rows"], base["files"] = rows, files
+    return base
+
+
+def _ordered(fields: dict[str, Any], common: dict[str, Any], k: int | None, norm) -> dict[str, Any]:
+    row = {"edit_prompt": fields["edit_prompt"], "subject": common["subject"], "sessions": common["sessions"],
+           "kind": fields["kind"], "structure": fields["structure"], "rates": fields["rates"],
+           "intervals": fields["intervals"], "interval_years": common["interval_years"], "blender": fields["blender"],
+           "slice": k, "split": None, "prior_normalisation": common["prior_normalisation"],
+           "target_normalisation": norm.as_dict()}
+    return row
+
+
+def part_path(out: Path, pair: Pair) -> Path:
+    return out / PARTS / f"{pair.key}.json"
+
+
+def read_part(out: Path, pair: Pair) -> dict[str, Any] | None:
+    """The part of a finished pair (its part file exists and names files that all exist)."""
+    path = part_path(out, pair)
+    if not path.is_file():
+        return None
+    try:
+        part = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if part.get("pair") != pair.key or not all((out / f).is_file() for f in part.get("files", [])):
+        return None
+    return part
+
+
+def write_part(out: Path, pair: Pair, part: dict[str, Any]) -> None:
+    from brainsynth_cli.images import atomic_write_text
+
+    atomic_write_text(part_path(out, pair), json.dumps(part, sort_keys=False) + "\n")
+
+
+# -- workers -------------------------------------------------------------------------------
+def _worker_init() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    except Exception:  # pragma: no cover - SimpleITK is a dependency
+        pass
+
+
+def _work(pair: Pair, options: Options, rules) -> tuple[str, Any]:
+    """Make and record one pair; errors come back as text (exceptions may not pickle)."""
+    try:
+        part = make_pair(pair, options, rules)
+        write_part(options.out, pair, part)
+        return "ok", part
+    except UserError as exc:
+        return "error", str(exc)
+    except Exception as exc:  # an internal error: keep the traceback for --debug
+        return "crash", f"{pair.subject} {pair.prior.session}->{pair.target.session}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+
+
+def run_pairs(pending: list[Pair], options: Options, rules, progress) -> list[dict[str, Any]]:
+    parts = []
+    total = len(pending)
+
+    def handle(status: str, value: Any) -> None:
+        if status == "error":
+            raise UserError(value)
+        if status == "crash":
+            raise RuntimeError(value)
+        parts.append(value)
+
+    if options.jobs <= 1 or total <= 1:
+        for i, pair in enumerate(pending):
+            progress(i, total, pair.subject)
+            handle(*_work(pair, options, rules))
+        progress(total, total, "")
+        return parts
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait  # noqa: F401
+
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(options.jobs, total), mp_context=ctx, initializer=_worker_init) as pool:
+        futures = [pool.submit(_work, pair, options, rules) for pair in pending]
+        try:
+            for done, fut in enumerate(futures):
+                handle(*fut.result())
+                progress(done + 1, total, pending[done].subject)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return parts
+
+
+# -- merge ---------------------------------------------------------------------------------
+def merge(pairs: list[Pair], splits: dict[str, str], options: Options, rules, summary: Summary) -> None:
+    from brainsynth_cli.images import atomic_write_text
+
+    out = options.out
+    missing = [p for p in pairs if read_part(out, p) is None]
+    if missing:
+        first = ", ".join(f"{p.subject} {p.prior.session}->{p.target.session}" for p in missing[:3])
+        raise UserError(f"{out}: {len(missing)} of {len(pairs)} pairs are not made yet ({first}{', ...' if len(missing) > 3 else ''}); "
+                        "run the missing shards (or make-pairs without --shard) before --merge")
+    lines = []
+    rows_by_kind: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    montage_rows: dict[str, list[dict[str, Any]]] = {"real": [], "disentangled": []}
+    for pair in pairs:
+        part = read_part(out, pair)
+        assert part is not None
+        if part.get("skipped"):
+            reason = part["skipped"].split(" ")[0] if part["skipped"].startswith("psnr") else part["skipped"]
+            skipped[reason] = skipped.get(reason, 0) + 1
+        for row in part["rows"]:
+            row["split"] = splits[pair.subject]
+            lines.append(json.dumps(row))
+            rows_by_kind[row["kind"]] = rows_by_kind.get(row["kind"], 0) + 1
+            montage_rows[row["kind"]].append(row)
+    atomic_write_text(out / "metadata.jsonl", "".join(line + "\n" for line in lines))
+    summary.rows = rows_by_kind
+    summary.pairs_skipped = skipped
+    summary.merged = True
+    for kind, rows in montage_rows.items():
+        path = out / f"montage-{kind}.png"
+        if rows:
+            write_montage(path, pick_montage_rows(rows, options.montage), options)
+        elif path.exists():
+            path.unlink()
+    atomic_write_text(out / "summary.json", json.dumps({
+        "pairs": len(pairs), "skipped": skipped, "rows": rows_by_kind,
+        "subjects": {s: sum(1 for v in splits.values() if v == s) for s in SPLITS},
+    }, indent=2) + "\n")
+
+
+def pick_montage_rows(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` rows from different pairs (and structures, round robin), each at the pair's
+    middle exported slice."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["subject"], tuple(r["sessions"]), r["structure"]), []).append(r)
+    by_structure: dict[Any, list[list[dict[str, Any]]]] = {}
+    for (_, _, s), g in groups.items():
+        by_structure.setdefault(s, []).append(g)
+    picked = []
+    while len(picked) < n and any(by_structure.values()):
+        for s in list(by_structure):
+            if by_structure[s] and len(picked) < n:
+                g = by_structure[s].pop(0)
+                picked.append(g[len(g) // 2])
+    return picked
+
+
+def _montage_image(path: Path, dim: str):
+    import numpy as np
+
+    from brainsynth_cli.figures import display
+    from brainsynth_cli.images import read_png, read_volume
+    from brainsynth_cli.slices import from_png16, to_canonical
+
+    if dim == "2d":
+        a, _ = read_png(path)
+        return display(from_png16(a))
+    vol = read_volume(path)
+    canon, _ = to_canonical(vol.data, vol.affine)
+    return display(canon[:, :, canon.shape[2] // 2]).astype(np.float32)
+
+
+def write_montage(path: Path, rows: list[dict[str, Any]], options: Options) -> None:
+    import numpy as np
+
+    from brainsynth_cli.figures import difference_map, save_grid
+
+    tiles, titles = [], []
+    for r in rows:
+        a = _montage_image(options.out / r["input_image_file_name"], options.dim)
+        b = _montage_image(options.out / r["edited_image_file_name"], options.dim)
+        g = lambda x: (np.clip(x, 0, 1) * 255).astype(np.uint8)  # noqa: E731
+        tiles.append([g(a), g(b), difference_map(a, b, limit=0.25)])
+        what = r["structure"] or "real"
+        titles.append(f"{r['subject']} {what}")
+    size = max(t.shape[0] for row in tiles for t in row)
+    scale = max(1, 160 // max(1, size))
+    save_grid(path, tiles, row_titles=titles, col_titles=["prior", "target", "target - prior"], scale=scale)
+
+
+# -- entry point ---------------------------------------------------------------------------
+def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -> Summary:
+    from brainsynth_cli.progress import progress_bar
+    from brainsynth_cli.structures import load_rules
+
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    if options.dim not in ("2d", "3d"):
+        raise UserError(f"--dim {options.dim!r}: choose 2d or 3d")
+    if options.pairing not in ("consecutive", "all"):
+        raise UserError(f"--pairing {options.pairing!r}: choose consecutive or all")
+    if options.dim == "2d" and (options.size < 8 or options.slices < 1):
+        raise UserError("--size must be >= 8 and --slices >= 1")
+    if options.margin < 0 or not math.isfinite(options.margin):
+        raise UserError("--margin must be a non-negative number of millimetres")
+    parse_split(options.split)
+    rules = load_rules(options.rules)
+    components(options.prompt_builder, options.blender, rules, options.seed)  # unknown names fail here
+    pairs, splits = plan(options, warn)
+    mine = [p for p in pairs if in_shard(p, options.shard)]
+    check_inputs(pairs if options.merge_only else mine)
+    out = options.out
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder", "choose another -o")
+    check_or_write_config(out, config(options, rules), options.merge_only)
+    summary = Summary(pairs_total=len(pairs))
+    if not options.merge_only:
+        pending = [p for p in mine if read_part(out, p) is None]
+        summary.pairs_resumed = len(mine) - len(pending)
+        if summary.pairs_resumed:
+            echo(f"resuming: {summary.pairs_resumed} of {len(mine)} pairs already made")
+        factory = progress_factory or progress_bar
+        with factory("make-pairs", len(pending)) as progress:
+            made = run_pairs(pending, options, rules, progress)
+        summary.pairs_made = len(made)
+    if options.shard is not None and not options.merge_only:
+        echo(f"shard {options.shard[0]}/{options.shard[1]}: {len(mine)} pairs ready; when every shard is done run "
+             f"make-pairs with the same options and --merge")
+        return summary
+    merge(pairs, splits, options, rules, summary)
+    return summary
