@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "brainsynth_plugins.evaluate",
     "brainsynth_plugins.blend",
     "brainsynth_plugins.pairs",
+    "brainsynth_plugins.simulate",
 )
 
 
