@@ -447,7 +447,7 @@ def vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, go
                   1, False, it == 0, False, goff[l + 1], Ec, Bc, omega_c)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _matvec_p(D0, zv, p, q, beta, segs, s1, groups, G, fy, fx, is3d):
     """p = zv + beta p, then q = A p, as a wavefront; returns p.q."""
     sy = fx
@@ -462,20 +462,23 @@ def _matvec_p(D0, zv, p, q, beta, segs, s1, groups, G, fy, fx, is3d):
         if k >= 1:
             for si in range(groups[k - 1], groups[k]):
                 i0 = (segs[si, 0] * fy + segs[si, 1]) * fx + segs[si, 2]
-                if is3d:
-                    for i in range(i0, i0 + segs[si, 3]):
-                        v = D0[i] * p[i] - (p[i - 1] + p[i + 1] + p[i - sy] + p[i + sy] + p[i - sz] + p[i + sz])
-                        q[i] = v
-                        acc += np.float64(p[i]) * v
-                else:
-                    for i in range(i0, i0 + segs[si, 3]):
-                        v = D0[i] * p[i] - (p[i - 1] + p[i + 1] + p[i - sy] + p[i + sy])
-                        q[i] = v
-                        acc += np.float64(p[i]) * v
+                a0 = 0.0
+                a1 = 0.0
+                for i in range(i0, i0 + segs[si, 3]):
+                    s = p[i - 1] + p[i + 1] + p[i - sy] + p[i + sy]
+                    if is3d:
+                        s += p[i - sz] + p[i + sz]
+                    v = D0[i] * p[i] - s
+                    q[i] = v
+                    if (i - i0) & 1:
+                        a1 += np.float64(p[i]) * v
+                    else:
+                        a0 += np.float64(p[i]) * v
+                acc += a0 + a1
     return acc
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def residual(u, r0, r, D0, segs, s1, fy, fx, is3d):
     """r = r0 - A u; returns ||r||^2 (float64)."""
     sy = fx
@@ -493,28 +496,49 @@ def residual(u, r0, r, D0, segs, s1, fy, fx, is3d):
     return acc
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _dot(a, b, segs, s1, fy, fx):
+    """sum a.b over the unknowns (float64; a fixed order, so the same bits on every call)."""
     acc = 0.0
     for si in range(s1):
         i0 = (segs[si, 0] * fy + segs[si, 1]) * fx + segs[si, 2]
-        for i in range(i0, i0 + segs[si, 3]):
-            acc += np.float64(a[i]) * b[i]
+        end = i0 + segs[si, 3]
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        i = i0
+        while i + 4 <= end:
+            a0 += np.float64(a[i]) * b[i]
+            a1 += np.float64(a[i + 1]) * b[i + 1]
+            a2 += np.float64(a[i + 2]) * b[i + 2]
+            a3 += np.float64(a[i + 3]) * b[i + 3]
+            i += 4
+        while i < end:
+            a0 += np.float64(a[i]) * b[i]
+            i += 1
+        acc += (a0 + a1) + (a2 + a3)
     return acc
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _update(u, r, p, q, alpha, segs, s1, fy, fx):
     """u += alpha p; r -= alpha q; returns ||r||^2."""
     acc = 0.0
     a32 = np.float32(alpha)
     for si in range(s1):
         i0 = (segs[si, 0] * fy + segs[si, 1]) * fx + segs[si, 2]
+        a0 = 0.0
+        a1 = 0.0
         for i in range(i0, i0 + segs[si, 3]):
             u[i] += a32 * p[i]
             ri = r[i] - a32 * q[i]
             r[i] = ri
-            acc += np.float64(ri) * ri
+            if (i - i0) & 1:
+                a1 += np.float64(ri) * ri
+            else:
+                a0 += np.float64(ri) * ri
+        acc += a0 + a1
     return acc
 
 
