@@ -361,7 +361,7 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
     """Make one pair's files (in a temporary folder renamed into place) and return its part."""
     import numpy as np
 
-    from brainsynth_cli.images import read_labels, read_volume, write_png, write_volume
+    from brainsynth_cli.images import read_labels, read_volume, write_labels, write_png, write_volume
     from brainsynth_cli.interfaces import Change
     from brainsynth_cli.slices import normalisation, normalise, to_canonical, to_png16, to_square
     from brainsynth_plugins.pairs.align import align_to
@@ -414,11 +414,11 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
         base["skipped"] = f"psnr {pair_psnr:.2f} dB < {options.min_psnr:g}"
         return base
 
-    # what to write: (name, volume on [0,1], normalisation, row fields)
-    outputs: list[tuple[str, Any, Any, dict[str, Any] | None]] = [("prior", prior01, pn, None)]
+    # what to write: (name, volume on [0,1], normalisation, label map, row fields)
+    outputs: list[tuple[str, Any, Any, Any, dict[str, Any] | None]] = [("prior", prior01, pn, prior_lab.data, None)]
     real_prompt = builder.build(Change(rates=num_rates(rates), volumes=vt, **context))
     if real_prompt is not None:
-        outputs.append(("real", target01, tn, {"kind": "real", "structure": None, "edit_prompt": real_prompt,
+        outputs.append(("real", target01, tn, target_lab.data, {"kind": "real", "structure": None, "edit_prompt": real_prompt,
                                                  "rates": rates, "intervals": intervals_of(rates), "blender": None}))
     # the target's intensities mapped linearly onto the prior's window before blending
     scale = (pn.high - pn.low) / (tn.high - tn.low)
@@ -437,10 +437,10 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
         if prompt is None:
             continue
         bn = normalisation(blended)
-        outputs.append((f"dis-{safe_component(s.name)}", normalise(blended, bn), bn, {
+        outputs.append((f"dis-{safe_component(s.name)}", normalise(blended, bn), bn, composite, {
             "kind": "disentangled", "structure": s.name, "edit_prompt": prompt, "rates": realised,
-            "intervals": intervals_of(realised, only=s.name), "blender": options.blender,
-            "omega_voxels": int(mask.sum())}))
+            "intervals": intervals_of(realised, only=s.name), "blender": options.blender}))
+        base.setdefault("omega_voxels", {})[s.name] = int(mask.sum())
     if len(outputs) == 1:
         base["skipped"] = "no described change"
         return base
@@ -459,26 +459,25 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
         if options.dim == "2d":
             prior_c, _ = to_canonical(prior_lab.data, prior.affine)
             ks = slice_range(centre_slice(prior_c, rules), options.slices, prior_c.shape[2])
-            names: dict[str, dict[int, str]] = {}
-            for name, vol, _, _ in outputs:
+            for name, vol, _, lab, _ in outputs:
                 canon, _ = to_canonical(vol, prior.affine)
-                names[name] = {}
+                lab_c, _ = to_canonical(lab, prior.affine)
                 for k in ks:
-                    fname = f"{name}_z{k:03d}.png"
-                    write_png(tmp / fname, to_png16(to_square(canon[:, :, k], options.size)), bits=16)
-                    names[name][k] = f"{pair.folder}/{fname}"
-                    files.append(f"{pair.folder}/{fname}")
-            for name, _, norm, fields in outputs[1:]:
+                    write_png(tmp / f"{name}_z{k:03d}.png", to_png16(to_square(canon[:, :, k], options.size)), bits=16)
+                    write_png(tmp / f"{name}_dseg_z{k:03d}.png", square_labels(lab_c[:, :, k], options.size), bits=16)
+                    files += [f"{pair.folder}/{name}_z{k:03d}.png", f"{pair.folder}/{name}_dseg_z{k:03d}.png"]
+            for name, _, norm, _, fields in outputs[1:]:
                 for k in ks:
-                    rows.append({"input_image_file_name": names["prior"][k], "edited_image_file_name": names[name][k],
-                                 **_ordered(fields, common, k, norm)})
+                    rows.append(_row(pair.folder, f"prior_z{k:03d}.png", f"{name}_z{k:03d}.png",
+                                     f"prior_dseg_z{k:03d}.png", f"{name}_dseg_z{k:03d}.png", fields, common, k, norm))
         else:
-            for name, vol, _, _ in outputs:
+            for name, vol, _, lab, _ in outputs:
                 write_volume(tmp / f"{name}.nii.gz", vol, prior.affine, prior.header)
-                files.append(f"{pair.folder}/{name}.nii.gz")
-            for name, _, norm, fields in outputs[1:]:
-                rows.append({"input_image_file_name": f"{pair.folder}/prior.nii.gz",
-                             "edited_image_file_name": f"{pair.folder}/{name}.nii.gz", **_ordered(fields, common, None, norm)})
+                write_labels(tmp / f"{name}_dseg.nii.gz", lab, prior.affine, prior.header)
+                files += [f"{pair.folder}/{name}.nii.gz", f"{pair.folder}/{name}_dseg.nii.gz"]
+            for name, _, norm, _, fields in outputs[1:]:
+                rows.append(_row(pair.folder, "prior.nii.gz", f"{name}.nii.gz", "prior_dseg.nii.gz", f"{name}_dseg.nii.gz",
+                                 fields, common, None, norm))
         if final.exists():
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -490,12 +489,32 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
     return base
 
 
-def _ordered(fields: dict[str, Any], common: dict[str, Any], k: int | None, norm) -> dict[str, Any]:
-    row = {"edit_prompt": fields["edit_prompt"], "subject": common["subject"], "sessions": common["sessions"],
+def square_labels(labels2d, size: int):
+    """A label slice padded to a centred square and resized to ``size`` with nearest neighbour,
+    on the same geometry as :func:`brainsynth_cli.slices.to_square` gives the image."""
+    import numpy as np
+    from scipy import ndimage
+
+    a = np.asarray(labels2d)
+    side = max(a.shape)
+    px, py = side - a.shape[0], side - a.shape[1]
+    a = np.pad(a, ((px // 2, px - px // 2), (py // 2, py - py // 2)))
+    if a.shape != (size, size):
+        a = ndimage.zoom(a, (size / side, size / side), order=0, mode="nearest", grid_mode=True)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise UserError("label ids above 65535 cannot be stored in 16-bit PNG label slices; use --dim 3d")
+    return a.astype(np.uint16)
+
+
+def _row(folder: str, prior: str, edited: str, prior_labels: str, edited_labels: str, fields: dict[str, Any],
+         common: dict[str, Any], k: int | None, norm) -> dict[str, Any]:
+    row = {"input_image_file_name": f"{folder}/{prior}", "edited_image_file_name": f"{folder}/{edited}",
+           "edit_prompt": fields["edit_prompt"], "subject": common["subject"], "sessions": common["sessions"],
            "kind": fields["kind"], "structure": fields["structure"], "rates": fields["rates"],
            "intervals": fields["intervals"], "interval_years": common["interval_years"], "blender": fields["blender"],
            "slice": k, "split": None, "prior_normalisation": common["prior_normalisation"],
-           "target_normalisation": norm.as_dict()}
+           "target_normalisation": norm.as_dict(),
+           "input_labels_file_name": f"{folder}/{prior_labels}", "edited_labels_file_name": f"{folder}/{edited_labels}"}
     return row
 
 
@@ -564,14 +583,24 @@ def run_pairs(pending: list[Pair], options: Options, rules, progress) -> list[di
         progress(total, total, "")
         return parts
     import multiprocessing as mp
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait  # noqa: F401
+    from concurrent.futures import ProcessPoolExecutor
 
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn, not fork: a forked child would inherit the parent's threads (numba, BLAS) mid-state.
+    # Workers load the plugins again, so components registered at runtime need --jobs 1.
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(options.jobs, total), mp_context=ctx, initializer=_worker_init) as pool:
         futures = [pool.submit(_work, pair, options, rules) for pair in pending]
         try:
             for done, fut in enumerate(futures):
-                handle(*fut.result())
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    raise UserError(f"a make-pairs worker process died while making {pending[done].subject} "
+                                    f"{pending[done].prior.session}->{pending[done].target.session} (out of memory?); "
+                                    "re-run with fewer --jobs: finished pairs are kept") from None
+                handle(*result)
                 progress(done + 1, total, pending[done].subject)
         except BaseException:
             for f in futures:
