@@ -35,6 +35,7 @@ def register_commands(app: typer.Typer) -> None:
         interval_years: Tuple[float, float] = typer.Option(
             (1.0, 2.0), "--interval-years", metavar="LOW HIGH", help="Range of years between sessions."),
         noise: float = typer.Option(1.0, "--noise", help="Noise scale: 1 = Rician noise of 1-3 % of white matter, 0 = none."),
+        skull: bool = typer.Option(True, "--skull/--no-skull", help="Draw a synthetic skull and scalp around the brain (the template is skull-stripped)."),
     ) -> None:
         """Simulate a longitudinal T1w cohort with exact ground truth (BIDS tree + truth labels).
 
@@ -52,7 +53,7 @@ def register_commands(app: typer.Typer) -> None:
             result = simulate_cohort(
                 output, subjects=subjects, sessions=sessions, resolution=resolution, seed=seed,
                 ventricle_rate=ventricle_rate, cortex_rate=cortex_rate, interval_years=interval_years,
-                noise=noise, progress=progress,
+                noise=noise, skull=skull, progress=progress,
             )
         for plan in result.plans:
             rates = "  ".join(

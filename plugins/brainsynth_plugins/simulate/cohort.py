@@ -101,6 +101,7 @@ class Options:
     cortex_rate: tuple[float, float] = DEFAULT_CORTEX_RATE
     interval_years: tuple[float, float] = DEFAULT_INTERVAL
     noise: float = 1.0  # noise scale (1 = 1-3 % of white matter)
+    skull: bool = True  # synthetic skull and scalp around the brain (template.head)
     simulator: str = SIMULATOR_VERSION
     template: str = tpl.VERSION
 
@@ -116,6 +117,7 @@ def make_options(
     cortex_rate: Sequence[float] = DEFAULT_CORTEX_RATE,
     interval_years: Sequence[float] = DEFAULT_INTERVAL,
     noise: float = 1.0,
+    skull: bool = True,
 ) -> Options:
     """Check options; raise a one-line :class:`UserError` for anything out of range."""
     if not isinstance(sessions, int) or isinstance(sessions, bool) or sessions < 2:
@@ -145,7 +147,7 @@ def make_options(
     if not (isinstance(noise, (int, float)) and 0.0 <= float(noise) <= 5.0):
         raise UserError(f"--noise must lie in [0, 5], got {noise!r}")
     return Options(sessions=sessions, resolution=res, seed=seed, ventricle_rate=vr, cortex_rate=cr,
-                   interval_years=iv, noise=float(noise))
+                   interval_years=iv, noise=float(noise), skull=bool(skull))
 
 
 def _rng(seed: int, index: int, stream: int) -> "np.random.Generator":
@@ -494,6 +496,7 @@ def simulate_subject(
     cortex_rate: Sequence[float] = DEFAULT_CORTEX_RATE,
     interval_years: Sequence[float] = DEFAULT_INTERVAL,
     noise: float = 1.0,
+    skull: bool = True,
     rates: Mapping[str, Sequence[float]] | None = None,
     options: Options | None = None,
 ) -> SimulatedSubject:
@@ -504,7 +507,7 @@ def simulate_subject(
     [10, 25]})`` gives a ventricles-only subject with +10 % and +25 %.
     """
     opts = options or make_options(sessions=sessions, resolution=resolution, seed=seed, ventricle_rate=ventricle_rate,
-                                   cortex_rate=cortex_rate, interval_years=interval_years, noise=noise)
+                                   cortex_rate=cortex_rate, interval_years=interval_years, noise=noise, skull=skull)
     return _simulate(plan_subject(index, opts, rates=rates), opts)
 
 
@@ -512,7 +515,7 @@ def _simulate(plan: SubjectPlan, opts: Options) -> SimulatedSubject:
     import numpy as np
     import scipy.ndimage as ndi
 
-    ref_t1, ref_lab = tpl.reference(opts.resolution)
+    ref_t1, ref_lab = tpl.head(opts.resolution) if opts.skull else tpl.reference(opts.resolution)
     vox = opts.resolution
     anatomy = _anatomy(plan, opts, ref_lab.data)
     baseline = sample_labels(ref_lab.data, anatomy.positions)
@@ -745,6 +748,7 @@ def simulate_cohort(
     cortex_rate: Sequence[float] = DEFAULT_CORTEX_RATE,
     interval_years: Sequence[float] = DEFAULT_INTERVAL,
     noise: float = 1.0,
+    skull: bool = True,
     progress: Progress | None = None,
 ) -> CohortResult:
     """Simulate a cohort and write it as a BIDS tree under ``out_dir`` (resumable).
@@ -768,7 +772,7 @@ def simulate_cohort(
     if subjects > 999:
         raise UserError(f"--subjects must be at most 999, got {subjects}")
     opts = make_options(sessions=sessions, resolution=resolution, seed=seed, ventricle_rate=ventricle_rate,
-                        cortex_rate=cortex_rate, interval_years=interval_years, noise=noise)
+                        cortex_rate=cortex_rate, interval_years=interval_years, noise=noise, skull=skull)
     root = Path(out_dir)
     _validate_out(root, opts, subjects)
     plans = [plan_subject(i, opts) for i in range(subjects)]

@@ -257,3 +257,55 @@ def resample_pair(t1: "np.ndarray", lab: "np.ndarray", affine: "np.ndarray", res
         out[better] = value
         best[better] = frac[better]
     return t1_new, out, new_aff
+
+
+# --------------------------------------------------------------------------------------------
+# a synthetic head around the skull-stripped template
+
+#: Layers outside the brain's smooth hull: (outer distance in mm, T1 intensity on the
+#: template's 0..1 scale where white matter is ~0.84). CSF and dura, inner table, diploe
+#: (marrow), outer table, galea and muscle, scalp fat (bright on T1), skin.
+HEAD_LAYERS = ((1.5, 0.28), (3.0, 0.06), (5.5, 0.5), (7.0, 0.06), (9.0, 0.42), (13.0, 0.95), (14.5, 0.55))
+NECK_Z_MM = -40.0  # below this the shells are soft tissue (no skull around the brain stem)
+
+_heads: dict[float, tuple[Volume, Volume]] = {}
+
+
+def head(resolution: float = 2.0) -> tuple[Volume, Volume]:
+    """The template with a synthetic head: (T1 with CSF rim, skull, marrow and scalp; labels
+    with the extra-cerebral CSF rim as 24). Same grid as :func:`reference`.
+
+    The head is drawn as shells at fixed distances from a smooth hull of the brain (a Gaussian-
+    smoothed brain mask), with partial-volume blurring; below z = -40 mm (the neck) the shells
+    are soft tissue. The skull carries no label (0), as in FreeSurfer's aseg.
+    """
+    import numpy as np
+    import scipy.ndimage as ndi
+
+    res = float(resolution)
+    if res not in _heads:
+        t1, lab = reference(res)
+        vox = np.sqrt((np.asarray(t1.affine)[:3, :3] ** 2).sum(axis=0))
+        brain = lab.data != 0
+        hull = (ndi.gaussian_filter(brain.astype(np.float32), 3.0 / vox) > 0.25) | brain
+        hull = ndi.binary_fill_holes(hull)
+        rim = hull & ~brain
+        dist = ndi.distance_transform_edt(~hull, sampling=vox)
+        shells = np.zeros(lab.shape, dtype=np.float32)
+        inner = 0.0
+        for outer, value in HEAD_LAYERS:
+            shells[(dist > inner) & (dist <= outer)] = value
+            inner = outer
+        k = np.arange(lab.shape[2], dtype=np.float64)
+        z = np.asarray(t1.affine)[2, 2] * k + np.asarray(t1.affine)[2, 3]
+        neck = (z < NECK_Z_MM)[None, None, :] & (dist > 1.5) & (dist <= HEAD_LAYERS[-1][0])
+        shells[neck] = 0.42
+        shells = ndi.gaussian_filter(shells, 0.6 / vox)
+        shells[brain] = 0.0
+        shells[rim] = np.maximum(shells[rim], 0.28)
+        data = np.where(brain, t1.data, 0.0).astype(np.float32) + shells
+        labels = lab.data.copy()
+        labels[rim] = CSF
+        _heads[res] = (t1.with_data(data.astype(np.float32)), lab.with_data(labels))
+    t1, lab = _heads[res]
+    return t1.with_data(t1.data.copy()), lab.with_data(lab.data.copy())
