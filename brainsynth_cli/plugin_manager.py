@@ -36,6 +36,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "brainsynth_plugins.blend",
     "brainsynth_plugins.pairs",
     "brainsynth_plugins.simulate",
+    "brainsynth_plugins.text",
+    "brainsynth_plugins.ip2p",
 )
 
 

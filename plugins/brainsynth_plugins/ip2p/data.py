@@ -1,0 +1,44 @@
+"""Reading a pairs folder (the make-pairs contract, docs/pairs-format.md) for training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from brainsynth_cli.errors import InputError
+from brainsynth_cli.pairs_folder import PairsFolder, read_pairs_folder
+
+__all__ = ["PairsFolder", "read_pairs", "load_slice", "prompts_of"]
+
+
+def read_pairs(root: str | Path) -> PairsFolder:
+    """The kernel's pairs-folder reader plus what this generator needs: 2D PNG slices and training rows."""
+    folder = read_pairs_folder(root)
+    if folder.dim != "2d":
+        raise InputError(folder.root, f"holds {folder.dim} pairs", "instruct-pix2pix trains on 2D slices: run make-pairs with 2D output")
+    for row in folder.rows:
+        for f in (row.prior, row.target):
+            if f.suffix.lower() != ".png":
+                raise InputError(f, "is not a PNG slice", "instruct-pix2pix trains on 16-bit PNG slices")
+    if not folder.split("train"):
+        raise InputError(folder.root / "metadata.jsonl", "has no rows with split \"train\"",
+                         "re-run make-pairs with a split that leaves training subjects")
+    return folder
+
+
+def prompts_of(folder: PairsFolder) -> list[str]:
+    return sorted({r.prompt for r in folder.rows})
+
+
+def load_slice(path: Path, resolution: int) -> Any:
+    """A PNG slice as float32 [0, 1] at ``resolution`` x ``resolution`` (padded and resized if needed)."""
+    import numpy as np
+
+    from brainsynth_cli.images import read_png
+    from brainsynth_cli.slices import to_square
+
+    arr, bits = read_png(path)
+    x = arr.astype(np.float32) / np.float32(65535 if bits == 16 else 255)
+    if x.shape != (resolution, resolution):
+        x = np.clip(to_square(x, resolution), 0, 1)
+    return x

@@ -1,0 +1,31 @@
+"""The ``instruct-pix2pix`` generator: train a model folder, load it for editing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from brainsynth_cli.interfaces import Progress, TrainOptions
+
+
+class InstructPix2Pix:
+    """InstructPix2Pix latent diffusion (AutoencoderKL + 8-channel UNet2DConditionModel)."""
+
+    name = "instruct-pix2pix"
+    kind = "editing"
+
+    def train(self, options: TrainOptions, progress: Progress | None = None) -> Path:
+        from brainsynth_plugins.ip2p.training import train
+
+        return train(options, progress)
+
+    def load(self, model_dir: Path, device: str = "auto") -> Any:
+        from brainsynth_plugins.ip2p.model import IP2PModel
+
+        return IP2PModel(Path(model_dir), device)
+
+    def check(self, model_dir: Path) -> dict[str, Any]:
+        """Validate a model folder without loading weights (one-line error if parts are missing)."""
+        from brainsynth_plugins.ip2p.model import check_model_dir
+
+        return check_model_dir(Path(model_dir))

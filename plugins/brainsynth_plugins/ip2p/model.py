@@ -1,0 +1,116 @@
+"""A trained model folder: checking it, loading it, editing slices with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from brainsynth_cli.errors import InputError, UserError
+from brainsynth_cli.interfaces import Progress
+
+#: What a model folder must hold (diffusers pipeline layout + brainsynth.json).
+REQUIRED = ("brainsynth.json", "model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+            "scheduler/scheduler_config.json", "tokenizer")
+WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+           "text_encoder": "model.safetensors"}
+
+SCHEDULERS = ("ddim", "dpm++", "euler-a")
+
+
+def check_model_dir(model_dir: Path) -> dict[str, Any]:
+    """Refuse a folder that is not a complete brainsynth model; returns its brainsynth.json."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise InputError(d, "is not a model folder", "give the folder written by `brainsynth train -o MODEL`")
+    for part in REQUIRED:
+        if not (d / part).exists():
+            raise InputError(d, f"is missing {part}", "give a complete model folder written by `brainsynth train` (re-run or --resume the training)")
+    for sub, name in WEIGHTS.items():
+        if not any((d / sub).glob("*.safetensors")):
+            raise InputError(d, f"is missing {sub}/{name}", "give a complete model folder written by `brainsynth train`")
+    try:
+        info = json.loads((d / "brainsynth.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(d / "brainsynth.json", f"is not valid JSON ({exc})", "re-run the training") from None
+    if info.get("format") != "brainsynth-model" or info.get("generator") != "instruct-pix2pix":
+        raise InputError(d / "brainsynth.json", "is not an instruct-pix2pix brainsynth model", "give a model trained with --generator instruct-pix2pix")
+    return info
+
+
+def scheduler_for(name: str, config: Any) -> Any:
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    if name == "euler-a":
+        return EulerAncestralDiscreteScheduler.from_config(config)
+    raise UserError(f"unknown scheduler {name!r}; available: {', '.join(SCHEDULERS)}")
+
+
+class IP2PModel:
+    """A loaded InstructPix2Pix model. ``edit`` takes [0, 1] slices at the model's resolution."""
+
+    def __init__(self, model_dir: Path, device: str = "auto") -> None:
+        from brainsynth_cli.structures import rules_from_text
+
+        from brainsynth_plugins.ip2p.training import quiet, resolve_device
+
+        self.path = Path(model_dir)
+        self.info = check_model_dir(self.path)
+        self.device = resolve_device(device)
+        self.resolution = int(self.info["resolution"])
+        self.channels = int(self.info["channels"])
+        self.prompts = list(self.info.get("prompts", []))
+        self.rules = rules_from_text(self.info["rules"], f"{self.path / 'brainsynth.json'} rules") if self.info.get("rules") else None
+        quiet()
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
+        try:
+            self.pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+                self.path, safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()
+            raise InputError(self.path, f"cannot be loaded as a diffusers pipeline ({first[0][:160] if first else type(exc).__name__})",
+                             "re-run the training") from None
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self._scheduler_config = self.pipe.scheduler.config
+
+    def edit(self, images: list[Any], prompt: str, *, steps: int = 20, scheduler: str = "ddim", guidance_scale: float = 7.5,
+             image_guidance_scale: float = 1.5, seed: int = 0, batch_size: int = 4, progress: Progress | None = None) -> list[Any]:
+        """Edit ``images`` (2D float arrays in [0, 1], ``resolution`` square) by ``prompt``; returns [0, 1] arrays.
+
+        One generator seeded with ``seed`` draws the noise of all batches in order: the same
+        seed, settings and batch size give the same bytes.
+        """
+        import numpy as np
+        import torch
+
+        for a in images:
+            if np.asarray(a).shape != (self.resolution, self.resolution):
+                raise ValueError(f"edit needs {self.resolution}x{self.resolution} slices, got {np.asarray(a).shape}")
+        self.pipe.scheduler = scheduler_for(scheduler, self._scheduler_config)
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        if self.device == "cpu":
+            torch.use_deterministic_algorithms(True)
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        out: list[Any] = []
+        try:
+            for i in range(0, len(images), max(1, batch_size)):
+                chunk = images[i : i + max(1, batch_size)]
+                x = torch.from_numpy(np.stack([np.asarray(a, dtype=np.float32) for a in chunk]))[:, None]
+                if self.channels == 3:
+                    x = x.repeat(1, 3, 1, 1)
+                with torch.no_grad():
+                    y = self.pipe(prompt=[prompt] * len(chunk), image=x.to(self.device), num_inference_steps=int(steps),
+                                  guidance_scale=float(guidance_scale), image_guidance_scale=float(image_guidance_scale),
+                                  generator=gen, output_type="pt").images
+                out.extend(np.clip(y.float().mean(1).cpu().numpy(), 0, 1).astype(np.float32))
+                if progress is not None:
+                    progress(len(out), len(images), "slices")
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+        return out

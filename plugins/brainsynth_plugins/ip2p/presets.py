@@ -1,0 +1,43 @@
+"""Training presets: model sizes and schedules. Every value can be overridden (``--set KEY=VALUE``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Trains both stages on 2 CPU cores in a few minutes at 64x64 (the demo and the tests).
+    "tiny": {
+        "resolution": 64, "channels": 1, "pretrained": None,
+        "vae": {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 16},
+        "unet": {"block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 16,
+                 "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                 "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]},
+        "vae_steps": 200, "unet_steps": 400, "vae_lr": 1e-3, "unet_lr": 1e-3, "vae_batch_size": 8, "unet_batch_size": 16,
+        "warmup_steps": 20, "validation_steps": 10, "checkpoint_every": 100,
+    },
+    # From scratch, sized for one GPU at 256x256 (latents 4x32x32).
+    "base": {
+        "resolution": 256, "channels": 1, "pretrained": None,
+        "vae": {"block_out_channels": [64, 128, 256, 256], "layers_per_block": 2, "latent_channels": 4, "norm_num_groups": 32},
+        "unet": {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "attention_head_dim": 8, "norm_num_groups": 32,
+                 "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                 "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]},
+        "vae_steps": 20000, "unet_steps": 50000, "vae_lr": 1e-4, "unet_lr": 1e-4, "vae_batch_size": 8, "unet_batch_size": 32,
+        "warmup_steps": 500, "validation_steps": 20, "checkpoint_every": 2000,
+    },
+    # Stable Diffusion 1.5 from --pretrained (BrainEditor's setting: stage 1 lr 4.5e-6 batch 8, stage 2 lr 1e-4 batch 32).
+    "sd15": {
+        "resolution": 256, "channels": 3, "pretrained": "required",
+        "vae": None, "unet": None,
+        "vae_steps": 10000, "unet_steps": 20000, "vae_lr": 4.5e-6, "unet_lr": 1e-4, "vae_batch_size": 8, "unet_batch_size": 32,
+        "warmup_steps": 500, "validation_steps": 20, "checkpoint_every": 2000,
+    },
+}
+
+#: Defaults common to all presets.
+COMMON: dict[str, Any] = {
+    "kl_weight": 1e-6, "ssim_weight": 0.5, "gan_weight": 0.0, "gan_start": 0,
+    "conditioning_dropout": 0.05, "ema": False, "ema_decay": 0.999, "gradient_accumulation": 1,
+    "validation_count": 4, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup",
+    "mixed_precision": "no", "gradient_checkpointing": False, "guidance_scale": 7.5, "image_guidance_scale": 1.5,
+}

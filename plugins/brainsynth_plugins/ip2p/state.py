@@ -1,0 +1,137 @@
+"""Checkpoints without pickle: weights, optimizer state and RNG state as safetensors, the rest as JSON.
+
+A checkpoint is a folder ``MODEL/checkpoints/<stage>-<step>`` written to a temporary name and
+renamed when complete, so a run killed while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STAGES = ("vae", "unet")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    stage: str
+    step: int
+
+
+def list_checkpoints(model_dir: Path) -> list[Checkpoint]:
+    root = Path(model_dir) / "checkpoints"
+    out = []
+    if root.is_dir():
+        for d in root.iterdir():
+            stage, _, step = d.name.partition("-")
+            if d.is_dir() and stage in STAGES and step.isdigit() and (d / "state.json").is_file():
+                out.append(Checkpoint(d, stage, int(step)))
+    return sorted(out, key=lambda c: (STAGES.index(c.stage), c.step))
+
+
+def _tensors(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def optimizer_split(opt: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An optimizer's state dict as (tensors by "param.key", JSON-able param groups)."""
+    import torch
+
+    sd = opt.state_dict()
+    tensors: dict[str, Any] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"{pid}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return _tensors(tensors), groups
+
+
+def optimizer_join(tensors: dict[str, Any], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, _, k = key.partition(".")
+        state.setdefault(int(pid), {})[k] = v
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(model_dir: Path, stage: str, step: int, *, modules: dict[str, Any], optimizers: dict[str, Any],
+                    scheduler: Any, rng: dict[str, Any], extra: dict[str, Any], keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    root = Path(model_dir) / "checkpoints"
+    final = root / f"{stage}-{step:07d}"
+    tmp = root / f".tmp-{stage}-{step:07d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    groups = {}
+    for name, sd in modules.items():
+        save_file(_tensors(sd), str(tmp / f"{name}.safetensors"))
+    for name, opt in optimizers.items():
+        tensors, groups[name] = optimizer_split(opt)
+        save_file(tensors, str(tmp / f"optimizer-{name}.safetensors"))
+    save_file(_tensors(rng), str(tmp / "rng.safetensors"))
+    state = {"stage": stage, "step": step, "scheduler": scheduler.state_dict(), "param_groups": groups, **extra}
+    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in [c for c in list_checkpoints(model_dir) if c.stage == stage][:-max(1, keep)]:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
+    """Everything of a checkpoint: ``state`` (JSON), ``modules`` and ``optimizers`` (state dicts), ``rng``."""
+    from safetensors.torch import load_file
+
+    state = json.loads((ckpt.path / "state.json").read_text(encoding="utf-8"))
+    modules, optimizers = {}, {}
+    for f in sorted(ckpt.path.glob("*.safetensors")):
+        if f.name.startswith("optimizer-"):
+            name = f.stem.removeprefix("optimizer-")
+            optimizers[name] = optimizer_join(load_file(str(f)), state["param_groups"][name])
+        elif f.name != "rng.safetensors":
+            modules[f.stem] = load_file(str(f))
+    return {"state": state, "modules": modules, "optimizers": optimizers, "rng": load_file(str(ckpt.path / "rng.safetensors"))}
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point parameters (warm-up as in diffusers)."""
+
+    def __init__(self, module: Any, decay: float = 0.999) -> None:
+        self.decay = decay
+        self.step = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    def update(self, module: Any) -> None:
+        import torch
+
+        self.step += 1
+        d = min(self.decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for k, v in module.state_dict().items():
+                if k in self.shadow:
+                    self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.shadow
+
+    def load(self, tensors: dict[str, Any], step: int) -> None:
+        self.shadow = {k: v.float().clone() for k, v in tensors.items()}
+        self.step = step
+
+    def apply_to(self, module: Any) -> dict[str, Any]:
+        """Copy the averages into ``module``; returns the weights it had (for :meth:`restore`)."""
+        backup = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.load_state_dict({**backup, **{k: v.to(backup[k].dtype) for k, v in self.shadow.items()}})
+        return backup
+
+    @staticmethod
+    def restore(module: Any, backup: dict[str, Any]) -> None:
+        module.load_state_dict(backup)

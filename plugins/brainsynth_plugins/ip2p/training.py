@@ -1,0 +1,698 @@
+"""Training: stage 1 (AutoencoderKL), stage 2 (8-channel UNet2DConditionModel), under accelerate.
+
+Everything random is drawn from generators whose state is checkpointed, batches are a pure
+function of (seed, step), and latents are computed once in a fixed order, so a run resumed from
+a checkpoint ends with the same weights as an uninterrupted one (same seed, CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from brainsynth_cli.errors import InputError, UserError
+from brainsynth_cli.interfaces import Progress, TrainOptions
+
+from brainsynth_plugins.ip2p import state as ckpts
+from brainsynth_plugins.ip2p.data import PairsFolder, load_slice, prompts_of, read_pairs
+from brainsynth_plugins.ip2p.presets import COMMON, PRESETS
+
+RUN_FILE = "run.json"
+LOSS_FIELDS = ("stage", "step", "loss", "l1", "ssim", "kl", "gan", "lr")
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        return [_parse_value(t.strip()) for t in text.split(",") if t.strip()]
+    return text
+
+
+def build_config(options: TrainOptions) -> dict[str, Any]:
+    """Preset + command-line options + ``--set`` overrides -> the run's full configuration."""
+    ex = dict(options.extra)
+    preset = ex.get("preset") or "tiny"
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    cfg: dict[str, Any] = copy.deepcopy({**COMMON, **PRESETS[preset]})
+    cfg["preset"] = preset
+    if ex.get("pretrained"):
+        cfg["pretrained"] = str(ex["pretrained"])
+    elif cfg["pretrained"] == "required":
+        raise UserError(f"preset {preset} starts from pretrained weights; give --pretrained PATH_OR_ID (a Stable Diffusion 1.5 diffusers folder)")
+    if ex.get("steps") is not None:
+        cfg["vae_steps"] = cfg["unet_steps"] = int(ex["steps"])
+    cfg["epochs"] = ex.get("epochs")
+    if ex.get("batch_size") is not None:
+        cfg["vae_batch_size"] = cfg["unet_batch_size"] = int(ex["batch_size"])
+    if ex.get("lr") is not None:
+        cfg["unet_lr"] = float(ex["lr"])
+    for key in ("resolution", "channels", "mixed_precision", "conditioning_dropout", "checkpoint_every"):
+        if ex.get(key) is not None:
+            cfg[key] = ex[key]
+    for key in ("gradient_checkpointing", "ema"):
+        if ex.get(key):
+            cfg[key] = True
+    cfg["stage"] = ex.get("stage") or "all"
+    cfg["seed"] = int(options.seed)
+    cfg["data"] = str(Path(options.data).resolve())
+    name = ex.get("text_encoder") or ("clip" if cfg["pretrained"] else "minilm")
+    path = ex.get("text_encoder_path") or (cfg["pretrained"] if cfg["pretrained"] and name == "clip" else None)
+    cfg["text_encoder"] = {"name": name, "path": str(path) if path else None}
+    for key, value in (ex.get("set") or {}).items():
+        head, _, tail = key.partition(".")
+        if head not in cfg or (tail and not isinstance(cfg[head], dict)):
+            known = ", ".join(sorted(k for k in cfg if k not in ("data", "text_encoder", "stage", "seed")))
+            raise UserError(f"--set {key}: unknown setting; known: {known} (model sizes as vae.KEY / unet.KEY)")
+        v = _parse_value(value) if isinstance(value, str) else value
+        if tail:
+            cfg[head][tail] = v
+        else:
+            cfg[head] = v
+    if cfg["vae"] is None and not cfg["pretrained"]:
+        raise UserError("a model without pretrained weights needs vae/unet sizes; use preset tiny or base")
+    if int(cfg["resolution"]) < 8 or int(cfg["channels"]) not in (1, 3):
+        raise UserError("--resolution must be >= 8 and --channels 1 or 3")
+    if not 0 <= float(cfg["conditioning_dropout"]) < 1 / 3:
+        raise UserError("--conditioning-dropout must lie in [0, 1/3) (text, image and both are each dropped with this probability)")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------
+def _is_empty(d: Path) -> bool:
+    return not d.exists() or (d.is_dir() and not any(d.iterdir()))
+
+
+def train(options: TrainOptions, progress: Progress | None = None) -> Path:
+    """Validate, then run the requested stages; returns the model folder."""
+    out = Path(options.output)
+    progress = progress or (lambda done, total, message="": None)
+    if options.resume:
+        run_file = out / "checkpoints" / RUN_FILE
+        if not run_file.is_file():
+            raise InputError(out, "has no training run to resume (no checkpoints/run.json)", "train without --resume")
+        cfg = json.loads(run_file.read_text(encoding="utf-8"))
+        done_vae = (out / "vae" / "config.json").is_file()
+        if not ckpts.list_checkpoints(out) and not (done_vae and cfg["stage"] == "all"):
+            raise InputError(out, "has no checkpoint to resume from", "train without --resume (checkpoints are written every --checkpoint-every steps)")
+        pairs = read_pairs(cfg["data"])
+    else:
+        cfg = build_config(options)
+        pairs = read_pairs(options.data)
+        if cfg["stage"] == "unet" and not cfg["pretrained"] and not (out / "vae" / "config.json").is_file():
+            raise InputError(out, "has no trained VAE (vae/) for --stage unet", "run --stage vae (or all) first, or start from --pretrained")
+        if cfg["stage"] != "unet" and not _is_empty(out):
+            raise InputError(out, "exists and is not empty", "give a new folder, or --resume to continue its training")
+        if cfg["stage"] == "unet" and (out / "brainsynth.json").exists():
+            raise InputError(out, "already holds a trained model", "give a new folder")
+        if out.exists() and not out.is_dir():
+            raise InputError(out, "is a file", "give a folder name for the model")
+    trainer = Trainer(cfg, out, pairs, device=options.device, progress=progress)
+    trainer.check()
+    if not options.resume:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints" / RUN_FILE).write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    return trainer.run(resume=options.resume)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def quiet() -> None:
+    """Silence transformers/diffusers download bars and load reports."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise UserError("--device mps: MPS is not available; use --device cpu or auto")
+    if device not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown --device {device!r}; use auto, cpu, cuda or mps")
+    return device
+
+
+def ssim(a: Any, b: Any, window: int = 7, sigma: float = 1.5) -> Any:
+    """Mean structural similarity of two image batches in [0, 1] (Gaussian window)."""
+    import torch
+    import torch.nn.functional as F
+
+    c = a.shape[1]
+    x = torch.arange(window, dtype=a.dtype, device=a.device) - (window - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = (g / g.sum())
+    k = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()
+
+    def f(t: Any) -> Any:
+        return F.conv2d(t, k, groups=c)
+
+    mu_a, mu_b = f(a), f(b)
+    saa, sbb, sab = f(a * a) - mu_a**2, f(b * b) - mu_b**2, f(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+    return s.mean()
+
+
+def patch_discriminator(channels: int) -> Any:
+    """A small PatchGAN discriminator (3 strided convolutions) for the optional adversarial VAE loss."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(channels, 64, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.Conv2d(64, 128, 4, 2, 1), nn.GroupNorm(8, 128), nn.LeakyReLU(0.2),
+        nn.Conv2d(128, 1, 3, 1, 1),
+    )
+
+
+class Batches:
+    """Batch ``k`` of an endless stream of per-epoch permutations: a pure function of (seed, k)."""
+
+    def __init__(self, n: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        import torch
+
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+        return self._perms[epoch]
+
+    def __call__(self, k: int) -> list[int]:
+        start = (k * self.world + self.rank) * self.batch
+        return [self._perm(p // self.n)[p % self.n] for p in range(start, start + self.batch)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: dict[str, Any], out: Path, pairs: PairsFolder, *, device: str, progress: Progress) -> None:
+        self.cfg, self.out, self.pairs, self.progress = cfg, Path(out), pairs, progress
+        self.device_name = resolve_device(device)
+        self.res = int(cfg["resolution"])
+        self.channels = int(cfg["channels"])
+        self.train_pairs = pairs.split("train")
+        self.val_pairs = (pairs.split("validation") or self.train_pairs)[: int(cfg["validation_count"])]
+        self._images: dict[Path, Any] = {}
+
+    # -- validation of what we need before writing anything ----------------------------------
+    def check(self) -> None:
+        from brainsynth_cli.plugin_manager import get_manager
+
+        te = self.cfg["text_encoder"]
+        self.encoder = get_manager().registry("text-encoder").create(te["name"], **({"path": te["path"]} if te["path"] else {}))
+        pre = self.cfg["pretrained"]
+        if pre and Path(pre).exists() and not (Path(pre) / "unet" / "config.json").is_file():
+            raise InputError(pre, "is not a diffusers Stable Diffusion folder (no unet/config.json)", "give a folder saved with save_pretrained or a hub id")
+        if self.cfg["mixed_precision"] not in ("no", "fp16", "bf16"):
+            raise UserError("--mixed-precision must be no, fp16 or bf16")
+        if self.cfg["mixed_precision"] == "fp16" and self.device_name == "cpu":
+            raise UserError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+        if self.res % 8:
+            raise UserError(f"--resolution {self.res} must be a multiple of 8")
+        epochs = self.cfg.get("epochs")
+        if epochs:
+            n_img = len({p.prior for p in self.train_pairs} | {p.target for p in self.train_pairs})
+            self.cfg["vae_steps"] = math.ceil(float(epochs) * n_img / int(self.cfg["vae_batch_size"]))
+            self.cfg["unet_steps"] = math.ceil(float(epochs) * len(self.train_pairs) / int(self.cfg["unet_batch_size"]))
+            self.cfg["epochs"] = None
+
+    # -- common machinery ----------------------------------------------------------------
+    def _image(self, path: Path) -> Any:
+        if path not in self._images:
+            self._images[path] = load_slice(path, self.res)
+        return self._images[path]
+
+    def _tensor(self, paths: list[Path]) -> Any:
+        import numpy as np
+        import torch
+
+        x = torch.from_numpy(np.stack([self._image(p) for p in paths]))[:, None]
+        if self.channels == 3:
+            x = x.repeat(1, 3, 1, 1)
+        return x * 2 - 1
+
+    def _accelerator(self) -> Any:
+        from accelerate import Accelerator
+
+        return Accelerator(mixed_precision=self.cfg["mixed_precision"], cpu=self.device_name == "cpu",
+                           gradient_accumulation_steps=int(self.cfg["gradient_accumulation"]))
+
+    def _log(self, row: dict[str, Any]) -> None:
+        path = self.out / "logs" / "loss.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with open(path, "a", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=LOSS_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in LOSS_FIELDS})
+
+    def _trim_log(self, stage: str, step: int) -> None:
+        """Drop log rows a killed run wrote after the checkpoint we resume from."""
+        path = self.out / "logs" / "loss.csv"
+        if not path.exists():
+            return
+        order = ckpts.STAGES.index(stage)
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh)
+                    if ckpts.STAGES.index(r["stage"]) < order or (r["stage"] == stage and int(r["step"]) <= step)]
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=LOSS_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def _rng(self, gen: Any) -> dict[str, Any]:
+        import torch
+
+        rng = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        return rng
+
+    def _set_rng(self, gen: Any, rng: dict[str, Any]) -> None:
+        import torch
+
+        torch.set_rng_state(rng["torch"])
+        gen.set_state(rng["generator"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+
+    def _scheduler(self, opt: Any, total: int, world: int) -> Any:
+        from diffusers.optimization import get_scheduler
+
+        return get_scheduler(self.cfg["lr_scheduler"], optimizer=opt, num_warmup_steps=int(self.cfg["warmup_steps"]) * world,
+                             num_training_steps=total * world)
+
+    # -- run -----------------------------------------------------------------------------
+    def run(self, resume: bool) -> Path:
+        import torch
+
+        quiet()
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        if self.device_name == "cpu":
+            torch.use_deterministic_algorithms(True)
+        try:
+            torch.manual_seed(int(self.cfg["seed"]))
+            self.tokenizer, self.text_model = self.encoder.load()
+            stages = list(ckpts.STAGES) if self.cfg["stage"] == "all" else [self.cfg["stage"]]
+            latest = ckpts.list_checkpoints(self.out)[-1] if resume and ckpts.list_checkpoints(self.out) else None
+            for stage in stages:
+                if stage == "vae" and (self.out / "vae" / "config.json").is_file() and resume:
+                    continue  # finished before the interruption
+                start = latest if latest is not None and latest.stage == stage else None
+                if start is not None:
+                    self._trim_log(stage, start.step)
+                elif resume:
+                    self._trim_log(stage, 0)
+                if stage == "vae":
+                    self.train_vae(start)
+                else:
+                    self.train_unet(start)
+            return self.out
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+
+    # -- stage 1 -------------------------------------------------------------------------
+    def _new_vae(self) -> Any:
+        from diffusers import AutoencoderKL
+
+        if self.cfg["pretrained"]:
+            return AutoencoderKL.from_pretrained(self.cfg["pretrained"], subfolder="vae")
+        v = self.cfg["vae"]
+        n = len(v["block_out_channels"])
+        return AutoencoderKL(in_channels=self.channels, out_channels=self.channels,
+                             down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                             block_out_channels=tuple(v["block_out_channels"]), layers_per_block=int(v["layers_per_block"]),
+                             latent_channels=int(v["latent_channels"]), norm_num_groups=int(v["norm_num_groups"]),
+                             sample_size=self.res)
+
+    def train_vae(self, start: ckpts.Checkpoint | None) -> None:
+        import torch
+
+        cfg = self.cfg
+        total = int(cfg["vae_steps"])
+        images = sorted({p.prior for p in self.train_pairs} | {p.target for p in self.train_pairs})
+        torch.manual_seed(int(cfg["seed"]))
+        vae = self._new_vae()
+        if cfg["gradient_checkpointing"]:
+            vae.enable_gradient_checkpointing()
+        gan = float(cfg["gan_weight"]) > 0
+        disc = patch_discriminator(self.channels) if gan else None
+        opt = torch.optim.AdamW(vae.parameters(), lr=float(cfg["vae_lr"]))
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=float(cfg["vae_lr"]), betas=(0.5, 0.9)) if gan else None
+        acc = self._accelerator()
+        sched = self._scheduler(opt, total, acc.num_processes)
+        gen = torch.Generator(device=acc.device).manual_seed(int(cfg["seed"]) * 7 + 1 + acc.process_index)
+        step = 0
+        if start is not None:
+            ck = ckpts.load_checkpoint(start)
+            vae.load_state_dict(ck["modules"]["model"])
+            opt.load_state_dict(ck["optimizers"]["model"])
+            if gan:
+                disc.load_state_dict(ck["modules"]["disc"])
+                opt_d.load_state_dict(ck["optimizers"]["disc"])
+            sched.load_state_dict(ck["state"]["scheduler"])
+            self._set_rng(gen, ck["rng"])
+            step = int(ck["state"]["step"])
+        vae.train()
+        if gan:
+            vae, disc, opt, opt_d, sched = acc.prepare(vae, disc, opt, opt_d, sched)
+        else:
+            vae, opt, sched = acc.prepare(vae, opt, sched)
+        batches = Batches(len(images), int(cfg["vae_batch_size"]), int(cfg["seed"]), acc.process_index, acc.num_processes)
+        accum = int(cfg["gradient_accumulation"])
+        every = int(cfg["checkpoint_every"])
+        while step < total:
+            for micro in range(accum):
+                x = self._tensor([images[i] for i in batches(step * accum + micro)]).to(acc.device)
+                with acc.accumulate(vae):
+                    posterior = vae.encode(x).latent_dist
+                    rec = vae.decode(posterior.sample(generator=gen)).sample
+                    l1 = (rec.float() - x).abs().mean()
+                    s = 1 - ssim((rec.float() + 1) / 2, (x + 1) / 2)
+                    kl = posterior.kl().mean()
+                    loss = l1 + float(cfg["ssim_weight"]) * s + float(cfg["kl_weight"]) * kl
+                    g_loss = torch.zeros(())
+                    if gan and step >= int(cfg["gan_start"]):
+                        g_loss = -disc(rec).mean()
+                        loss = loss + float(cfg["gan_weight"]) * g_loss
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(vae.parameters(), 1.0)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    if gan and step >= int(cfg["gan_start"]):
+                        d_loss = torch.relu(1 - disc(x)).mean() + torch.relu(1 + disc(rec.detach())).mean()
+                        acc.backward(d_loss)
+                        opt_d.step()
+                        opt_d.zero_grad(set_to_none=True)
+            step += 1
+            if acc.is_main_process:
+                self._log({"stage": "vae", "step": step, "loss": float(loss.detach()), "l1": float(l1.detach()), "ssim": float(s.detach()),
+                           "kl": float(kl.detach()), "gan": float(g_loss.detach()), "lr": float(sched.get_last_lr()[0])})
+            self.progress(step, total, f"stage 1 (vae) loss {float(loss.detach()):.4f}")
+            if every > 0 and step % every == 0 and step < total:
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    modules = {"model": acc.unwrap_model(vae).state_dict()}
+                    optims = {"model": opt.optimizer if hasattr(opt, "optimizer") else opt}
+                    if gan:
+                        modules["disc"] = acc.unwrap_model(disc).state_dict()
+                        optims["disc"] = opt_d.optimizer if hasattr(opt_d, "optimizer") else opt_d
+                    ckpts.save_checkpoint(self.out, "vae", step, modules=modules, optimizers=optims,
+                                          scheduler=sched.scheduler if hasattr(sched, "scheduler") else sched,
+                                          rng=self._rng(gen), extra={}, keep=int(cfg["checkpoints_total_limit"]))
+                    self.validate_vae(acc.unwrap_model(vae), step)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            vae = acc.unwrap_model(vae)
+            vae.eval()
+            if not self.cfg["pretrained"]:
+                vae.register_to_config(scaling_factor=self._scaling_factor(vae, images))
+            self.validate_vae(vae, step)
+            tmp = self.out / ".tmp-vae"
+            shutil.rmtree(tmp, ignore_errors=True)
+            vae.save_pretrained(tmp)
+            shutil.rmtree(self.out / "vae", ignore_errors=True)
+            os.replace(tmp, self.out / "vae")
+        acc.free_memory()
+
+    def _scaling_factor(self, vae: Any, images: list[Path]) -> float:
+        """1 / std of the latents of (up to 64) training images, as Stable Diffusion's 0.18215."""
+        import torch
+
+        with torch.no_grad():
+            lat = torch.cat([vae.encode(self._tensor(images[i : i + 16]).to(vae.device)).latent_dist.mode()
+                             for i in range(0, min(64, len(images)), 16)])
+        std = float(lat.float().std())
+        return 1.0 / std if std > 1e-8 else 1.0
+
+    def validate_vae(self, vae: Any, step: int) -> None:
+        import torch
+
+        from brainsynth_cli.figures import save_grid
+
+        paths = [p.prior for p in self.val_pairs]
+        was = vae.training
+        vae.eval()
+        with torch.no_grad():
+            x = self._tensor(paths).to(vae.device)
+            rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        vae.train(was)
+        a = ((x + 1) / 2).clamp(0, 1).mean(1).cpu().numpy()
+        b = ((rec.float() + 1) / 2).clamp(0, 1).mean(1).cpu().numpy()
+        (self.out / "validation").mkdir(parents=True, exist_ok=True)
+        save_grid(self.out / "validation" / f"vae-{step:07d}.png", [[a[i], b[i], abs(b[i] - a[i])] for i in range(len(a))],
+                  col_titles=["input", "reconstruction", "|difference|"], scale=max(1, 128 // self.res))
+
+    # -- stage 2 -------------------------------------------------------------------------
+    def _new_unet(self, hidden: int, latent_channels: int, sample: int) -> tuple[Any, Any]:
+        import torch
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+
+        if self.cfg["pretrained"]:
+            unet = UNet2DConditionModel.from_pretrained(self.cfg["pretrained"], subfolder="unet")
+            if int(unet.config.cross_attention_dim) != hidden:
+                raise UserError(f"text encoder {self.cfg['text_encoder']['name']} is {hidden} wide but the pretrained UNet's "
+                                f"cross-attention is {unet.config.cross_attention_dim}; use --text-encoder clip with the pretrained text encoder")
+            if unet.config.in_channels == latent_channels:  # copy the weights, zero the new prior-latent channels
+                old = unet.conv_in
+                new = torch.nn.Conv2d(2 * latent_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+                with torch.no_grad():
+                    new.weight.zero_()
+                    new.weight[:, :latent_channels].copy_(old.weight)
+                    new.bias.copy_(old.bias)
+                unet.conv_in = new
+                unet.register_to_config(in_channels=2 * latent_channels)
+            noise = DDPMScheduler.from_pretrained(self.cfg["pretrained"], subfolder="scheduler")
+            return unet, noise
+        u = self.cfg["unet"]
+        unet = UNet2DConditionModel(
+            sample_size=sample, in_channels=2 * latent_channels, out_channels=latent_channels,
+            down_block_types=tuple(u["down_block_types"]), up_block_types=tuple(u["up_block_types"]),
+            block_out_channels=tuple(u["block_out_channels"]), layers_per_block=int(u["layers_per_block"]),
+            attention_head_dim=int(u["attention_head_dim"]), norm_num_groups=int(u["norm_num_groups"]),
+            cross_attention_dim=hidden,
+        )
+        noise = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              prediction_type="epsilon", clip_sample=False)
+        return unet, noise
+
+    def _embed(self, prompts: list[str], device: Any) -> dict[str, Any]:
+        import torch
+
+        out = {}
+        with torch.no_grad():
+            for p in prompts:
+                ids = self.tokenizer([p], padding="max_length", max_length=self.tokenizer.model_max_length,
+                                     truncation=True, return_tensors="pt").input_ids
+                out[p] = self.text_model.to(device)(ids.to(device))[0][0].float()
+        return out
+
+    def train_unet(self, start: ckpts.Checkpoint | None) -> None:
+        import torch
+        import torch.nn.functional as F
+        from diffusers import AutoencoderKL
+
+        cfg = self.cfg
+        total = int(cfg["unet_steps"])
+        vae_dir = self.out / "vae"
+        if not (vae_dir / "config.json").is_file():  # --stage unet from a pretrained VAE
+            AutoencoderKL.from_pretrained(cfg["pretrained"], subfolder="vae").save_pretrained(vae_dir)
+        vae = AutoencoderKL.from_pretrained(vae_dir)
+        if int(vae.config.in_channels) != self.channels:
+            raise InputError(vae_dir, f"is a {vae.config.in_channels}-channel VAE but --channels is {self.channels}", "use the same channels in both stages")
+        vae.requires_grad_(False).eval()
+        acc = self._accelerator()
+        vae.to(acc.device)
+        hidden = int(self.text_model.config.hidden_size)
+        lat_ch = int(vae.config.latent_channels)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        torch.manual_seed(int(cfg["seed"]) + 1)
+        unet, noise_sched = self._new_unet(hidden, lat_ch, self.res // factor)
+        if cfg["gradient_checkpointing"]:
+            unet.enable_gradient_checkpointing()
+        # latents once, in a fixed order (so a resumed run sees the same numbers)
+        paths = sorted({p.prior for p in self.train_pairs + self.val_pairs} | {p.target for p in self.train_pairs})
+        scale = float(vae.config.scaling_factor)
+        latents: dict[Path, Any] = {}
+        with torch.no_grad():
+            for i in range(0, len(paths), 16):
+                chunk = paths[i : i + 16]
+                z = vae.encode(self._tensor(chunk).to(acc.device)).latent_dist.mode() * scale
+                latents.update(zip(chunk, z))
+        emb = self._embed(sorted({p.prompt for p in self.pairs.rows}) + [""], acc.device)
+        null = emb[""]
+        ema = ckpts.EMA(unet, float(cfg["ema_decay"])) if cfg["ema"] else None
+        opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg["unet_lr"]))
+        sched = self._scheduler(opt, total, acc.num_processes)
+        gen = torch.Generator(device=acc.device).manual_seed(int(cfg["seed"]) * 7 + 2 + acc.process_index)
+        step = 0
+        if start is not None:
+            ck = ckpts.load_checkpoint(start)
+            unet.load_state_dict(ck["modules"]["model"])
+            opt.load_state_dict(ck["optimizers"]["model"])
+            sched.load_state_dict(ck["state"]["scheduler"])
+            if ema is not None:
+                ema.load(ck["modules"]["ema"], int(ck["state"]["ema_step"]))
+            self._set_rng(gen, ck["rng"])
+            step = int(ck["state"]["step"])
+        unet.train()
+        unet, opt, sched = acc.prepare(unet, opt, sched)
+        batches = Batches(len(self.train_pairs), int(cfg["unet_batch_size"]), int(cfg["seed"]), acc.process_index, acc.num_processes)
+        accum = int(cfg["gradient_accumulation"])
+        every = int(cfg["checkpoint_every"])
+        drop = float(cfg["conditioning_dropout"])
+        T = int(noise_sched.config.num_train_timesteps)
+        while step < total:
+            for micro in range(accum):
+                rows = [self.train_pairs[i] for i in batches(step * accum + micro)]
+                target = torch.stack([latents[r.target] for r in rows])
+                prior = torch.stack([latents[r.prior] for r in rows])
+                text = torch.stack([emb[r.prompt] for r in rows])
+                noise = torch.randn(target.shape, generator=gen, device=acc.device)
+                t = torch.randint(0, T, (len(rows),), generator=gen, device=acc.device)
+                noisy = noise_sched.add_noise(target, noise, t)
+                if drop > 0:  # InstructPix2Pix: drop text, both, image (each with probability `drop`)
+                    u = torch.rand(len(rows), generator=gen, device=acc.device)
+                    text = torch.where((u < 2 * drop)[:, None, None], null[None], text)
+                    prior = prior * (1 - ((u >= drop) & (u < 3 * drop)).float())[:, None, None, None]
+                with acc.accumulate(unet):
+                    pred = unet(torch.cat([noisy, prior], 1), t, text).sample
+                    loss = F.mse_loss(pred.float(), noise.float())
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(unet.parameters(), 1.0)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+            step += 1
+            if ema is not None:
+                ema.update(acc.unwrap_model(unet))
+            if acc.is_main_process:
+                self._log({"stage": "unet", "step": step, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])})
+            self.progress(step, total, f"stage 2 (unet) loss {float(loss.detach()):.4f}")
+            if every > 0 and step % every == 0 and step < total:
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    modules = {"model": acc.unwrap_model(unet).state_dict()}
+                    if ema is not None:
+                        modules["ema"] = ema.state_dict()
+                    ckpts.save_checkpoint(self.out, "unet", step, modules=modules,
+                                          optimizers={"model": opt.optimizer if hasattr(opt, "optimizer") else opt},
+                                          scheduler=sched.scheduler if hasattr(sched, "scheduler") else sched,
+                                          rng=self._rng(gen), extra={"ema_step": ema.step if ema else 0},
+                                          keep=int(cfg["checkpoints_total_limit"]))
+                    self.validate_unet(acc.unwrap_model(unet), vae, noise_sched, ema, step)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            unet = acc.unwrap_model(unet)
+            if ema is not None:
+                ema.apply_to(unet)  # the model keeps the averaged weights
+            self.validate_unet(unet, vae, noise_sched, None, step)
+            self.save_pipeline(unet, vae, noise_sched)
+        acc.free_memory()
+
+    def _pipeline(self, unet: Any, vae: Any, noise_sched: Any) -> Any:
+        from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
+
+        pipe = StableDiffusionInstructPix2PixPipeline(
+            vae=vae, text_encoder=self.text_model, tokenizer=self.tokenizer, unet=unet,
+            scheduler=DDIMScheduler.from_config(noise_sched.config), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def validate_unet(self, unet: Any, vae: Any, noise_sched: Any, ema: Any, step: int) -> None:
+        import numpy as np
+        import torch
+
+        from brainsynth_cli.figures import difference_map, save_grid
+
+        backup = ema.apply_to(unet) if ema is not None else None
+        was = unet.training
+        unet.eval()
+        try:
+            pipe = self._pipeline(unet, vae, noise_sched)
+            rows, titles = [], []
+            for i, p in enumerate(self.val_pairs):
+                x = (self._tensor([p.prior]) + 1) / 2
+                g = torch.Generator(device="cpu").manual_seed(int(self.cfg["seed"]) + i)
+                with torch.no_grad():
+                    y = pipe(prompt=[p.prompt], image=x.to(unet.device), num_inference_steps=int(self.cfg["validation_steps"]),
+                             guidance_scale=float(self.cfg["guidance_scale"]),
+                             image_guidance_scale=float(self.cfg["image_guidance_scale"]), generator=g, output_type="pt").images
+                a, b, t = self._image(p.prior), y.float().mean(1)[0].cpu().numpy(), self._image(p.target)
+                rows.append([a, np.clip(b, 0, 1), t, difference_map(a, b)])
+                titles.append(p.prompt[:18])
+        finally:
+            unet.train(was)
+            if backup is not None:
+                ckpts.EMA.restore(unet, backup)
+        (self.out / "validation").mkdir(parents=True, exist_ok=True)
+        save_grid(self.out / "validation" / f"unet-{step:07d}.png", rows, row_titles=titles,
+                  col_titles=["before (prior)", "after (edit)", "target", "after - before"], scale=max(1, 128 // self.res))
+
+    def save_pipeline(self, unet: Any, vae: Any, noise_sched: Any) -> None:
+        from brainsynth_cli import __version__
+        from brainsynth_cli.slices import Normalisation
+        from brainsynth_cli.structures import default_rules, rules_from_text
+
+        pipe = self._pipeline(unet, vae, noise_sched)
+        pipe.save_pretrained(self.out, safe_serialization=True)
+        rules_text = self.pairs.info.get("rules") or default_rules().to_toml()
+        rules = rules_from_text(rules_text, "pairs.json rules")
+        te = self.cfg["text_encoder"]
+        info = {
+            "format": "brainsynth-model", "version": 1, "generator": "instruct-pix2pix", "brainsynth": __version__,
+            "preset": self.cfg["preset"], "pretrained": self.cfg["pretrained"],
+            "channels": self.channels, "channel_mode": "grey" if self.channels == 1 else "grey replicated to RGB",
+            "resolution": self.res, "latent_channels": int(vae.config.latent_channels),
+            "vae_scale_factor": 2 ** (len(vae.config.block_out_channels) - 1),
+            "scaling_factor": float(vae.config.scaling_factor),
+            "intensity_normalisation": {"slice_convention": self.pairs.info.get("slice_convention", "brainsynth_cli.slices v1"),
+                                        "method": Normalisation(0, 1).method, "model_range": [-1, 1], "png": "round(x * 65535)"},
+            "structures": [s.name for s in rules.described()], "rules": rules_text,
+            "prompts": prompts_of(self.pairs),
+            "text_encoder": {"name": te["name"], "path": te["path"], "hidden_size": int(self.text_model.config.hidden_size),
+                             "max_length": int(self.tokenizer.model_max_length)},
+            "training": {k: self.cfg[k] for k in ("seed", "vae_steps", "unet_steps", "vae_lr", "unet_lr", "vae_batch_size",
+                                                  "unet_batch_size", "ema", "conditioning_dropout", "mixed_precision", "stage")},
+            "data": self.cfg["data"], "pairs": {k: v for k, v in self.pairs.info.items() if k != "rules"},
+        }
+        tmp = self.out / ".brainsynth.json.tmp"
+        tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
+        os.replace(tmp, self.out / "brainsynth.json")

@@ -1,0 +1,176 @@
+"""brainsynth train: both stages on CPU, the stage-2 loss falls, exact resume, model folder, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("accelerate")
+
+from test_train_pairs import FAST, make_pairs, one_thread, tiny_model, train_cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_model(tmp_path_factory)
+
+
+def _losses(model, stage):
+    with open(model / "logs" / "loss.csv", newline="") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh) if r["stage"] == stage]
+
+
+def test_tiny_trains_both_stages_and_stage2_loss_falls(tiny):
+    pairs, model = tiny
+    vae, unet = _losses(model, "vae"), _losses(model, "unet")
+    assert len(vae) == 6 and len(unet) == 24
+    assert sum(vae[-2:]) / 2 < sum(vae[:2]) / 2
+    first, last = sum(unet[:6]) / 6, sum(unet[-6:]) / 6
+    assert last < 0.8 * first, (first, last)
+    # a diffusers pipeline folder plus brainsynth.json
+    for part in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                 "text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json",
+                 "scheduler/scheduler_config.json"):
+        assert (model / part).is_file(), part
+    info = json.loads((model / "brainsynth.json").read_text())
+    assert info["channels"] == 1 and info["resolution"] == 32 and info["text_encoder"]["name"] == "minilm"
+    assert info["prompts"] == ["mild ventricle enlargement", "moderate ventricle enlargement", "severe ventricle enlargement"]
+    assert "ventricle" in info["structures"] and "[structures.ventricle]" in info["rules"]
+    unet_cfg = json.loads((model / "unet" / "config.json").read_text())
+    assert unet_cfg["in_channels"] == 8 and unet_cfg["cross_attention_dim"] == 384
+    assert not list(model.rglob("*.bin")) and not list(model.rglob("*.pt"))  # no pickle anywhere
+    # checkpoints (safetensors + JSON) and validation before/after pictures
+    assert (model / "checkpoints" / "unet-0000012" / "optimizer-model.safetensors").is_file()
+    assert (model / "validation" / "unet-0000012.png").is_file() and (model / "validation" / "unet-0000024.png").is_file()
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    """Kill in stage 1 and again in stage 2, each after a checkpoint; --resume twice; compare bytes."""
+    import torch
+    from safetensors.torch import load_file
+
+    from brainsynth_cli.interfaces import TrainOptions
+    from brainsynth_cli.plugin_manager import get_manager
+
+    pairs = make_pairs(tmp_path / "pairs", size=32, subjects=3, slices=1)
+    sets = dict(a.split("=", 1) for a in FAST[FAST.index("--set") :: 1] if "=" in a)
+    sets.update({"vae_steps": "4", "unet_steps": "4"})
+    extra = dict(preset="tiny", resolution=32, batch_size=4, checkpoint_every=2, ema=True, conditioning_dropout=0.2, set=sets)
+    gen = get_manager().registry("generator").create("instruct-pix2pix")
+    kills = [("stage 1", 3), ("stage 2", 3)]
+
+    def killer(done, total, message=""):
+        if kills and message.startswith(kills[0][0]) and done == kills[0][1]:
+            kills.pop(0)
+            raise KeyboardInterrupt
+
+    with one_thread():
+        gen.train(TrainOptions(data=pairs, output=tmp_path / "a", seed=3, device="cpu", extra=extra))
+        interrupted = 0
+        for attempt in range(3):
+            try:
+                gen.train(TrainOptions(data=pairs, output=tmp_path / "b", seed=3, device="cpu", resume=attempt > 0, extra=extra), killer)
+                break
+            except KeyboardInterrupt:
+                interrupted += 1
+    assert interrupted == 2
+    for part in ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / part)), load_file(str(tmp_path / "b" / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    assert (tmp_path / "a" / "logs" / "loss.csv").read_text() == (tmp_path / "b" / "logs" / "loss.csv").read_text()
+
+
+def _one_line_error(code, err, *words):
+    lines = [line for line in err.strip().splitlines() if line.startswith("brainsynth: error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_pairs_folder_without_metadata(tmp_path):
+    (tmp_path / "pairs").mkdir()
+    code, err = train_cli([tmp_path / "pairs", "-o", tmp_path / "model"])
+    _one_line_error(code, err, "metadata.jsonl")
+    assert not (tmp_path / "model").exists()
+
+
+def test_resume_without_checkpoint(tmp_path):
+    pairs = make_pairs(tmp_path / "pairs", size=32, subjects=1, slices=1)
+    (tmp_path / "model").mkdir()
+    code, err = train_cli([pairs, "-o", tmp_path / "model", "--resume", *FAST])
+    _one_line_error(code, err, "resume")
+
+
+def test_option_errors(tmp_path):
+    pairs = make_pairs(tmp_path / "pairs", size=32, subjects=1, slices=1)
+    _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--text-encoder", "clipp"]), "did you mean 'clip'")
+    _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--steps", "2", "--epochs", "1"]), "--steps or --epochs")
+    _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--preset", "huge"]), "tiny")
+    _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--set", "nonsense=1"]), "unknown setting")
+    _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--preset", "sd15"]), "--pretrained")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    _one_line_error(*train_cli([pairs, "-o", tmp_path / "busy", *FAST]), "not empty")
+    _one_line_error(*train_cli([pairs, "-o", tmp_path / "m2", "--stage", "unet", *FAST]), "no trained VAE")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()
+
+
+def test_stage_unet_with_biomedbert_follows_encoder_width(tiny, tmp_path):
+    """--stage unet on a trained VAE, with a tiny random BERT saved to a folder as the text encoder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    pairs, model = tiny
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({w for p in ("mild moderate severe ventricle enlargement cortex atrophy",) for w in p.split()})]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    bert = tmp_path / "bert"
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(bert)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(bert)
+    out = tmp_path / "m"
+    out.mkdir()
+    shutil.copytree(model / "vae", out / "vae")
+    code, err = train_cli([pairs, "-o", out, "--stage", "unet", "--text-encoder", "biomedbert", "--text-encoder-path", bert,
+                           *FAST, "--steps", "2"])
+    assert code == 0, err
+    assert json.loads((out / "unet" / "config.json").read_text())["cross_attention_dim"] == 24
+    info = json.loads((out / "brainsynth.json").read_text())
+    assert info["text_encoder"] == {"name": "biomedbert", "path": str(bert), "hidden_size": 24, "max_length": 64}
+
+
+def test_text_encoders_offline(tmp_path, monkeypatch):
+    """minilm from the installed package and clip's BPE from clip-openai, with the hub switched off."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from brainsynth_cli.plugin_manager import get_manager
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reg = get_manager().registry("text-encoder")
+    assert {"minilm", "clip", "biomedbert"} <= set(reg.names())
+    tok, model = reg.create("minilm").load()
+    ids = tok(["mild ventricle enlargement", "severe ventricle enlargement"], padding="max_length",
+              max_length=tok.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        h = model(ids)[0]
+    assert h.shape == (2, 64, 384) and not torch.allclose(h[0], h[1])
+    clip = reg.create("clip")
+    tok, model = clip.load()
+    # CLIP's own token ids (as openai/clip-vit-large-patch14's tokenizer gives them)
+    assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert tok.model_max_length == 77 and model.config.hidden_size == clip.hidden_size
+    # a CLIP text model from a folder (tiny, random)
+    tiny_clip = tmp_path / "clip"
+    tok.save_pretrained(tiny_clip)
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=77)).save_pretrained(tiny_clip)
+    enc = reg.create("clip", path=str(tiny_clip))
+    tok2, model2 = enc.load()
+    assert model2.config.hidden_size == 16 == enc.hidden_size and tok2.model_max_length == 77
+    with pytest.raises(Exception, match="cannot load the CLIP text encoder"):
+        reg.create("clip", path=str(tmp_path / "nowhere")).load()
