@@ -363,3 +363,37 @@ def test_label_slices_follow_each_row(pairs2d, cohort):
         s, other = r["structure"], "cortex" if r["structure"] == "ventricle" else "ventricle"
         assert np.array_equal(np.isin(dis, ids[s]), np.isin(tgt, ids[s]))
         assert np.array_equal(np.isin(dis, ids[other]), np.isin(pri, ids[other]))
+
+
+def test_csv_manifest_dates_and_sex(cohort, tmp_path, cli):
+    """A CSV manifest with labels and dates (no ages): interval_years from the dates; the
+    template builder gets the sex; --split 1:0:0 puts everyone in train."""
+    root, labels = cohort
+    lines = ["subject,session,image,labels,date,sex"]
+    for ses, date in (("ses-01", "2020-01-01"), ("ses-02", "2021-07-02")):
+        img = root / "sub-02" / ses / "anat" / f"sub-02_{ses}_T1w.nii.gz"
+        lab = labels / "sub-02" / ses / "anat" / f"sub-02_{ses}_dseg.nii.gz"
+        lines.append(f"02,{ses},{img},{lab},{date},F")
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "csv"
+    res = cli("make-pairs", manifest, "-o", out, "--slices", "1", "--size", "32", "--blender", "copy-paste",
+              "--prompt-builder", "template", "--split", "1:0:0")
+    assert res.exit_code == 0, res.stderr
+    rows = read_rows(out)
+    assert rows and all(r["interval_years"] == pytest.approx(1.5, abs=0.01) for r in rows)
+    assert all(r["split"] == "train" and "female" in r["edit_prompt"] for r in rows)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--split", "8:1"], "--split '8:1'"),
+    (["--shard", "3/2"], "--shard '3/2'"),
+    (["--dim", "4d"], "--dim '4d'"),
+    (["--blender", "poison"], "did you mean 'poisson'"),
+    (["--prompt-builder", "quantised"], "did you mean 'quantized'"),
+])
+def test_bad_options(cohort, tmp_path, cli, args, needle):
+    root, labels = cohort
+    res = cli("make-pairs", root, "-o", tmp_path / "o", "--labels", labels, *args)
+    assert res.exit_code == 2 and needle in res.stderr
+    assert not (tmp_path / "o").exists()
