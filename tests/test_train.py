@@ -174,3 +174,40 @@ def test_text_encoders_offline(tmp_path, monkeypatch):
     assert model2.config.hidden_size == 16 == enc.hidden_size and tok2.model_max_length == 77
     with pytest.raises(Exception, match="cannot load the CLIP text encoder"):
         reg.create("clip", path=str(tmp_path / "nowhere")).load()
+
+
+def test_sd15_preset_expands_a_pretrained_4_channel_unet(tmp_path):
+    """--preset sd15 from a (tiny, random) Stable Diffusion folder: 3 channels, CLIP from the folder,
+    UNet conv_in grown from 4 to 8 input channels with the old weights kept and the new ones zero."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from brainsynth_plugins.text.encoders import clip_tokenizer
+
+    tok = clip_tokenizer()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 32), layers_per_block=1,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, max_position_embeddings=77))
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    sd = tmp_path / "sd"
+    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
+                            feature_extractor=None, requires_safety_checker=False).save_pretrained(sd)
+    pairs = make_pairs(tmp_path / "pairs", size=32, subjects=2, slices=1)
+    code, err = train_cli([pairs, "-o", tmp_path / "m", "--preset", "sd15", "--pretrained", sd, "--resolution", "32", "--steps", "2",
+                           "--batch-size", "2", "--device", "cpu", "--set", "validation_count=0", "--set", "warmup_steps=0"])
+    assert code == 0, err
+    from safetensors.torch import load_file
+
+    w = load_file(str(tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors"))["conv_in.weight"]
+    assert w.shape[1] == 8
+    assert torch.allclose(w[:, :4], unet.conv_in.weight.detach(), atol=1e-3)  # 2 AdamW steps at lr 1e-4
+    assert w[:, 4:].abs().max() < 1e-3 and w[:, 4:].abs().max() > 0  # started at zero, trained
+    info = json.loads((tmp_path / "m" / "brainsynth.json").read_text())
+    assert info["channels"] == 3 and info["text_encoder"]["name"] == "clip" and info["text_encoder"]["path"] == str(sd)
+    assert json.loads((tmp_path / "m" / "model_index.json").read_text())["text_encoder"] == ["transformers", "CLIPTextModel"]

@@ -466,6 +466,8 @@ class Trainer:
         from brainsynth_cli.figures import save_grid
 
         paths = [p.prior for p in self.val_pairs]
+        if not paths:
+            return
         was = vae.training
         vae.eval()
         with torch.no_grad():
@@ -642,6 +644,8 @@ class Trainer:
 
         from brainsynth_cli.figures import difference_map, save_grid
 
+        if not self.val_pairs:
+            return
         backup = ema.apply_to(unet) if ema is not None else None
         was = unet.training
         unet.eval()
