@@ -408,7 +408,7 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
     target01 = normalise(target.data, tn)
     pair_psnr = psnr(prior01, target01)
     base = {"pair": pair.key, "subject": pair.subject, "sessions": [p.session, t.session], "folder": pair.folder,
-            "registered": alignment.registered, "psnr": round(pair_psnr, 4), "rows": [], "files": [], "skipped": None,
+            "registered": alignment.registered, "psnr": round(pair_psnr, 4) if math.isfinite(pair_psnr) else None, "rows": [], "files": [], "skipped": None,
             "rates": rates}
     if options.min_psnr is not None and pair_psnr < options.min_psnr:
         base["skipped"] = f"psnr {pair_psnr:.2f} dB < {options.min_psnr:g}"
@@ -641,7 +641,7 @@ def merge(pairs: list[Pair], splits: dict[str, str], options: Options, rules, su
     summary.merged = True
     for kind, rows in montage_rows.items():
         path = out / f"montage-{kind}.png"
-        if rows:
+        if rows and options.montage > 0:
             write_montage(path, pick_montage_rows(rows, options.montage), options)
         elif path.exists():
             path.unlink()
