@@ -448,8 +448,9 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
     out = options.out
     tmp = out / PARTS / f".tmp-{pair.key}-{os.getpid()}"
     final = out / pair.folder
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    for stale in (out / PARTS).glob(f".tmp-{pair.key}-*"):  # left by an interrupted run of this pair
+        if re.fullmatch(rf"\.tmp-{re.escape(pair.key)}-\d+", stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     rows: list[dict[str, Any]] = []
     files: list[str] = []
