@@ -397,3 +397,39 @@ def test_bad_options(cohort, tmp_path, cli, args, needle):
     res = cli("make-pairs", root, "-o", tmp_path / "o", "--labels", labels, *args)
     assert res.exit_code == 2 and needle in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_omega_margin_and_protection():
+    from brainsynth_cli.structures import default_rules
+    from brainsynth_plugins.pairs.engine import omega
+
+    rules = default_rules()
+    prior = np.zeros((21, 21, 21), np.int32)
+    prior[10, 10, 10] = 4  # one ventricle voxel
+    target = prior.copy()
+    target[10, 11, 10] = 43  # the ventricle grows by one voxel
+    target[10, 13, 10] = 3  # the cortex appears nearby (a change of another described group)
+    vent = rules["ventricle"]
+    core = omega(prior, target, vent, 0.0, (1.0, 1.0, 1.0))
+    assert core.sum() == 2
+    two_mm = omega(prior, target, vent, 2.0, (1.0, 1.0, 1.0), protect=rules.described())
+    # a 2 mm ball around each core voxel, minus the cortex change at (10, 13, 10)
+    assert two_mm[10, 10, 8] and two_mm[10, 11, 12] and not two_mm[10, 10, 7] and not two_mm[12, 12, 10]
+    assert not two_mm[10, 13, 10]  # protected
+    assert omega(prior, target, vent, 2.0, (1.0, 1.0, 1.0), protect=())[10, 13, 10]
+    # margins below a voxel still dilate by one voxel; anisotropic voxels get per-axis radii
+    thick = omega(prior, target, vent, 2.0, (1.0, 1.0, 3.0))
+    assert thick[10, 10, 9] and not thick[10, 10, 8] and thick[8, 10, 10]
+
+
+def test_split_names_and_assignment():
+    from brainsynth_plugins.pairs.engine import assign_splits, parse_split, safe_component
+
+    assert safe_component("sub-001") == "sub-001"
+    for bad in ("sub-test01", "ses-val", "train", "sub-01_eval", "dev-3"):
+        assert safe_component(bad) != bad and safe_component(bad) == safe_component(bad)
+    assert safe_component("ses-retest") == "ses-retest"  # "retest" is no split word
+    subjects = [f"sub-{i:03d}" for i in range(20)]
+    a = assign_splits(subjects, parse_split("8:1:1"), 5)
+    assert a == assign_splits(subjects, (8, 1, 1), 5) and a != assign_splits(subjects, (8, 1, 1), 6)
+    assert sorted(a.values()).count("train") == 16 and list(a.values()).count("test") == 2
