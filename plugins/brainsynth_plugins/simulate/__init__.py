@@ -39,12 +39,13 @@ def register_commands(app: typer.Typer) -> None:
     ) -> None:
         """Simulate a longitudinal T1w cohort with exact ground truth (BIDS tree + truth labels).
 
-        Each subject is the MNI152 2009a template under a random smooth deformation and small
-        affine, with its own contrast, bias field and noise. Each later session enlarges the
-        lateral ventricles and thins the cortex from the pial side by smooth deformations whose
-        size is calibrated so that the change rates measured on the written label maps match the
-        requested ones (within 1 percentage point). Subjects cycle through three patterns:
-        both structures change, ventricles only, cortex only.
+        Subjects: the MNI152 2009a template, randomly deformed, with own contrast, bias, noise.
+
+        Later sessions: ventricles enlarge outward and the cortex thins from the pial side.
+
+        Change rates measured on the written labels match the requested ones within 1 pp.
+
+        Subjects cycle through three patterns: both change, ventricles only, cortex only.
         """
         from brainsynth_cli.progress import progress_bar
         from brainsynth_plugins.simulate.cohort import simulate_cohort

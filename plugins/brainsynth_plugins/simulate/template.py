@@ -22,6 +22,7 @@ linear interpolation for the T1) and cached as two NIfTI files under ``$BRAINSYN
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 #: Bump when the derivation changes: the cache key includes it.
-VERSION = "mni152-2009a-v1"
+VERSION = "mni152-2009a-v2"
 
 # aseg ids
 BACKGROUND, CSF = 0, 24
@@ -120,7 +121,13 @@ def _load_nilearn() -> tuple["np.ndarray", "np.ndarray", "np.ndarray", "np.ndarr
 
 
 def labels_1mm() -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
-    """(T1 0..1, aseg labels, affine) on nilearn's 1 mm template grid."""
+    """(T1 0..1, aseg labels, affine) on nilearn's 1 mm template grid (derived once per process)."""
+    t1, lab, affine = _labels_1mm()
+    return t1.copy(), lab.copy(), affine.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _labels_1mm() -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
     import numpy as np
     import scipy.ndimage as ndi
 
@@ -225,9 +232,11 @@ def build(resolution: float) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
 def resample_pair(t1: "np.ndarray", lab: "np.ndarray", affine: "np.ndarray", resolution: float) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
     """Resample a 1 mm image and label map to ``resolution`` mm over the same field of view.
 
-    New voxel centres sit at ``old_origin + (r - 1) / 2`` (block centres for integer factors);
-    intensities are box-filtered then linearly interpolated; each label's box-filtered
-    fraction is interpolated the same way and the label with the largest fraction wins.
+    New voxel centres sit at ``old_origin + (r - 1) / 2`` (block centres for integer factors).
+    Integer factors (the simulator's 2, 3, 4 mm): block means and block majority labels (see
+    :func:`_block_resample`). Otherwise intensities are box-filtered then linearly
+    interpolated; each label's box-filtered fraction is interpolated the same way and the
+    label with the largest fraction wins.
     """
     import numpy as np
     import scipy.ndimage as ndi
@@ -237,6 +246,8 @@ def resample_pair(t1: "np.ndarray", lab: "np.ndarray", affine: "np.ndarray", res
     new_aff = affine.copy()
     new_aff[:3, :3] = affine[:3, :3] * step[None, :]
     new_aff[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((step - 1.0) / 2.0)
+    if np.allclose(step, np.round(step)):
+        return _block_resample(t1, lab, [int(round(s)) for s in step], shape) + (new_aff,)
     grid = np.meshgrid(*(np.arange(n) * s + (s - 1.0) / 2.0 for n, s in zip(shape, step)), indexing="ij")
     coords = np.stack(grid)
     size = [max(1, int(round(s))) for s in step]
@@ -257,6 +268,31 @@ def resample_pair(t1: "np.ndarray", lab: "np.ndarray", affine: "np.ndarray", res
         out[better] = value
         best[better] = frac[better]
     return t1_new, out, new_aff
+
+
+def _block_resample(t1: "np.ndarray", lab: "np.ndarray", k: list[int], shape: tuple[int, ...]) -> tuple["np.ndarray", "np.ndarray"]:
+    """Integer factors: block means for the T1, the most frequent label of each block; ties go
+    to the label more frequent in the 3x3x3 neighbouring blocks, then to the smaller id. The
+    grid is padded with background at the far end."""
+    import scipy.ndimage as ndi
+
+    import numpy as np
+
+    pad = [(0, n * f - m) for n, f, m in zip(shape, k, t1.shape)]
+    t = np.pad(t1.astype(np.float32), pad)
+    lb = np.pad(lab, pad)
+    blocks = (shape[0], k[0], shape[1], k[1], shape[2], k[2])
+    t_new = t.reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+    best = np.full(shape, -1.0, dtype=np.float32)
+    out = np.zeros(shape, dtype=np.int32)
+    for value in np.unique(lb):
+        count = (lb == value).reshape(blocks).sum(axis=(1, 3, 5), dtype=np.int32).astype(np.float32)
+        # neighbourhood share in [0, 1): breaks ties without overriding a real majority
+        count += 0.99 * ndi.uniform_filter(count, size=3, mode="constant") / float(np.prod(k))
+        better = count > best
+        out[better] = value
+        best[better] = count[better]
+    return t_new, out
 
 
 # --------------------------------------------------------------------------------------------
