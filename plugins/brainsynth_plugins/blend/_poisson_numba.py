@@ -39,35 +39,38 @@ INV = np.array([0.0, 1.0, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 6], dtype=np.float32)
 
 @njit(cache=True)
 def bounding_box(mask):
-    """(zlo, zhi, ylo, yhi, xlo, xhi), inclusive, of the nonzero voxels of a 3D uint8 array; zhi < 0 if none."""
+    """(zlo, zhi, ylo, yhi, xlo, xhi), inclusive, of the nonzero voxels of a 3D uint8 array; zhi < 0 if none.
+
+    One vectorisable pass: OR-projections of the mask onto each axis.
+    """
     nz, ny, nx = mask.shape
-    zlo, zhi, ylo, yhi, xlo, xhi = nz, -1, ny, -1, nx, -1
+    col = np.zeros(nx, np.uint8)
+    zany = np.zeros(nz, np.uint8)
+    yany = np.zeros(ny, np.uint8)
     for z in range(nz):
         for y in range(ny):
             row = mask[z, y]
-            first = -1
+            acc = np.uint8(0)
             for x in range(nx):
-                if row[x]:
-                    first = x
-                    break
-            if first < 0:
-                continue
-            last = first
-            for x in range(nx - 1, first, -1):
-                if row[x]:
-                    last = x
-                    break
-            if z < zlo:
-                zlo = z
+                v = row[x]
+                col[x] |= v
+                acc |= v
+            if acc:
+                zany[z] = 1
+                yany[y] = 1
+    zlo, zhi, ylo, yhi, xlo, xhi = nz, -1, ny, -1, nx, -1
+    for z in range(nz):
+        if zany[z]:
+            zlo = min(zlo, z)
             zhi = z
-            if y < ylo:
-                ylo = y
-            if y > yhi:
-                yhi = y
-            if first < xlo:
-                xlo = first
-            if last > xhi:
-                xhi = last
+    for y in range(ny):
+        if yany[y]:
+            ylo = min(ylo, y)
+            yhi = y
+    for x in range(nx):
+        if col[x]:
+            xlo = min(xlo, x)
+            xhi = x
     return zlo, zhi, ylo, yhi, xlo, xhi
 
 
@@ -373,27 +376,75 @@ def _prolong_group(unit, g, E, segs, s0, groups, gr0, k, fy, fx, is3d, gn, En, o
 
 
 @njit(cache=True)
+def _update_group(u, r, p, q, alpha, segs, groups, k, fy, fx):
+    """u += alpha p; r -= alpha q over group k (level 0); returns the group's ||r||^2."""
+    acc = 0.0
+    a32 = np.float32(alpha)
+    for si in range(groups[k], groups[k + 1]):
+        i0 = (segs[si, 0] * fy + segs[si, 1]) * fx + segs[si, 2]
+        a0 = 0.0
+        a1 = 0.0
+        for i in range(i0, i0 + segs[si, 3]):
+            u[i] += a32 * p[i]
+            ri = r[i] - a32 * q[i]
+            r[i] = ri
+            if (i - i0) & 1:
+                a1 += np.float64(ri) * ri
+            else:
+                a0 += np.float64(ri) * ri
+        acc += a0 + a1
+    return acc
+
+
+@njit(cache=True)
+def _dot_group(a, b, segs, groups, k, fy, fx):
+    acc = 0.0
+    for si in range(groups[k], groups[k + 1]):
+        i0 = (segs[si, 0] * fy + segs[si, 1]) * fx + segs[si, 2]
+        a0 = 0.0
+        a1 = 0.0
+        for i in range(i0, i0 + segs[si, 3]):
+            if (i - i0) & 1:
+                a1 += np.float64(a[i]) * b[i]
+            else:
+                a0 += np.float64(a[i]) * b[i]
+        acc += a0 + a1
+    return acc
+
+
+@njit(cache=True)
 def sweep(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, G, fy, fx, is3d,
-          first, zero, prolong, restrict, gn, En, Bn, omega_c):
+          first, zero, prolong, restrict, gn, En, Bn, omega_c, update, u, p, q, alpha, dot):
     """One red-black Gauss-Seidel sweep (colour ``first`` then the other) as a wavefront.
 
     ``zero``: E starts at zero (the first colour is B/D). ``prolong``: first add the coarse
     correction omega_c * En[parent]. ``restrict``: then add the residual to Bn[parent].
+    Level 0 only: ``update`` first does the CG step u += alpha p, B -= alpha q (B is the CG
+    residual) and ``dot`` accumulates B.E once a group is final. Returns (||B||^2 after the
+    update, B.E).
     """
     second = 1 - first
     lag = 1 if prolong else 0
+    rr = 0.0
+    rz = 0.0
     for k in range(G + 3):
-        if prolong and k < G:
-            _prolong_group(unit, g, E, segs, s0, groups, gr0, k, fy, fx, is3d, gn, En, omega_c)
+        if k < G:
+            if prolong:
+                _prolong_group(unit, g, E, segs, s0, groups, gr0, k, fy, fx, is3d, gn, En, omega_c)
+            elif update:
+                rr += _update_group(u, B, p, q, alpha, segs, groups, k, fy, fx)
         k1 = k - lag
         if 0 <= k1 < G:
             _colour(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, k1, fy, fx, is3d, first, zero)
         k2 = k1 - 1
         if 0 <= k2 < G:
             _colour(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, k2, fy, fx, is3d, second, False)
+            if dot:
+                rz += _dot_group(B, E, segs, groups, k2, fy, fx)
         k3 = k2 - 1
         if restrict and 0 <= k3 < G:
             _restrict_group(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, k3, fy, fx, is3d, gn, Bn)
+    return rr, rz
 
 
 @njit(cache=True)
@@ -407,8 +458,14 @@ def _zero_level(g, E, B, segs, s0, s1, fy, fx):
 
 @njit(cache=True)
 def vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d, nlev, nu,
-           ncoarse, omega_c):
-    """zv = M^{-1} r by one symmetric V-cycle from zero (r and zv are level-0 grids)."""
+           ncoarse, omega_c, update, u, p, q, alpha):
+    """zv = M^{-1} r by one symmetric V-cycle from zero (r and zv are level-0 grids).
+
+    With ``update`` the CG step u += alpha p, r -= alpha q is done first, in the same pass.
+    Returns (||r||^2, r.zv).
+    """
+    rr = 0.0
+    rz = 0.0
     # down
     for l in range(nlev):
         unit = l == 0
@@ -422,17 +479,26 @@ def vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, go
         gr0 = groff[l]
         if l == nlev - 1:  # coarsest: symmetric Gauss-Seidel sweeps
             for it in range(ncoarse):
-                sweep(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, G, fy, fx, is3d,
-                      0, it == 0, False, False, 0, Ec, Bc, omega_c)
+                zero = it == 0
+                upd = unit and update and it == 0
+                a, b = sweep(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, G, fy, fx, is3d,
+                             0, zero, False, False, 0, Ec, Bc, omega_c, upd, u, p, q, alpha, False)
+                rr += a
             for it in range(ncoarse):
-                sweep(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, G, fy, fx, is3d,
-                      1, False, False, False, 0, Ec, Bc, omega_c)
+                dot = unit and it == ncoarse - 1
+                a, b = sweep(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, G, fy, fx, is3d,
+                             1, False, False, False, 0, Ec, Bc, omega_c, False, u, p, q, alpha, dot)
+                rz += b
             break
         gn = goff[l + 1]
         _zero_level(gn, Ec, Bc, segs, soff[l + 1], soff[l + 2], dims[l + 1, 1], dims[l + 1, 2])
         for it in range(nu):
-            sweep(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, G, fy, fx, is3d,
-                  0, it == 0, False, it == nu - 1, gn, Ec, Bc, omega_c)
+            zero = it == 0
+            rest = it == nu - 1
+            upd = unit and update and it == 0
+            a, b = sweep(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, G, fy, fx, is3d,
+                         0, zero, False, rest, gn, Ec, Bc, omega_c, upd, u, p, q, alpha, False)
+            rr += a
     # up
     for l in range(nlev - 2, -1, -1):
         unit = l == 0
@@ -442,9 +508,16 @@ def vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, go
         fy = dims[l, 1]
         fx = dims[l, 2]
         G = dims[l, 0] if is3d else fy
+        s0 = soff[l]
+        gr0 = groff[l]
+        gn = goff[l + 1]
         for it in range(nu):
-            sweep(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, soff[l], groups, groff[l], G, fy, fx, is3d,
-                  1, False, it == 0, False, goff[l + 1], Ec, Bc, omega_c)
+            pro = it == 0
+            dot = unit and it == nu - 1
+            a, b = sweep(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, G, fy, fx, is3d,
+                         1, False, pro, False, gn, Ec, Bc, omega_c, False, u, p, q, alpha, dot)
+            rz += b
+    return rr, rz
 
 
 @njit(cache=True)
@@ -497,52 +570,6 @@ def residual(u, r0, r, D0, segs, s1, fy, fx, is3d):
 
 
 @njit(cache=True)
-def _dot(a, b, segs, s1, fy, fx):
-    """sum a.b over the unknowns (float64; a fixed order, so the same bits on every call)."""
-    acc = 0.0
-    for si in range(s1):
-        i0 = (segs[si, 0] * fy + segs[si, 1]) * fx + segs[si, 2]
-        end = i0 + segs[si, 3]
-        a0 = 0.0
-        a1 = 0.0
-        a2 = 0.0
-        a3 = 0.0
-        i = i0
-        while i + 4 <= end:
-            a0 += np.float64(a[i]) * b[i]
-            a1 += np.float64(a[i + 1]) * b[i + 1]
-            a2 += np.float64(a[i + 2]) * b[i + 2]
-            a3 += np.float64(a[i + 3]) * b[i + 3]
-            i += 4
-        while i < end:
-            a0 += np.float64(a[i]) * b[i]
-            i += 1
-        acc += (a0 + a1) + (a2 + a3)
-    return acc
-
-
-@njit(cache=True)
-def _update(u, r, p, q, alpha, segs, s1, fy, fx):
-    """u += alpha p; r -= alpha q; returns ||r||^2."""
-    acc = 0.0
-    a32 = np.float32(alpha)
-    for si in range(s1):
-        i0 = (segs[si, 0] * fy + segs[si, 1]) * fx + segs[si, 2]
-        a0 = 0.0
-        a1 = 0.0
-        for i in range(i0, i0 + segs[si, 3]):
-            u[i] += a32 * p[i]
-            ri = r[i] - a32 * q[i]
-            r[i] = ri
-            if (i - i0) & 1:
-                a1 += np.float64(ri) * ri
-            else:
-                a0 += np.float64(ri) * ri
-        acc += a0 + a1
-    return acc
-
-
-@njit(cache=True)
 def pcg(r0, bnorm, tol, maxiter, D0, D, Wx, Wy, Wz, segs, soff, groups, groff, dims, goff, is3d, nlev,
         nu, ncoarse, omega_c):
     """Solve A u = r0 by V-cycle-preconditioned CG until ||r0 - A u|| <= tol * bnorm (true residual).
@@ -566,9 +593,8 @@ def pcg(r0, bnorm, tol, maxiter, D0, D, Wx, Wy, Wz, segs, soff, groups, groff, d
     rr = residual(u, r0, r, D0, segs, s1, fy, fx, is3d)
     if np.sqrt(rr) <= target:
         return u, 0, np.sqrt(rr) / bnorm if bnorm > 0 else 0.0, True
-    vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d, nlev, nu,
-           ncoarse, omega_c)
-    rz = _dot(r, zv, segs, s1, fy, fx)
+    rr, rz = vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d, nlev, nu,
+                    ncoarse, omega_c, False, u, p, q, 0.0)
     beta = 0.0
     it = 0
     rel = 1.0
@@ -578,7 +604,9 @@ def pcg(r0, bnorm, tol, maxiter, D0, D, Wx, Wy, Wz, segs, soff, groups, groff, d
         if not pq > 0.0:
             break
         alpha = rz / pq
-        rr = _update(u, r, p, q, alpha, segs, s1, fy, fx)
+        # the CG update of u and r is fused into the V-cycle's first pass
+        rr, rzn = vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d, nlev,
+                         nu, ncoarse, omega_c, True, u, p, q, alpha)
         if np.sqrt(rr) <= target:
             # the recursive float32 residual drifts: stop only on the true one
             rr = residual(u, r0, r, D0, segs, s1, fy, fx, is3d)
@@ -586,14 +614,10 @@ def pcg(r0, bnorm, tol, maxiter, D0, D, Wx, Wy, Wz, segs, soff, groups, groff, d
             if rel <= tol:
                 return u, it, rel, True
             # restart CG from the true residual
-            vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d, nlev,
-                   nu, ncoarse, omega_c)
-            rz = _dot(r, zv, segs, s1, fy, fx)
+            rr, rz = vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d,
+                            nlev, nu, ncoarse, omega_c, False, u, p, q, 0.0)
             beta = 0.0
             continue
-        vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d, nlev, nu,
-               ncoarse, omega_c)
-        rzn = _dot(r, zv, segs, s1, fy, fx)
         beta = rzn / rz
         rz = rzn
     rr = residual(u, r0, r, D0, segs, s1, fy, fx, is3d)

@@ -61,8 +61,8 @@ def check_inputs(prior, target, mask) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return prior, target, np.ascontiguousarray(mask)
 
 
-def poisson_blend(prior, target, mask, *, rtol: float = 1e-6, maxiter: int = 500, nu: int = 1,
-                  coarse_sweeps: int = 8, omega_c: float = 1.8, min_coarse: int = 64,
+def poisson_blend(prior, target, mask, *, rtol: float = 1e-6, maxiter: int = 500, nu: int = 2,
+                  coarse_sweeps: int = 8, omega_c: float = 1.5, min_coarse: int = 64,
                   return_info: bool = False):
     """Blend the region ``mask`` of ``target`` into ``prior`` by Poisson editing; float32 result.
 
@@ -74,6 +74,14 @@ def poisson_blend(prior, target, mask, *, rtol: float = 1e-6, maxiter: int = 500
     """
     from brainsynth_plugins.blend import _poisson_numba as nb
 
+    prior = np.asarray(prior)
+    if prior.ndim > 1 and prior.flags.f_contiguous and not prior.flags.c_contiguous:
+        # Fortran order (as nibabel returns volumes): the problem is the same on the transposed
+        # arrays, which are C-ordered views, so solve there instead of copying
+        res = poisson_blend(prior.T, np.asarray(target).T, np.asarray(mask).T, rtol=rtol, maxiter=maxiter,
+                            nu=nu, coarse_sweeps=coarse_sweeps, omega_c=omega_c, min_coarse=min_coarse,
+                            return_info=return_info)
+        return (res[0].T, res[1]) if return_info else res.T
     prior, target, mask = check_inputs(prior, target, mask)
     is3d = prior.ndim == 3
     out = prior.copy()
