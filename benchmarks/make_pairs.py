@@ -54,11 +54,11 @@ def disentanglement(rows: list[dict], described=("ventricle", "cortex")) -> dict
 def omega_ablation(root: Path, truth: Path, margin: float) -> dict[str, dict[str, float]]:
     """Worst drift of the other described structures, by the way Ω is built (labels only)."""
     import numpy as np
+    from brainsynth_plugins.pairs.engine import _rate, group_vols, omega
 
     from brainsynth_cli.datasets import read_dataset
     from brainsynth_cli.images import read_labels
     from brainsynth_cli.structures import default_rules
-    from brainsynth_plugins.pairs.engine import _rate, group_vols, omega
 
     rules = default_rules()
     variants = {"make-pairs (margin, protected)": (margin, True), "no protection": (margin, False), "no margin": (0.0, True)}

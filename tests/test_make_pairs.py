@@ -339,9 +339,10 @@ def test_psnr_filter_and_template_builder(cohort, tmp_path, cli):
 def test_label_slices_follow_each_row(pairs2d, cohort):
     """Label slices (for evaluation) sit on the image slices' square grid; a disentangled row's
     labels hold S as in the real target and the other described structures as in the prior."""
+    from brainsynth_plugins.pairs.engine import square_labels
+
     from brainsynth_cli.images import read_labels, read_png
     from brainsynth_cli.slices import to_canonical
-    from brainsynth_plugins.pairs.engine import square_labels
 
     root, labels = cohort
     rows = [r for r in read_rows(pairs2d) if r["subject"] == "sub-03"]
@@ -400,8 +401,9 @@ def test_bad_options(cohort, tmp_path, cli, args, needle):
 
 
 def test_omega_margin_and_protection():
-    from brainsynth_cli.structures import default_rules
     from brainsynth_plugins.pairs.engine import omega
+
+    from brainsynth_cli.structures import default_rules
 
     rules = default_rules()
     prior = np.zeros((21, 21, 21), np.int32)

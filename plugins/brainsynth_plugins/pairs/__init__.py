@@ -39,7 +39,8 @@ def register_commands(app: typer.Typer) -> None:
         """Make prior/target training pairs with prompts from a longitudinal dataset, plus one
         structure-disentangled pair per described structure (see docs/commands/make-pairs.md)."""
         from brainsynth_cli.errors import UserError
-        from brainsynth_plugins.pairs.engine import Options, make_pairs as run, parse_shard
+        from brainsynth_plugins.pairs.engine import Options, parse_shard
+        from brainsynth_plugins.pairs.engine import make_pairs as run
 
         if jobs < 1:
             raise UserError("--jobs must be at least 1")

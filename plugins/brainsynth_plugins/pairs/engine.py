@@ -19,7 +19,7 @@ import re
 import shutil
 import sys
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -585,7 +585,6 @@ def run_pairs(pending: list[Pair], options: Options, rules, progress) -> list[di
         return parts
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
-
     from concurrent.futures.process import BrokenProcessPool
 
     # spawn, not fork: a forked child would inherit the parent's threads (numba, BLAS) mid-state.
@@ -694,7 +693,7 @@ def write_montage(path: Path, rows: list[dict[str, Any]], options: Options) -> N
     for r in rows:
         a = _montage_image(options.out / r["input_image_file_name"], options.dim)
         b = _montage_image(options.out / r["edited_image_file_name"], options.dim)
-        g = lambda x: (np.clip(x, 0, 1) * 255).astype(np.uint8)  # noqa: E731
+        g = lambda x: (np.clip(x, 0, 1) * 255).astype(np.uint8)
         tiles.append([g(a), g(b), difference_map(a, b, limit=0.25)])
         what = r["structure"] or "real"
         titles.append(f"{r['subject']} {what}")
