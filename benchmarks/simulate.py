@@ -47,7 +47,6 @@ def main() -> None:
 
     import numpy as np
     import scipy.ndimage as ndi
-
     from brainsynth_plugins.simulate import cohort, template
     from brainsynth_plugins.simulate._interp import trilinear
 

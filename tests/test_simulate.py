@@ -245,7 +245,7 @@ def test_session_maps_are_invertible():
     even for large changes."""
     opts = cohort.make_options(sessions=2, resolution=2.0, seed=0)
     plan = cohort.plan_subject(0, opts)
-    t1, lab = template.head(2.0)
+    _, lab = template.head(2.0)
     anatomy = cohort._anatomy(plan, opts, lab.data)
     base = cohort.sample_labels(lab.data, anatomy.positions)
     fields = cohort._fields(base, 2.0)

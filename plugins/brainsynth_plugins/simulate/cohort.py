@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.images import Volume
-
 from brainsynth_plugins.simulate import template as tpl
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -162,8 +161,6 @@ def plan_subject(index: int, options: Options, *, rates: Mapping[str, Sequence[f
     ``rates`` gives explicit requested rates vs the first session, one per later session, per
     structure (``{"ventricle": [5, 12], "cortex": [0, -3]}``); missing structures get 0.
     """
-    import numpy as np
-
     rng = _rng(options.seed, index, 0)
     perm = _rng(options.seed, 0, 99).permutation(len(PATTERNS))
     pattern = PATTERNS[int(perm[index % len(PATTERNS)])]
@@ -195,7 +192,6 @@ def plan_subject(index: int, options: Options, *, rates: Mapping[str, Sequence[f
         per_year = {"ventricle": round(v, 3) if pattern in ("both", "ventricle") else 0.0,
                     "cortex": round(c, 3) if pattern in ("both", "cortex") else 0.0}
         requested = [{n: round(per_year[n] * (a - ages[0]), 2) + 0.0 for n in ("ventricle", "cortex")} for a in ages]
-    _ = np  # numpy used through _rng
     return SubjectPlan(index=index, subject=f"sub-{index + 1:03d}", sex=sex, age=age, pattern=pattern,
                        rates_per_year=per_year, session_ages=tuple(ages), requested=tuple(requested))
 

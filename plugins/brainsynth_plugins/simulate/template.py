@@ -274,9 +274,8 @@ def _block_resample(t1: "np.ndarray", lab: "np.ndarray", k: list[int], shape: tu
     """Integer factors: block means for the T1, the most frequent label of each block; ties go
     to the label more frequent in the 3x3x3 neighbouring blocks, then to the smaller id. The
     grid is padded with background at the far end."""
-    import scipy.ndimage as ndi
-
     import numpy as np
+    import scipy.ndimage as ndi
 
     pad = [(0, n * f - m) for n, f, m in zip(shape, k, t1.shape)]
     t = np.pad(t1.astype(np.float32), pad)
