@@ -653,7 +653,8 @@ def write_montage(path: Path, sim: SimulatedSubject) -> Path:
         bottom.append(grey)
         titles.append(f"{s.session} {s.age:g}y V{s.realised['ventricle']:+.1f}% C{s.realised['cortex']:+.1f}%")
     scale = max(1, int(round(s.image.voxel_size[0])))
-    return save_grid(path, [top, bottom], row_titles=[f"{sim.subject} {sim.plan.sex} {sim.plan.pattern}", "change vs ses-01"],
+    pattern = {"both": "V+C", "ventricle": "V only", "cortex": "C only"}.get(sim.plan.pattern, sim.plan.pattern)
+    return save_grid(path, [top, bottom], row_titles=[f"{sim.subject} {sim.plan.sex} {pattern}", "change vs ses-01"],
                      col_titles=titles, scale=scale)
 
 
