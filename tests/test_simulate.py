@@ -218,6 +218,17 @@ def test_explicit_rates_in_memory():
     assert sim.sessions[0].image.data.dtype == np.float32 and sim.sessions[0].labels.data.dtype == np.int32
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_extreme_rates_are_reached():
+    """The limits of the options (ventricles -40..+80 %, cortex -30..+10 %) are reachable even on
+    the coarsest grid."""
+    sim = cohort.simulate_subject(1, sessions=4, resolution=4.0, seed=11, noise=0.0,
+                                  rates={"ventricle": [80.0, -40.0, 0.0], "cortex": [0.0, 10.0, -30.0]})
+    for s in sim.sessions[1:]:
+        for g in ("ventricle", "cortex"):
+            assert abs(s.realised[g] - s.requested[g]) <= 1.0, (s.session, g, s.realised)
+
+
 def test_ventricles_grow_outward_and_cortex_thins_from_the_pial_side():
     import scipy.ndimage as ndi
 

@@ -519,7 +519,7 @@ def _simulate(plan: SubjectPlan, opts: Options) -> SimulatedSubject:
     calib = _Calibrator(ref_lab.data, anatomy, fields, baseline)
     only = {n: _Calibrator(ref_lab.data, anatomy, fields, baseline, which=n) for n in ("ventricle", "cortex")}
     rng_subject = _rng(opts.seed, plan.index, 2)
-    limit = 8.0 / vox  # magnitudes in voxels (8 mm at most)
+    limit = max(8.0 / vox, 3.0)  # magnitudes in voxels (8 mm, or 3 voxels on coarse grids)
     tol = TOLERANCE_PP / 2
     out: list[SimulatedSession] = []
     affine = ref_lab.affine
@@ -555,6 +555,12 @@ def _simulate(plan: SubjectPlan, opts: Options) -> SimulatedSubject:
     first = out[0].volumes
     for s in out:
         s.realised = {n: round(change_rate(first[n], s.volumes[n]), 4) for n in ("ventricle", "cortex")}
+        for n in ("ventricle", "cortex"):
+            if abs(s.realised[n] - s.requested[n]) > 1.0:
+                import warnings
+
+                warnings.warn(f"{plan.subject} {s.session}: {n} changes by {s.realised[n]:+.2f} % instead of the "
+                              f"requested {s.requested[n]:+.2f} % (beyond what this anatomy allows)", RuntimeWarning, stacklevel=2)
     return SimulatedSubject(plan=plan, sessions=out)
 
 
