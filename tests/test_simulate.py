@@ -203,6 +203,20 @@ def test_same_seed_same_bytes_other_seed_other_cohort(tmp_path):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
     img = "sub-001/ses-01/anat/sub-001_ses-01_T1w.nii.gz"
     assert (tmp_path / "a" / img).read_bytes() != (tmp_path / "c" / img).read_bytes()
+    # an interrupted subject (no sessions.tsv yet) is redone on resume, byte for byte
+    (tmp_path / "a" / "sub-001" / "sub-001_sessions.tsv").unlink()
+    (tmp_path / "a" / img).unlink()
+    result = cohort.simulate_cohort(tmp_path / "a", seed=7, **kw)
+    assert result.simulated == ["sub-001"] and result.skipped == []
+    assert (tmp_path / "a" / img).read_bytes() == (tmp_path / "b" / img).read_bytes()
+    # extending the cohort keeps the first subject; shrinking it is refused
+    result = cohort.simulate_cohort(tmp_path / "b", seed=7, **{**kw, "subjects": 2})
+    assert result.skipped == ["sub-001"] and result.simulated == ["sub-002"]
+    assert len(_tsv(tmp_path / "b" / "participants.tsv")) == 2
+    from brainsynth_cli.errors import InputError
+
+    with pytest.raises(InputError, match="holds a cohort of 2 subjects"):
+        cohort.simulate_cohort(tmp_path / "b", seed=7, **kw)
 
 
 def test_explicit_rates_in_memory():

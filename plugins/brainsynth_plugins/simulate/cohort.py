@@ -730,6 +730,9 @@ def _validate_out(out_dir: Path, options: Options, subjects: int) -> bool:
         mine = {"subjects": subjects, **options.as_json()}
         if {k: v for k, v in recorded.items() if k != "subjects"} != {k: v for k, v in mine.items() if k != "subjects"}:
             raise InputError(out_dir, "holds a cohort simulated with other options", "choose a new output folder (or repeat the original options to resume)")
+        had = recorded.get("subjects")
+        if isinstance(had, int) and subjects < had:
+            raise InputError(out_dir, f"holds a cohort of {had} subjects", f"ask for at least {had} subjects to resume or extend it, or choose a new folder")
         return True
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -765,7 +768,8 @@ def simulate_cohort(
         OUT/derivatives/brainsynth-truth/sub-001/ses-01/anat/sub-001_ses-01_desc-truth_dseg.nii.gz
         OUT/derivatives/brainsynth-truth/sub-001/figures/sub-001_desc-sessions_montage.png
 
-    A folder holding a cohort made with the same options is resumed: complete subjects are kept.
+    A folder holding a cohort made with the same options is resumed: complete subjects are kept
+    (and asking for more subjects than it holds extends it; subject i never depends on N).
     """
     from brainsynth_cli.images import atomic_write_text
 
