@@ -38,6 +38,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "brainsynth_plugins.simulate",
     "brainsynth_plugins.text",
     "brainsynth_plugins.ip2p",
+    "brainsynth_plugins.ldm",
 )
 
 

@@ -1,0 +1,469 @@
+"""Training the ``ldm`` generator: stage 1 an AutoencoderKL, stage 2 a conditional UNet on its latents.
+
+Both stages run under Hugging Face accelerate (devices, mixed precision). Batches are a pure
+function of (seed, step), every random draw comes from a generator whose state is checkpointed
+(:mod:`brainsynth_plugins.ip2p.state`: safetensors + JSON, no pickle), and latents are computed
+once in a fixed order, so a run resumed with ``--resume`` ends with the weights of an
+uninterrupted one (same seed, CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from brainsynth_cli.errors import InputError, UserError
+from brainsynth_cli.interfaces import Progress, TrainOptions
+
+from brainsynth_plugins.ip2p import state as ckpts
+from brainsynth_plugins.ldm import nets
+from brainsynth_plugins.ldm.data import COVARIATES, TrainingSet, check_covariates, covariate_matrix, read_training_set
+from brainsynth_plugins.ldm.model import INFO, embed_text, load_text_encoder
+from brainsynth_plugins.ldm.presets import COMMON, PRESETS
+
+RUN_FILE = "run.json"
+LOSS_FIELDS = ("stage", "step", "loss", "l1", "kl", "lr")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        return [_parse_value(t.strip()) for t in text.split(",") if t.strip()]
+    return text
+
+
+def build_config(options: TrainOptions) -> dict[str, Any]:
+    """Preset + options + ``--set`` overrides -> the run's configuration (sizes for one dim)."""
+    ex = dict(options.extra)
+    preset = ex.get("preset") or "tiny"
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r} for the ldm generator; available: {', '.join(PRESETS)}")
+    dim = str(ex.get("dim") or "2d").lower()
+    if dim not in ("2d", "3d"):
+        raise UserError(f"--dim must be 2d or 3d, got {dim!r}")
+    condition = str(ex.get("condition") or "both").lower()
+    if condition not in nets.CONDITIONS:
+        raise UserError(f"--condition must be one of {', '.join(nets.CONDITIONS)}, got {condition!r}")
+    base = copy.deepcopy({**COMMON, **PRESETS[preset]})
+    cfg: dict[str, Any] = {**base, "vae": base["vae"][dim], "unet": base["unet"][dim]}
+    cfg.update({"preset": preset, "dim": dim, "condition": condition, "seed": int(options.seed),
+                "data": str(Path(options.data).resolve()), "labels": str(Path(ex["labels"]).resolve()) if ex.get("labels") else None})
+    if ex.get("steps") is not None:
+        cfg["vae_steps"] = cfg["unet_steps"] = int(ex["steps"])
+    for key in ("vae_steps", "unet_steps", "checkpoint_every", "captions_per_image"):
+        if ex.get(key) is not None:
+            cfg[key] = int(ex[key])
+    if ex.get("batch_size") is not None:
+        cfg["vae_batch_size"] = cfg["unet_batch_size"] = int(ex["batch_size"])
+    if ex.get("lr") is not None:
+        cfg["unet_lr"] = float(ex["lr"])
+    for key in ("resolution", "voxel_mm", "mixed_precision", "conditioning_dropout"):
+        if ex.get(key) is not None:
+            cfg[key] = ex[key]
+    te = ex.get("text_encoder") or "minilm"
+    cfg["text_encoder"] = {"name": te, "path": str(ex["text_encoder_path"]) if ex.get("text_encoder_path") else None}
+    for key, value in (ex.get("set") or {}).items():
+        head, _, tail = key.partition(".")
+        if head not in cfg or head in ("data", "dim", "condition", "seed", "text_encoder") or (tail and not isinstance(cfg[head], dict)):
+            known = ", ".join(sorted(k for k in cfg if k not in ("data", "dim", "condition", "seed", "text_encoder", "labels", "preset")))
+            raise UserError(f"--set {key}: unknown setting; known: {known} (model sizes as vae.KEY / unet.KEY)")
+        v = _parse_value(value) if isinstance(value, str) else value
+        if tail:
+            cfg[head][tail] = v
+        else:
+            cfg[head] = v
+    cfg["resolution"] = int(cfg["resolution"])
+    cfg["voxel_mm"] = float(cfg["voxel_mm"])
+    if dim == "2d" and (cfg["resolution"] < 16 or cfg["resolution"] % (nets.vae_factor(dim, cfg["vae"]) * nets.unet_factor(dim, cfg["unet"]))):
+        raise UserError(f"--resolution {cfg['resolution']} must be >= 16 and a multiple of "
+                        f"{nets.vae_factor(dim, cfg['vae']) * nets.unet_factor(dim, cfg['unet'])} (the networks' downsampling)")
+    if not 0 <= float(cfg["conditioning_dropout"]) < 1:
+        raise UserError("--conditioning-dropout must lie in [0, 1)")
+    if cfg["mixed_precision"] not in ("no", "fp16", "bf16"):
+        raise UserError("--mixed-precision must be no, fp16 or bf16")
+    return cfg
+
+
+def _is_empty(d: Path) -> bool:
+    return not d.exists() or (d.is_dir() and not any(d.iterdir()))
+
+
+def train(options: TrainOptions, progress: Progress | None = None) -> Path:
+    """Validate everything, then train both stages (or resume); returns the model folder."""
+    out = Path(options.output)
+    progress = progress or (lambda done, total, message="": None)
+    if options.resume:
+        run_file = out / "checkpoints" / RUN_FILE
+        if not run_file.is_file():
+            raise InputError(out, "has no training run to resume (no checkpoints/run.json)", "train without --resume")
+        cfg = json.loads(run_file.read_text(encoding="utf-8"))
+        if (out / INFO).is_file():
+            raise InputError(out, "holds a finished model", "nothing to resume; train into a new folder")
+    else:
+        cfg = build_config(options)
+        if out.exists() and not out.is_dir():
+            raise InputError(out, "is a file", "give a folder name for the model")
+        if not _is_empty(out):
+            raise InputError(out, "exists and is not empty", "give a new folder, or --resume to continue its training")
+    ts = read_training_set(cfg["data"], dim=cfg["dim"], resolution=cfg["resolution"], voxel_mm=cfg["voxel_mm"],
+                           labels_dir=cfg.get("labels"), captions_per_image=int(cfg["captions_per_image"]))
+    trainer = Trainer(cfg, out, ts, device=options.device, progress=progress)
+    trainer.check()
+    if not options.resume:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints" / RUN_FILE).write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    return trainer.run()
+
+
+class Trainer:
+    def __init__(self, cfg: dict[str, Any], out: Path, ts: TrainingSet, *, device: str, progress: Progress) -> None:
+        from brainsynth_plugins.ip2p.training import quiet, resolve_device
+
+        quiet()
+        self.cfg, self.out, self.ts, self.progress = cfg, Path(out), ts, progress
+        self.device_name = resolve_device(device)
+        self.dim, self.condition = cfg["dim"], cfg["condition"]
+        self.text: tuple[Any, Any] | None = None
+
+    # -- validation before anything is written ---------------------------------------------
+    def check(self) -> None:
+        import numpy as np
+
+        if len(self.ts.items) < 2:
+            raise InputError(self.ts.root, f"gives {len(self.ts.items)} training image(s)", "a generator needs at least 2 images")
+        if nets.uses_covariates(self.condition) or self.ts.kind == "dataset":
+            check_covariates(self.ts)
+        if nets.uses_text(self.condition):
+            if not any(it.captions for it in self.ts.items):
+                raise InputError(self.ts.root, "has no captions", "train from a dataset with labels, or make-pairs --prompt-builder template")
+            self.text = load_text_encoder({**self.cfg["text_encoder"], "max_length": None})
+            self.cfg["text_encoder"]["hidden_size"] = int(self.text[1].config.hidden_size)
+            self.cfg["text_encoder"]["max_length"] = int(self.text[0].model_max_length)
+        if self.cfg["mixed_precision"] == "fp16" and self.device_name == "cpu":
+            raise UserError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+        cov = covariate_matrix(self.ts)
+        self.ranges = {}
+        self.medians = {}
+        for j, name in enumerate(COVARIATES):
+            col = cov[:, j][np.isfinite(cov[:, j])]
+            lo, hi = (float(col.min()), float(col.max())) if col.size else (0.0, 1.0)
+            if name == "sex":
+                lo, hi = 0.0, 1.0
+            self.ranges[name] = [lo, hi]
+            self.medians[name] = float(np.median(col)) if col.size else 0.5 * (lo + hi)
+        if self.dim == "3d":
+            multiple = nets.vae_factor("3d", self.cfg["vae"]) * nets.unet_factor("3d", self.cfg["unet"])
+            self.padding = nets.pad_box(self.ts.grid_shape, multiple)
+        else:
+            self.padding = [(0, 0), (0, 0)]
+
+    # -- data ----------------------------------------------------------------------------
+    def images(self) -> Any:
+        """All training images as one tensor (N, 1, *padded) in [-1, 1]."""
+        import numpy as np
+        import torch
+
+        arr = np.stack([np.pad(it.image, self.padding) for it in self.ts.items])[:, None]
+        return torch.from_numpy(arr.astype(np.float32)) * 2 - 1
+
+    def scaled_covariates(self) -> Any:
+        import numpy as np
+        import torch
+
+        from brainsynth_plugins.ldm.model import scale_covariates
+
+        info = {"covariates": {"ranges": self.ranges}}
+        cov = covariate_matrix(self.ts)
+        med = np.asarray([self.medians[n] for n in COVARIATES])
+        cov = np.where(np.isfinite(cov), cov, med[None])
+        return torch.tensor([scale_covariates(info, row) for row in cov], dtype=torch.float32)
+
+    # -- machinery -----------------------------------------------------------------------
+    def _accelerator(self) -> Any:
+        from accelerate import Accelerator
+
+        return Accelerator(mixed_precision=self.cfg["mixed_precision"], cpu=self.device_name == "cpu")
+
+    def _log(self, row: dict[str, Any]) -> None:
+        path = self.out / "logs" / "loss.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with open(path, "a", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=LOSS_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in LOSS_FIELDS})
+
+    def _trim_log(self, stage: str, step: int) -> None:
+        path = self.out / "logs" / "loss.csv"
+        if not path.exists():
+            return
+        order = ckpts.STAGES.index(stage)
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh)
+                    if ckpts.STAGES.index(r["stage"]) < order or (r["stage"] == stage and int(r["step"]) <= step)]
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=LOSS_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def _lr_scheduler(self, opt: Any, total: int) -> Any:
+        from diffusers.optimization import get_scheduler
+
+        return get_scheduler(self.cfg["lr_scheduler"], optimizer=opt, num_warmup_steps=int(self.cfg["warmup_steps"]),
+                             num_training_steps=total)
+
+    def _latest(self, stage: str) -> ckpts.Checkpoint | None:
+        found = [c for c in ckpts.list_checkpoints(self.out) if c.stage == stage]
+        return found[-1] if found else None
+
+    def _checkpoint(self, stage: str, step: int, model: Any, opt: Any, sched: Any, gen: Any) -> None:
+        import torch
+
+        rng = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
+        ckpts.save_checkpoint(self.out, stage, step, modules={"model": model.state_dict()},
+                              optimizers={"model": opt.optimizer if hasattr(opt, "optimizer") else opt},
+                              scheduler=sched.scheduler if hasattr(sched, "scheduler") else sched, rng=rng, extra={},
+                              keep=int(self.cfg["checkpoints_total_limit"]))
+
+    def _restore(self, ck: ckpts.Checkpoint, model: Any, opt: Any, sched: Any, gen: Any) -> int:
+        import torch
+
+        data = ckpts.load_checkpoint(ck)
+        model.load_state_dict(data["modules"]["model"])
+        opt.load_state_dict(data["optimizers"]["model"])
+        sched.load_state_dict(data["state"]["scheduler"])
+        torch.set_rng_state(data["rng"]["torch"])
+        gen.set_state(data["rng"]["generator"])
+        return int(data["state"]["step"])
+
+    # -- run -----------------------------------------------------------------------------
+    def run(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not (self.out / "vae" / "config.json").is_file():
+            self.train_vae(self._latest("vae"))
+        self.train_unet(self._latest("unet"))
+        shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+        return self.out
+
+    # -- stage 1 -------------------------------------------------------------------------
+    def vae_kwargs(self) -> dict[str, Any] | None:
+        return nets.monai_kwargs("vae", self.cfg["vae"]) if self.dim == "3d" else None
+
+    def train_vae(self, start: ckpts.Checkpoint | None) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from brainsynth_plugins.ip2p.training import Batches
+
+        cfg = self.cfg
+        total = int(cfg["vae_steps"])
+        torch.manual_seed(int(cfg["seed"]))
+        vae = nets.build_vae(self.dim, {**cfg["vae"], "sample_size": cfg["resolution"]})
+        acc = self._accelerator()
+        images = self.images()
+        opt = torch.optim.Adam(vae.parameters(), lr=float(cfg["vae_lr"]))
+        sched = self._lr_scheduler(opt, total)
+        gen = torch.Generator().manual_seed(int(cfg["seed"]) * 7 + 1)
+        step = 0
+        if start is not None:
+            step = self._restore(start, vae, opt, sched, gen)
+            self._trim_log("vae", step)
+        vae.train()
+        vae, opt, sched = acc.prepare(vae, opt, sched)
+        batches = Batches(len(images), int(cfg["vae_batch_size"]), int(cfg["seed"]))
+        every = int(cfg["checkpoint_every"])
+        kl_w = float(cfg["kl_weight"])
+        while step < total:
+            x = images[batches(step)].to(acc.device)
+            mean, std = nets.encode(acc.unwrap_model(vae), self.dim, x)
+            eps = torch.randn(mean.shape, generator=gen).to(acc.device)
+            rec = nets.decode(acc.unwrap_model(vae), self.dim, mean + std * eps)
+            l1 = F.l1_loss(rec.float(), x.float())
+            var = std.float() ** 2
+            kl = 0.5 * (mean.float() ** 2 + var - torch.log(var.clamp_min(1e-12)) - 1).flatten(1).sum(1).mean()
+            loss = l1 + kl_w * kl
+            acc.backward(loss)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            self._log({"stage": "vae", "step": step, "loss": float(loss.detach()), "l1": float(l1.detach()), "kl": float(kl.detach()),
+                       "lr": float(sched.get_last_lr()[0])})
+            self.progress(step, total, f"stage 1 (autoencoder) L1 {float(l1.detach()):.4f}")
+            if every > 0 and step % every == 0 and step < total:
+                self._checkpoint("vae", step, acc.unwrap_model(vae), opt, sched, gen)
+        vae = acc.unwrap_model(vae).eval()
+        with torch.no_grad():
+            lat = torch.cat([nets.encode(vae, self.dim, images[i : i + 8].to(acc.device))[0] for i in range(0, min(64, len(images)), 8)])
+            rec = nets.decode(vae, self.dim, nets.encode(vae, self.dim, images[:4].to(acc.device))[0])
+        std = float(lat.float().std())
+        self.scaling_factor = 1.0 / std if std > 1e-8 else 1.0
+        self._save_validation("vae", images[:4], rec)
+        tmp = self.out / ".tmp-vae"
+        shutil.rmtree(tmp, ignore_errors=True)
+        nets.save(vae, self.dim, "vae", tmp, self.vae_kwargs())
+        meta = {"scaling_factor": self.scaling_factor, "latent_shape": [int(s) for s in lat.shape[1:]]}
+        (tmp / "brainsynth-latent.json").write_text(json.dumps(meta), encoding="utf-8")
+        shutil.rmtree(self.out / "vae", ignore_errors=True)
+        os.replace(tmp, self.out / "vae")
+        acc.free_memory()
+
+    def _save_validation(self, name: str, real: Any, fake: Any) -> None:
+        import numpy as np
+
+        from brainsynth_cli.figures import save_grid
+
+        def view(t: Any) -> Any:
+            a = ((t.detach().float().clamp(-1, 1) + 1) / 2)[0].cpu().numpy()
+            return np.rot90(a[:, :, a.shape[2] // 2]) if a.ndim == 3 else np.rot90(a)
+
+        rows = [[view(r), view(f)] for r, f in zip(real, fake)]
+        (self.out / "validation").mkdir(parents=True, exist_ok=True)
+        save_grid(self.out / "validation" / f"{name}.png", rows, col_titles=["real", "reconstruction" if name == "vae" else "sample"],
+                  scale=max(1, 128 // max(rows[0][0].shape)))
+
+    # -- stage 2 -------------------------------------------------------------------------
+    def unet_kwargs(self, in_ch: int, out_ch: int, ctx_dim: int) -> dict[str, Any] | None:
+        if self.dim == "2d":
+            return None
+        return nets.monai_kwargs("unet", self.cfg["unet"], in_channels=in_ch, out_channels=out_ch, cross_attention_dim=ctx_dim)
+
+    def train_unet(self, start: ckpts.Checkpoint | None) -> None:
+        import torch
+        import torch.nn.functional as F
+        from diffusers import DDPMScheduler
+
+        from brainsynth_plugins.ip2p.training import Batches
+
+        cfg = self.cfg
+        total = int(cfg["unet_steps"])
+        vae = nets.load(self.dim, "vae", self.out / "vae").eval()
+        vae.requires_grad_(False)
+        meta = json.loads((self.out / "vae" / "brainsynth-latent.json").read_text(encoding="utf-8"))
+        self.scaling_factor = float(meta["scaling_factor"])
+        acc = self._accelerator()
+        vae.to(acc.device)
+        images = self.images()
+        with torch.no_grad():
+            latents = torch.cat([nets.encode(vae, self.dim, images[i : i + 8].to(acc.device))[0]
+                                 for i in range(0, len(images), 8)]) * self.scaling_factor
+        lat_ch = int(latents.shape[1])
+        hidden = self.cfg["text_encoder"].get("hidden_size") if self.text else None
+        ctx_dim = nets.context_dim(self.condition, hidden)
+        in_ch = lat_ch + nets.extra_channels(self.condition)
+        torch.manual_seed(int(cfg["seed"]) + 1)
+        unet = nets.build_unet(self.dim, cfg["unet"], in_channels=in_ch, out_channels=lat_ch, cross_attention_dim=ctx_dim,
+                               sample_size=int(latents.shape[-1]))
+        noise = DDPMScheduler(**cfg["noise"])
+        cov = self.scaled_covariates().to(acc.device)
+        # captions: every image's list, embedded once (and the empty prompt, the null condition)
+        caps = [it.captions for it in self.ts.items]
+        emb = None
+        if self.text is not None:
+            unique = sorted({c for cs in caps for c in cs} | {""})
+            vecs = torch.cat([embed_text(*self.text, unique[i : i + 32], acc.device) for i in range(0, len(unique), 32)])
+            emb = {c: vecs[i] for i, c in enumerate(unique)}
+        opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg["unet_lr"]))
+        sched = self._lr_scheduler(opt, total)
+        gen = torch.Generator().manual_seed(int(cfg["seed"]) * 7 + 2)
+        step = 0
+        if start is not None:
+            step = self._restore(start, unet, opt, sched, gen)
+            self._trim_log("unet", step)
+        if cfg["gradient_checkpointing"] and hasattr(unet, "enable_gradient_checkpointing"):
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        unet, opt, sched = acc.prepare(unet, opt, sched)
+        batches = Batches(len(images), int(cfg["unet_batch_size"]), int(cfg["seed"]) + 1)
+        every = int(cfg["checkpoint_every"])
+        drop = float(cfg["conditioning_dropout"])
+        T = int(noise.config.num_train_timesteps)
+        while step < total:
+            idx = batches(step)
+            z0 = latents[idx]
+            eps = torch.randn(z0.shape, generator=gen).to(acc.device)
+            t = torch.randint(0, T, (len(idx),), generator=gen).to(acc.device)
+            u = torch.rand(len(idx), generator=gen)
+            pick = torch.randint(0, 1 << 30, (len(idx),), generator=gen).tolist()
+            dropped = (u < drop).to(acc.device)
+            c = cov[idx].clone()
+            c[dropped] = nets.NULL_COVARIATE
+            text = None
+            if emb is not None:
+                text = torch.stack([emb[""] if bool(dropped[j]) else emb[caps[i][pick[j] % len(caps[i])]]
+                                    for j, i in enumerate(idx)])
+            ctx = nets.build_context(self.condition, text, c)
+            x = nets.with_covariate_maps(self.condition, noise.add_noise(z0, eps, t), c)
+            with acc.autocast():
+                pred = nets.denoise(unet, self.dim, x, t, ctx)
+            loss = F.mse_loss(pred.float(), eps.float())
+            acc.backward(loss)
+            acc.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            self._log({"stage": "unet", "step": step, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])})
+            self.progress(step, total, f"stage 2 (unet) loss {float(loss.detach()):.4f}")
+            if every > 0 and step % every == 0 and step < total:
+                self._checkpoint("unet", step, acc.unwrap_model(unet), opt, sched, gen)
+        unet = acc.unwrap_model(unet).eval()
+        self.save_model(unet, noise, lat_ch, [int(s) for s in latents.shape[2:]], in_ch, ctx_dim)
+        acc.free_memory()
+
+    def save_model(self, unet: Any, noise: Any, lat_ch: int, lat_shape: list[int], in_ch: int, ctx_dim: int) -> None:
+        import numpy as np
+
+        from brainsynth_cli import __version__
+
+        tmp = self.out / ".tmp-unet"
+        shutil.rmtree(tmp, ignore_errors=True)
+        nets.save(unet, self.dim, "unet", tmp, self.unet_kwargs(in_ch, lat_ch, ctx_dim))
+        shutil.rmtree(self.out / "unet", ignore_errors=True)
+        os.replace(tmp, self.out / "unet")
+        noise.save_pretrained(self.out / "scheduler")
+        vols: dict[str, list[float]] = {}
+        for it in self.ts.items:
+            for g, v in it.volumes.items():
+                vols.setdefault(g, []).append(float(v))
+        if self.dim == "3d":
+            image = {"shape": list(self.ts.grid_shape), "affine": np.asarray(self.ts.affine).tolist(), "voxel_mm": self.cfg["voxel_mm"],
+                     "padding": [list(p) for p in self.padding], "grid": "template" if self.ts.kind == "dataset" else "pairs images"}
+        else:
+            pixels = [it.pixel_mm for it in self.ts.items if it.pixel_mm]
+            image = {"resolution": self.cfg["resolution"], "pixel_mm": float(np.median(pixels)) if pixels else None,
+                     "slice": "canonical axial slice through the largest lateral-ventricle extent (brainsynth_cli.slices v1)",
+                     "padding": [[0, 0], [0, 0]]}
+        te = self.cfg["text_encoder"] if self.text is not None else None
+        info = {
+            "format": "brainsynth-model", "version": 1, "generator": "ldm", "task": "generate", "brainsynth": __version__,
+            "dim": self.dim, "condition": self.condition, "preset": self.cfg["preset"],
+            "image": image,
+            "intensity": {"method": "percentile-0.5-99.5-nonzero window", "model_range": [-1, 1], "output_range": [0, 1]},
+            "latent": {"channels": lat_ch, "shape": lat_shape, "scaling_factor": self.scaling_factor},
+            "covariates": {"names": list(COVARIATES), "ranges": self.ranges, "medians": self.medians,
+                           "sex_coding": {"F": 0, "M": 1}, "scaling": "min-max to [0, 1] with the training ranges",
+                           "null": nets.NULL_COVARIATE, "units": {"age": "years", "sex": "F=0 M=1",
+                                                                  "ventricle_volume": "mm3", "brain_volume": "mm3"}},
+            "volume_medians": {g: float(np.median(v)) for g, v in vols.items()},
+            "conditioning": {"cross_attention_dim": ctx_dim, "concatenated_channels": nets.extra_channels(self.condition)},
+            "text_encoder": te,
+            "noise_scheduler": dict(noise.config),
+            "training": {k: self.cfg[k] for k in ("seed", "vae_steps", "unet_steps", "vae_lr", "unet_lr", "vae_batch_size",
+                                                  "unet_batch_size", "conditioning_dropout", "captions_per_image", "kl_weight",
+                                                  "mixed_precision", "resolution", "voxel_mm")},
+            "data": {"path": self.cfg["data"], "labels": self.cfg.get("labels") or self.ts.info.get("labels"), "kind": self.ts.kind,
+                     "images": len(self.ts.items), "subjects": len({it.subject for it in self.ts.items})},
+        }
+        tmp_info = self.out / f".{INFO}.tmp"
+        tmp_info.write_text(json.dumps(info, indent=1), encoding="utf-8")
+        os.replace(tmp_info, self.out / INFO)
