@@ -28,9 +28,13 @@ def _parse_set(items: list[str]) -> dict[str, str]:
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train(
-        pairs: Path = typer.Argument(..., help="Pairs folder written by `brainsynth make-pairs` (metadata.jsonl + images)."),
+        pairs: Path = typer.Argument(..., help="Pairs folder written by `brainsynth make-pairs` (metadata.jsonl + images); with --task generate also a dataset (BIDS folder or CSV manifest)."),
         output: Path = typer.Option(..., "-o", "--output", help="Model folder to write (diffusers pipeline layout + brainsynth.json)."),
-        generator: str = typer.Option("instruct-pix2pix", "--generator", help="Generator plugin (see `brainsynth plugins`)."),
+        generator: str = typer.Option("", "--generator", help="Generator plugin (default: instruct-pix2pix for --task edit, ldm for --task generate; see `brainsynth plugins`)."),
+        task: str = typer.Option("edit", "--task", help="edit (prior + prompt -> target) or generate (covariates and/or text -> image)."),
+        dim: str = typer.Option("2d", "--dim", help="--task generate: 2d (slices, diffusers) or 3d (volumes, MONAI)."),
+        condition: str = typer.Option("both", "--condition", help="--task generate: text, covariates or both."),
+        labels: str = typer.Option("", "--labels", help="--task generate on a dataset: label maps folder (default DATASET/derivatives/brainsynth-truth)."),
         preset: str = typer.Option("tiny", "--preset", help="tiny (CPU, minutes), base (from scratch, one GPU, 256x256) or sd15 (from --pretrained)."),
         pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Local Stable Diffusion diffusers folder or hub id to start from."),
         text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Text encoder plugin: minilm (default), clip, biomedbert."),
@@ -62,9 +66,11 @@ def register(app: typer.Typer) -> None:
         from brainsynth_cli.plugin_manager import get_manager
         from brainsynth_cli.progress import progress_bar
 
-        if not pairs.is_dir():
+        if task not in ("edit", "generate"):
+            raise UserError(f"--task must be edit or generate, got {task!r}")
+        if task == "edit" and not pairs.is_dir():
             raise InputError(pairs, "is not a folder", "give the pairs folder written by `brainsynth make-pairs`")
-        if not (pairs / "metadata.jsonl").is_file():
+        if task == "edit" and not (pairs / "metadata.jsonl").is_file():
             raise InputError(pairs, "has no metadata.jsonl", "give the pairs folder written by `brainsynth make-pairs`")
         if steps is not None and epochs is not None:
             raise UserError("give --steps or --epochs, not both")
@@ -83,7 +89,7 @@ def register(app: typer.Typer) -> None:
         manager = get_manager()
         if text_encoder is not None:
             manager.registry("text-encoder").get(text_encoder)  # one-line error listing the available ones
-        gen = manager.registry("generator").create(generator)
+        gen = manager.registry("generator").create(generator or ("ldm" if task == "generate" else "instruct-pix2pix"))
         options = TrainOptions(
             data=pairs, output=output, seed=seed, device=device, resume=resume,
             extra={"preset": preset, "pretrained": pretrained, "text_encoder": text_encoder,
@@ -91,7 +97,7 @@ def register(app: typer.Typer) -> None:
                    "batch_size": batch_size, "lr": lr, "resolution": resolution, "channels": channels,
                    "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing, "ema": ema,
                    "conditioning_dropout": conditioning_dropout, "checkpoint_every": checkpoint_every,
-                   "set": _parse_set(set_)},
+                   "set": _parse_set(set_), "task": task, "dim": dim, "condition": condition, "labels": labels or None},
         )
         with progress_bar("train") as progress:
             model = gen.train(options, progress)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -52,6 +53,16 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     condition = str(ex.get("condition") or "both").lower()
     if condition not in nets.CONDITIONS:
         raise UserError(f"--condition must be one of {', '.join(nets.CONDITIONS)}, got {condition!r}")
+    if ex.get("pretrained"):
+        raise UserError("the ldm generator trains from scratch; --pretrained is for --task edit")
+    if ex.get("channels") not in (None, 1):
+        raise UserError("the ldm generator models grey images; leave out --channels (or give 1)")
+    if (ex.get("stage") or "all") != "all":
+        raise UserError("the ldm generator trains both stages in one run (resume with --resume); leave out --stage")
+    if ex.get("ema"):
+        raise UserError("--ema is not supported by the ldm generator")
+    if ex.get("steps") is not None and ex.get("epochs") is not None:
+        raise UserError("give --steps or --epochs, not both")
     base = copy.deepcopy({**COMMON, **PRESETS[preset]})
     cfg: dict[str, Any] = {**base, "vae": base["vae"][dim], "unet": base["unet"][dim]}
     cfg.update({"preset": preset, "dim": dim, "condition": condition, "seed": int(options.seed),
@@ -61,6 +72,7 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     for key in ("vae_steps", "unet_steps", "checkpoint_every", "captions_per_image"):
         if ex.get(key) is not None:
             cfg[key] = int(ex[key])
+    cfg["epochs"] = float(ex["epochs"]) if ex.get("epochs") is not None else None
     if ex.get("batch_size") is not None:
         cfg["vae_batch_size"] = cfg["unet_batch_size"] = int(ex["batch_size"])
     if ex.get("lr") is not None:
@@ -72,8 +84,8 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     cfg["text_encoder"] = {"name": te, "path": str(ex["text_encoder_path"]) if ex.get("text_encoder_path") else None}
     for key, value in (ex.get("set") or {}).items():
         head, _, tail = key.partition(".")
-        if head not in cfg or head in ("data", "dim", "condition", "seed", "text_encoder") or (tail and not isinstance(cfg[head], dict)):
-            known = ", ".join(sorted(k for k in cfg if k not in ("data", "dim", "condition", "seed", "text_encoder", "labels", "preset")))
+        if head not in cfg or head in ("data", "dim", "condition", "seed", "text_encoder", "epochs") or (tail and not isinstance(cfg[head], dict)):
+            known = ", ".join(sorted(k for k in cfg if k not in ("data", "dim", "condition", "seed", "text_encoder", "labels", "preset", "epochs")))
             raise UserError(f"--set {key}: unknown setting; known: {known} (model sizes as vae.KEY / unet.KEY)")
         v = _parse_value(value) if isinstance(value, str) else value
         if tail:
@@ -147,6 +159,11 @@ class Trainer:
             self.text = load_text_encoder({**self.cfg["text_encoder"], "max_length": None})
             self.cfg["text_encoder"]["hidden_size"] = int(self.text[1].config.hidden_size)
             self.cfg["text_encoder"]["max_length"] = int(self.text[0].model_max_length)
+        if self.cfg.get("epochs"):  # passes over the training images -> steps of each stage
+            n = len(self.ts.items)
+            self.cfg["vae_steps"] = math.ceil(self.cfg["epochs"] * n / int(self.cfg["vae_batch_size"]))
+            self.cfg["unet_steps"] = math.ceil(self.cfg["epochs"] * n / int(self.cfg["unet_batch_size"]))
+            self.cfg["epochs"] = None
         if self.cfg["mixed_precision"] == "fp16" and self.device_name == "cpu":
             raise UserError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
         cov = covariate_matrix(self.ts)
