@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from brainsynth_plugins.blend.poisson import PoissonBlender, PoissonNotConverged, poisson_blend
 from brainsynth_plugins.blend.reference import assemble, direct_solution
 

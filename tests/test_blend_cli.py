@@ -37,7 +37,6 @@ def nifti_case(tmp_path_factory):
 
 def test_blend_nifti_poisson(cli, nifti_case):
     import nibabel as nib
-
     from brainsynth_plugins.blend.reference import direct_solution
 
     d, p, prior, target, labels, affine = nifti_case
@@ -95,7 +94,7 @@ def test_blend_png_2d(cli, tmp_path):
 def test_blend_errors(cli, nifti_case, tmp_path):
     import nibabel as nib
 
-    d, p, prior, target, labels, affine = nifti_case
+    _, p, _, target, labels, affine = nifti_case
     out = tmp_path / "never.nii.gz"
     # mask on another grid
     other = tmp_path / "shifted.nii.gz"

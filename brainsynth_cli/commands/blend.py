@@ -4,7 +4,7 @@ TARGET into PRIOR with a blender plugin (poisson, copy-paste, none, or a third p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -28,8 +28,8 @@ def register(app: typer.Typer) -> None:
         mask: Path = typer.Argument(..., help="Region: a label map or binary mask on the same grid; nonzero = region."),
         output: Path = typer.Option(..., "-o", "--output", help="Output file: .nii/.nii.gz for NIfTI inputs, .png for PNG inputs."),
         blender: str = typer.Option("poisson", "--blender", "-b", help="Blender plugin (see `brainsynth plugins`)."),
-        rtol: Optional[float] = typer.Option(None, "--rtol", help="poisson: relative residual to reach (default 1e-6)."),
-        maxiter: Optional[int] = typer.Option(None, "--maxiter", help="poisson: iteration cap (default 500)."),
+        rtol: float | None = typer.Option(None, "--rtol", help="poisson: relative residual to reach (default 1e-6)."),
+        maxiter: int | None = typer.Option(None, "--maxiter", help="poisson: iteration cap (default 500)."),
     ) -> None:
         """Blend the MASK region of TARGET into PRIOR and write OUT (float32 NIfTI, or PNG of PRIOR's bit depth).
 

@@ -42,7 +42,11 @@ def _as_3d(a: np.ndarray) -> np.ndarray:
 
 
 def check_inputs(prior, target, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate shapes and values; return float32 prior, target and a bool mask (not copied if possible)."""
+    """Validate shapes; return C-ordered float32 prior and target and a bool mask (no copy if possible).
+
+    Values are checked where a blender reads them (the poisson solver refuses non-finite values
+    in and next to the region); the prior's voxels elsewhere are passed through unchanged.
+    """
     prior = np.asarray(prior)
     target = np.asarray(target)
     mask = np.asarray(mask)
@@ -54,8 +58,6 @@ def check_inputs(prior, target, mask) -> tuple[np.ndarray, np.ndarray, np.ndarra
         )
     prior = np.ascontiguousarray(prior, dtype=np.float32)
     target = np.ascontiguousarray(target, dtype=np.float32)
-    if not np.isfinite(prior).all():
-        raise ValueError("prior must be finite (no NaN or Inf)")
     if mask.dtype != np.bool_:
         mask = mask != 0
     return prior, target, np.ascontiguousarray(mask)
