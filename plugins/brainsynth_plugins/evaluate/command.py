@@ -12,11 +12,11 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
         model: Path = typer.Argument(..., help="Model folder written by `brainsynth train`."),
-        pairs: Path = typer.Argument(..., help="Pairs folder written by `brainsynth make-pairs` (with label slices)."),
+        pairs: Optional[Path] = typer.Argument(None, help="Pairs folder written by `brainsynth make-pairs` (with label slices); not with --task generate."),
         output: Path = typer.Option(..., "-o", "--output", help="Report folder (created; re-running resumes)."),
         split: str = typer.Option("test", help="Which split's rows to edit."),
         measure: str = typer.Option("registration", help="Measurement plugin that labels edited slices (see `brainsynth plugins`)."),
-        steps: int = typer.Option(20, min=1, help="Denoising steps per edit."),
+        steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps per edit (default 20) or sample (--task generate: 50)."),
         scheduler: str = typer.Option("ddim", help="ddim, dpm++ or euler-a."),
         guidance_scale: float = typer.Option(7.5, help="Text guidance scale."),
         image_guidance_scale: float = typer.Option(1.5, help="Image guidance scale."),
@@ -24,6 +24,11 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N rows of the split."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
         fid_weights: Optional[Path] = typer.Option(None, help="TorchScript feature extractor for FID (local file)."),
+        task: str = typer.Option("edit", "--task", help="edit (an editing model on PAIRS) or generate (an ldm model: conditioning r, MS-SSIM)."),
+        grid: int = typer.Option(5, "--grid", min=2, help="--task generate: requested ventricle volumes over the trained range."),
+        per_value: int = typer.Option(4, "--per-value", min=1, help="--task generate: samples per requested volume."),
+        segmenter: str = typer.Option("atlas", "--segmenter", help="--task generate, 3D: segmenter plugin that measures the samples."),
+        data: Optional[Path] = typer.Option(None, "--data", help="--task generate: real images (default: the model's training data)."),
     ) -> None:
         """Edit every row of a split with its prompt and measure it like BrainEditor's Table 1:
         PSNR, SSIM, MS-SSIM against the real target; achieved change per structure (ACC, MAE), next to
@@ -34,6 +39,17 @@ def register(app: typer.Typer) -> None:
         from brainsynth_plugins.evaluate.engine import EvalSettings
         from brainsynth_plugins.evaluate.run import run_evaluation
 
+        if task == "generate":
+            from brainsynth_plugins.ldm.evaluation import run_command
+
+            run_command(model, output, steps=steps or 50, scheduler=scheduler, seed=seed, grid=grid, per_value=per_value,
+                        segmenter=segmenter, measure=measure, data=data, device=device)
+            return
+        if task != "edit":
+            raise InputError(None, f"--task must be edit or generate, got {task!r}")
+        if pairs is None:
+            raise InputError(None, "missing PAIRS", "give the pairs folder written by `brainsynth make-pairs`")
+        steps = steps or 20
         if not model.is_dir():
             raise InputError(model, "model folder not found", "give the folder written by `brainsynth train`")
         if output.exists() and not output.is_dir():

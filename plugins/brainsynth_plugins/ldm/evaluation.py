@@ -206,3 +206,29 @@ Requested ventricle volume vs measured {c['quantity']} ({st['method']}):
 | samples | {_f(d['ms_ssim_samples'])} ({d['sample_pairs']} pairs) | 0.6704 |
 | real images (different subjects) | {_f(d['ms_ssim_real'])} ({d['real_pairs']} pairs) | 0.6536 |
 """
+
+
+def run_command(model: Path, output: Path, *, steps: int, scheduler: str, seed: int, grid: int, per_value: int,
+                segmenter: str, measure: str, data: Path | None, device: str) -> dict[str, Any]:
+    """``brainsynth evaluate MODEL --task generate -o OUT``: run, then print the summary table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from brainsynth_cli.progress import progress_bar
+
+    with progress_bar("evaluate generation") as progress:
+        s = evaluate_generation(model, output, grid=grid, per_value=per_value, steps=steps, scheduler=scheduler, seed=seed,
+                                segmenter=segmenter, measure=measure, data=data, device=device, progress=progress)
+    c, d, m = s["conditioning"], s["diversity"], s["measurement_check"]
+    table = Table(title=f"generation ({s['dim']}, {s['condition']}, {c['samples']} samples)")
+    for col in ("metric", "this model", "Brain LDM"):
+        table.add_column(col)
+    table.add_row("Pearson r, requested vs measured ventricles", _f(c["pearson_r"]), "0.972")
+    table.add_row("  measurement check on real images (r)", _f(m["pearson_r_truth_vs_measured"]), "")
+    table.add_row("MS-SSIM, sample pairs", _f(d["ms_ssim_samples"]), "0.6704")
+    table.add_row("MS-SSIM, real pairs", _f(d["ms_ssim_real"]), "0.6536")
+    console = Console(width=120)
+    console.print(table)
+    for name in ("report.md", "summary.json", "conditioning.csv", "samples/samples.png"):
+        console.print(f"  {Path(output) / name}")
+    return s
