@@ -129,7 +129,7 @@ def test_every_builder_follows_the_protocol():
 
 
 def test_template_captions_are_seeded_and_parse_back():
-    volumes = {"ventricle": 25312.4, "cortex": 451234.2, "white-matter": 400321.0}
+    volumes = {"ventricle": 25312.4, "cortex": 451234.2, "white-matter": 400321.0, "hippocampus": 0.0}
     t = builder("template", seed=7)
     change = Change(rates={}, volumes=volumes, age=72.4, sex="F", modality="T1w")
     text = t.build(change)

@@ -281,8 +281,8 @@ def _who(age: float | None, sex: str | None) -> str:
 class TemplatePromptBuilder:
     """Captions of one image (the edited image of a pair) from 20 sentence templates.
 
-    The volumes of every rules group given in ``change.volumes`` (mm^3, rounded to whole mm^3)
-    are listed in the rules' order, with age, sex and modality when known. ``change.rates``
+    The volumes of every rules group given in ``change.volumes`` (mm^3, rounded to whole mm^3;
+    groups with no volume, absent from the label map, are left out) are listed in the rules' order, with age, sex and modality when known. ``change.rates``
     and ``change.only`` are not used: a caption describes an image, not a change. The template
     and volume style are picked by a hash of ``seed`` and the content, so a caption depends on
     nothing else (not on process order).
@@ -306,7 +306,7 @@ class TemplatePromptBuilder:
 
     def build(self, change: Change) -> str | None:
         vols = [(s, float(change.volumes[s.name])) for s in self.rules.structures
-                if s.name in change.volumes and change.volumes[s.name] is not None and math.isfinite(change.volumes[s.name])]
+                if change.volumes.get(s.name) is not None and math.isfinite(change.volumes[s.name]) and change.volumes[s.name] > 0]
         if not vols:
             return None
         t, style = self._choice(change)
