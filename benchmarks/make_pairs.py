@@ -52,7 +52,8 @@ def disentanglement(rows: list[dict], described=("ventricle", "cortex")) -> dict
 
 
 def omega_ablation(root: Path, truth: Path, margin: float) -> dict[str, dict[str, float]]:
-    """Worst drift of the other described structures, by the way Ω is built (labels only)."""
+    """Worst drift of the other described structures, by the way Ω is built (labels only), over
+    the (pair, S) that get an S-disentangled row."""
     import numpy as np
     from brainsynth_plugins.pairs.engine import _rate, group_vols, omega
 
@@ -67,7 +68,10 @@ def omega_ablation(root: Path, truth: Path, margin: float) -> dict[str, dict[str
         for p, t in zip(sessions, sessions[1:]):
             lp, lt = read_labels(p.labels), read_labels(t.labels)
             vp = group_vols(lp.data, lp.voxel_volume, rules)
+            vt = group_vols(lt.data, lt.voxel_volume, rules)
             for s in rules.described():
+                if s.interval_for(_rate(vp[s.name], vt[s.name])) is None:
+                    continue  # make-pairs makes no S-disentangled row for this pair
                 for name, (m, protect) in variants.items():
                     mask = omega(lp.data, lt.data, s, m, lp.voxel_size, protect=rules.described() if protect else ())
                     vb = group_vols(np.where(mask, lt.data, lp.data), lp.voxel_volume, rules)
