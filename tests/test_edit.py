@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from test_train_pairs import FAST, cached, make_pairs, one_thread, phantom, tiny_model, train_cli  # noqa: E402
+from test_train_pairs import FAST, cached, make_pairs, one_thread, phantom, tiny_model, train_cli
 
 PROMPT = "moderate ventricle enlargement"
 
@@ -65,7 +65,7 @@ def test_edit_nifti_keeps_grid_and_is_seeded(tiny, volume, tmp_path):
     _, model = tiny
     outs = []
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        code, out, err = edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / f"{name}.nii.gz", "--steps", "4",
+        code, _, err = edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / f"{name}.nii.gz", "--steps", "4",
                                   "--seed", seed, "--device", "cpu")
         assert code == 0, err
         outs.append(nib.load(tmp_path / f"{name}.nii.gz"))

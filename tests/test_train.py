@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
-from test_train_pairs import FAST, make_pairs, one_thread, tiny_model, train_cli  # noqa: E402
+from test_train_pairs import FAST, make_pairs, one_thread, tiny_model, train_cli
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def _losses(model, stage):
 
 
 def test_tiny_trains_both_stages_and_stage2_loss_falls(tiny):
-    pairs, model = tiny
+    _, model = tiny
     vae, unet = _losses(model, "vae"), _losses(model, "unet")
     assert len(vae) == 6 and len(unet) == 24
     assert sum(vae[-2:]) / 2 < sum(vae[:2]) / 2
@@ -59,7 +59,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     pairs = make_pairs(tmp_path / "pairs", size=32, subjects=3, slices=1)
     sets = dict(a.split("=", 1) for a in FAST[FAST.index("--set") :: 1] if "=" in a)
     sets.update({"vae_steps": "4", "unet_steps": "4"})
-    extra = dict(preset="tiny", resolution=32, batch_size=4, checkpoint_every=2, ema=True, conditioning_dropout=0.2, set=sets)
+    extra = {"preset": "tiny", "resolution": 32, "batch_size": 4, "checkpoint_every": 2, "ema": True,
+             "conditioning_dropout": 0.2, "set": sets}
     gen = get_manager().registry("generator").create("instruct-pix2pix")
     kills = [("stage 1", 3), ("stage 2", 3)]
 
@@ -118,6 +119,11 @@ def test_option_errors(tmp_path):
     (tmp_path / "busy" / "x").write_text("x")
     _one_line_error(*train_cli([pairs, "-o", tmp_path / "busy", *FAST]), "not empty")
     _one_line_error(*train_cli([pairs, "-o", tmp_path / "m2", "--stage", "unet", *FAST]), "no trained VAE")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--preset", "sd15", "--pretrained", tmp_path / "empty"]), "unet/config.json")
+    _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--text-encoder", "clip", "--text-encoder-path", tmp_path / "empty", *FAST]),
+                    "cannot load the CLIP text encoder")
+    _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--text-encoder", "biomedbert", *FAST]), "--text-encoder-path")
     assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()
 
 
@@ -180,10 +186,9 @@ def test_sd15_preset_expands_a_pretrained_4_channel_unet(tmp_path):
     """--preset sd15 from a (tiny, random) Stable Diffusion folder: 3 channels, CLIP from the folder,
     UNet conv_in grown from 4 to 8 input channels with the old weights kept and the new ones zero."""
     import torch
+    from brainsynth_plugins.text.encoders import clip_tokenizer
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from brainsynth_plugins.text.encoders import clip_tokenizer
 
     tok = clip_tokenizer()
     torch.manual_seed(0)
@@ -211,3 +216,18 @@ def test_sd15_preset_expands_a_pretrained_4_channel_unet(tmp_path):
     info = json.loads((tmp_path / "m" / "brainsynth.json").read_text())
     assert info["channels"] == 3 and info["text_encoder"]["name"] == "clip" and info["text_encoder"]["path"] == str(sd)
     assert json.loads((tmp_path / "m" / "model_index.json").read_text())["text_encoder"] == ["transformers", "CLIPTextModel"]
+
+
+def test_stage_vae_alone_with_patch_gan_and_epochs(tmp_path):
+    """--stage vae writes only the VAE; the PatchGAN term is logged once it starts; --epochs sets the steps."""
+    pairs = make_pairs(tmp_path / "pairs", size=32, subjects=1, slices=1)  # 3 training pairs -> 6 images
+    code, err = train_cli([pairs, "-o", tmp_path / "m", "--stage", "vae", *FAST, "--epochs", "2",
+                           "--set", "gan_weight=0.1", "--set", "gan_start=1"])
+    assert code == 0, err
+    with open(tmp_path / "m" / "logs" / "loss.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["stage"] for r in rows] == ["vae"] * 3  # ceil(2 epochs * 6 images / batch 4)
+    assert float(rows[0]["gan"]) == 0 and all(float(r["gan"]) != 0 for r in rows[1:])
+    assert (tmp_path / "m" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not (tmp_path / "m" / "unet").exists() and not (tmp_path / "m" / "brainsynth.json").exists()
+    assert json.loads((tmp_path / "m" / "vae" / "config.json").read_text())["scaling_factor"] != 0.18215

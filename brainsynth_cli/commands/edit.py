@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(4, "--batch-size", help="Slices per batch."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
         free_prompt: bool = typer.Option(False, "--free-prompt", help="Use a prompt the model's rules do not describe."),
-        figure: Optional[Path] = typer.Option(None, "--figure", help="Before/after/difference PNG (default: OUTPUT name + _before_after.png)."),
+        figure: Path | None = typer.Option(None, "--figure", help="Before/after/difference PNG (default: OUTPUT name + _before_after.png)."),
     ) -> None:
         """Edit a scan or slice by a text prompt; the output keeps the input's grid, affine and header."""
         from brainsynth_cli.plugin_manager import get_manager
@@ -138,6 +138,7 @@ def register(app: typer.Typer) -> None:
         with progress_bar("edit", len(jobs)) as progress:
             edited = loaded.edit(jobs, prompt, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                  image_guidance_scale=image_guidance_scale, seed=seed, batch_size=batch_size, progress=progress)
+        output.parent.mkdir(parents=True, exist_ok=True)
         before, after = place(edited, output)
         fig = figure or output.with_name(output.name.split(".")[0] + "_before_after.png")
         _figure(fig, before, after, prompt)

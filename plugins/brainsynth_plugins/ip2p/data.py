@@ -8,7 +8,7 @@ from typing import Any
 from brainsynth_cli.errors import InputError
 from brainsynth_cli.pairs_folder import PairsFolder, read_pairs_folder
 
-__all__ = ["PairsFolder", "read_pairs", "load_slice", "prompts_of"]
+__all__ = ["PairsFolder", "load_slice", "prompts_of", "read_pairs"]
 
 
 def read_pairs(root: str | Path) -> PairsFolder:

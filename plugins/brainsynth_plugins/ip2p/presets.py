@@ -8,7 +8,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Trains both stages on 2 CPU cores in a few minutes at 64x64 (the demo and the tests).
     "tiny": {
         "resolution": 64, "channels": 1, "pretrained": None,
-        "vae": {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 16},
+        "vae": {"block_out_channels": [16, 32, 32], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8},
         "unet": {"block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 16,
                  "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
                  "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]},

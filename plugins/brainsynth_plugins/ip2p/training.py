@@ -18,7 +18,6 @@ from typing import Any
 
 from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress, TrainOptions
-
 from brainsynth_plugins.ip2p import state as ckpts
 from brainsynth_plugins.ip2p.data import PairsFolder, load_slice, prompts_of, read_pairs
 from brainsynth_plugins.ip2p.presets import COMMON, PRESETS
@@ -235,6 +234,17 @@ class Trainer:
         pre = self.cfg["pretrained"]
         if pre and Path(pre).exists() and not (Path(pre) / "unet" / "config.json").is_file():
             raise InputError(pre, "is not a diffusers Stable Diffusion folder (no unet/config.json)", "give a folder saved with save_pretrained or a hub id")
+        if pre:
+            quiet()
+            from diffusers import AutoencoderKL, UNet2DConditionModel
+
+            try:
+                UNet2DConditionModel.load_config(pre, subfolder="unet")
+                AutoencoderKL.load_config(pre, subfolder="vae")
+            except (OSError, ValueError) as exc:
+                first = str(exc).strip().splitlines()
+                raise InputError(pre, f"cannot be read as a Stable Diffusion pipeline ({first[0][:160] if first else type(exc).__name__})",
+                                 "give a local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a reachable hub id") from None
         if self.cfg["mixed_precision"] not in ("no", "fp16", "bf16"):
             raise UserError("--mixed-precision must be no, fp16 or bf16")
         if self.cfg["mixed_precision"] == "fp16" and self.device_name == "cpu":
@@ -247,6 +257,8 @@ class Trainer:
             self.cfg["vae_steps"] = math.ceil(float(epochs) * n_img / int(self.cfg["vae_batch_size"]))
             self.cfg["unet_steps"] = math.ceil(float(epochs) * len(self.train_pairs) / int(self.cfg["unet_batch_size"]))
             self.cfg["epochs"] = None
+        quiet()
+        self.tokenizer, self.text_model = self.encoder.load()  # a bad path fails here, before anything is written
 
     # -- common machinery ----------------------------------------------------------------
     def _image(self, path: Path) -> Any:
@@ -325,7 +337,6 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         try:
             torch.manual_seed(int(self.cfg["seed"]))
-            self.tokenizer, self.text_model = self.encoder.load()
             stages = list(ckpts.STAGES) if self.cfg["stage"] == "all" else [self.cfg["stage"]]
             latest = ckpts.list_checkpoints(self.out)[-1] if resume and ckpts.list_checkpoints(self.out) else None
             for stage in stages:
@@ -477,7 +488,10 @@ class Trainer:
         a = ((x + 1) / 2).clamp(0, 1).mean(1).cpu().numpy()
         b = ((rec.float() + 1) / 2).clamp(0, 1).mean(1).cpu().numpy()
         (self.out / "validation").mkdir(parents=True, exist_ok=True)
-        save_grid(self.out / "validation" / f"vae-{step:07d}.png", [[a[i], b[i], abs(b[i] - a[i])] for i in range(len(a))],
+        from brainsynth_cli.figures import to_uint8
+
+        save_grid(self.out / "validation" / f"vae-{step:07d}.png",
+                  [[to_uint8(a[i], 0.0, 1.0), to_uint8(b[i], 0.0, 1.0), to_uint8(abs(b[i] - a[i]), 0.0, 0.5)] for i in range(len(a))],
                   col_titles=["input", "reconstruction", "|difference|"], scale=max(1, 128 // self.res))
 
     # -- stage 2 -------------------------------------------------------------------------
@@ -639,10 +653,9 @@ class Trainer:
         return pipe
 
     def validate_unet(self, unet: Any, vae: Any, noise_sched: Any, ema: Any, step: int) -> None:
-        import numpy as np
         import torch
 
-        from brainsynth_cli.figures import difference_map, save_grid
+        from brainsynth_cli.figures import difference_map, save_grid, to_uint8
 
         if not self.val_pairs:
             return
@@ -660,7 +673,7 @@ class Trainer:
                              guidance_scale=float(self.cfg["guidance_scale"]),
                              image_guidance_scale=float(self.cfg["image_guidance_scale"]), generator=g, output_type="pt").images
                 a, b, t = self._image(p.prior), y.float().mean(1)[0].cpu().numpy(), self._image(p.target)
-                rows.append([a, np.clip(b, 0, 1), t, difference_map(a, b)])
+                rows.append([to_uint8(a, 0.0, 1.0), to_uint8(b, 0.0, 1.0), to_uint8(t, 0.0, 1.0), difference_map(a, b)])
                 titles.append(p.prompt[:18])
         finally:
             unet.train(was)

@@ -29,7 +29,7 @@ def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(f"the python package {name!r} is not installed; pip install \"brainsynth[diffusion]\"")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def minilm_dir() -> Path:
@@ -90,8 +90,9 @@ class MiniLM(_Encoder):
 
         src = self.path or str(minilm_dir())
         try:
-            tok = AutoTokenizer.from_pretrained(src)
-            model = BertModel.from_pretrained(src, add_pooling_layer=False)
+            local = self.path is None or Path(src).is_dir()
+            tok = AutoTokenizer.from_pretrained(src, local_files_only=local)
+            model = BertModel.from_pretrained(src, add_pooling_layer=False, local_files_only=local)
         except (OSError, ValueError) as exc:
             raise _load_error(src, "the MiniLM text encoder", exc) from None
         return self._finish(tok, model)
@@ -137,7 +138,8 @@ def clip_bpe_files(folder: str | os.PathLike[str]) -> tuple[Path, Path]:
     src = package_dir("clip") / "bpe_simple_vocab_16e6.txt.gz"
     if not src.is_file():
         raise UserError(f"{src}: CLIP's BPE vocabulary is missing; reinstall clip-openai")
-    lines = gzip.open(src).read().decode("utf-8").split("\n")
+    with gzip.open(src) as fh:
+        lines = fh.read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
     base = list(_bytes_to_unicode().values())
     vocab = base + [v + "</w>" for v in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
