@@ -425,7 +425,7 @@ def test_omega_margin_and_protection():
 
 
 def test_split_names_and_assignment():
-    from brainsynth_plugins.pairs.engine import assign_splits, parse_split, safe_component
+    from brainsynth_plugins.pairs.engine import assign_splits, parse_split, safe_component, split_counts
 
     assert safe_component("sub-001") == "sub-001"
     for bad in ("sub-test01", "ses-val", "train", "sub-01_eval", "dev-3"):
@@ -435,3 +435,6 @@ def test_split_names_and_assignment():
     a = assign_splits(subjects, parse_split("8:1:1"), 5)
     assert a == assign_splits(subjects, (8, 1, 1), 5) and a != assign_splits(subjects, (8, 1, 1), 6)
     assert sorted(a.values()).count("train") == 16 and list(a.values()).count("test") == 2
+    assert [split_counts(n, (8, 1, 1)) for n in (1, 2, 3, 4, 5, 10, 13)] == [
+        [1, 0, 0], [1, 1, 0], [1, 1, 1], [2, 1, 1], [3, 1, 1], [8, 1, 1], [11, 1, 1]]
+    assert split_counts(7, (1, 0, 0)) == [7, 0, 0] and split_counts(6, (1, 1, 1)) == [2, 2, 2]

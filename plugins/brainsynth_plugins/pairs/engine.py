@@ -122,18 +122,35 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
+def split_counts(n: int, ratios: tuple[float, float, float]) -> list[int]:
+    """Subjects per split: largest remainders of ``n * ratio``, then every split with a
+    non-zero ratio gets at least one subject while a bigger split can give one (4 subjects at
+    8:1:1 -> 2/1/1, not 3/1/0: a test split must not come out empty by rounding)."""
+    total = sum(ratios)
+    exact = [n * r / total for r in ratios]
+    counts = [int(math.floor(x)) for x in exact]
+    for i in sorted(range(3), key=lambda i: (-(exact[i] - counts[i]), i))[: n - sum(counts)]:
+        counts[i] += 1
+    for i in range(3):
+        if ratios[i] > 0 and counts[i] == 0:
+            donor = max(range(3), key=lambda j: (counts[j], -j))
+            if counts[donor] > 1:
+                counts[donor] -= 1
+                counts[i] += 1
+    return counts
+
+
 def assign_splits(subjects: list[str], ratios: tuple[float, float, float], seed: int) -> dict[str, str]:
-    """Subjects -> split, by a seeded permutation of the sorted subject list."""
+    """Subjects -> split: a seeded permutation of the sorted subject list, cut by
+    :func:`split_counts`."""
     import numpy as np
 
     n = len(subjects)
     order = np.random.default_rng(seed).permutation(n)
-    total = sum(ratios)
-    b1 = int(round(n * ratios[0] / total))
-    b2 = int(round(n * (ratios[0] + ratios[1]) / total))
+    counts = split_counts(n, ratios)
     out = {}
     for rank, i in enumerate(order):
-        out[subjects[int(i)]] = "train" if rank < b1 else ("validation" if rank < b2 else "test")
+        out[subjects[int(i)]] = "train" if rank < counts[0] else ("validation" if rank < counts[0] + counts[1] else "test")
     return out
 
 
