@@ -398,7 +398,12 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
     # the real change is measured on each session's own label map (exact voxel counts; a
     # resampled label map gains or loses partial voxels); the images are then put on one grid
     vt = group_vols(target_lab.data, target.voxel_volume, rules)
-    target, target_lab, alignment = align_to(prior, target, target_lab, seed=options.seed)
+    try:
+        target, target_lab, alignment = align_to(prior, target, target_lab, seed=options.seed)
+    except RuntimeError as exc:  # SimpleITK reports failures as RuntimeError
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:160]
+        raise InputError(t.image, f"{t.subject} {t.session}: rigid registration to {p.session} failed ({reason})",
+                         "check that both images show the same head, or put the target on the prior's grid first") from None
     vv = prior.voxel_volume
     vp = group_vols(prior_lab.data, vv, rules)
     for s in rules.described():
