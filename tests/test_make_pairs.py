@@ -438,3 +438,14 @@ def test_split_names_and_assignment():
     assert [split_counts(n, (8, 1, 1)) for n in (1, 2, 3, 4, 5, 10, 13)] == [
         [1, 0, 0], [1, 1, 0], [1, 1, 1], [2, 1, 1], [3, 1, 1], [8, 1, 1], [11, 1, 1]]
     assert split_counts(7, (1, 0, 0)) == [7, 0, 0] and split_counts(6, (1, 1, 1)) == [2, 2, 2]
+
+
+def test_blender_none_realises_no_change(cohort, tmp_path, cli):
+    """With the `none` control the blended target is the prior: its realised rates are zero,
+    so the quantized builder describes nothing and no disentangled row is made."""
+    root, labels = cohort
+    out = tmp_path / "none"
+    res = cli("make-pairs", root, "-o", out, "--labels", labels, "--slices", "1", "--size", "32", "--blender", "none")
+    assert res.exit_code == 0, res.stderr
+    rows = read_rows(out)
+    assert rows and {r["kind"] for r in rows} == {"real"}

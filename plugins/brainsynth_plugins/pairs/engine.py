@@ -452,7 +452,11 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
         blended = np.asarray(blender.blend(prior.data.astype(np.float32), target_matched, mask), dtype=np.float32)
         if blended.shape != prior.shape or not np.all(np.isfinite(blended)):
             raise UserError(f"blender {options.blender!r} returned an invalid image for {pair.subject} {p.session}->{t.session}; report it to the plugin's author")
-        composite = np.where(mask, target_lab.data, prior_lab.data)
+        prior32 = prior.data.astype(np.float32)
+        if np.array_equal(blended[mask], prior32[mask]):
+            composite = prior_lab.data  # the blender put nothing in (e.g. `none`): nothing changed
+        else:
+            composite = np.where(mask, target_lab.data, prior_lab.data)
         vb = group_vols(composite, vv, rules)
         realised = {g: _rate(vp[g], vb[g]) for g in rules.names()}
         prompt = builder.build(Change(rates=num_rates(realised), volumes=vb, only=s.name, **context))
