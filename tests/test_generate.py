@@ -222,3 +222,34 @@ def test_evaluate_generation_3d(model3d, tmp_path):
     assert s["conditioning"]["mae_mm3"] >= 0 and s["measurement_check"]["images"] == 3
     assert 0 < s["diversity"]["ms_ssim_real"] <= 1
     assert len(list((tmp_path / "ev" / "samples").glob("sample-*.nii.gz"))) == 4
+
+
+def test_resume_after_interruption_gives_the_same_model(cohort, tmp_path):
+    from brainsynth_cli.interfaces import TrainOptions
+    from brainsynth_cli.plugin_manager import get_manager
+
+    gen = get_manager().registry("generator").create("ldm")
+    extra = {"dim": "2d", "condition": "covariates", "resolution": 32, "vae_steps": 4, "unet_steps": 4, "batch_size": 4,
+             "checkpoint_every": 2}
+    full = gen.train(TrainOptions(data=cohort, output=tmp_path / "full", seed=1, device="cpu", extra=extra))
+
+    class Stop(Exception):
+        pass
+
+    for stage, at in (("autoencoder", 3), ("unet", 3)):
+        def stop(done, total, message="", stage=stage, at=at):
+            if stage in message and done == at:
+                raise Stop
+
+        try:
+            gen.train(TrainOptions(data=cohort, output=tmp_path / "cut", seed=1, device="cpu", extra=extra,
+                                   resume=stage == "unet"), stop)
+        except Stop:
+            pass
+        assert not (tmp_path / "cut" / "brainsynth.json").exists()
+    gen.train(TrainOptions(data=cohort, output=tmp_path / "cut", seed=1, device="cpu", extra=extra, resume=True))
+    for part in ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+        assert (full / part).read_bytes() == (tmp_path / "cut" / part).read_bytes(), part
+    assert (tmp_path / "cut" / "validation" / "samples.png").is_file()
+    with open(tmp_path / "cut" / "logs" / "loss.csv", newline="") as fh:
+        assert [r["stage"] for r in csv.DictReader(fh)] == ["vae"] * 4 + ["unet"] * 4

@@ -345,7 +345,8 @@ class Trainer:
 
         rows = [[view(r), view(f)] for r, f in zip(real, fake)]
         (self.out / "validation").mkdir(parents=True, exist_ok=True)
-        save_grid(self.out / "validation" / f"{name}.png", rows, col_titles=["real", "reconstruction" if name == "vae" else "sample"],
+        titles = ["real", "reconstruction"] if name == "vae" else ["real (ventricle min/median/max)", "sample (same volume)"]
+        save_grid(self.out / "validation" / f"{name}.png", rows, col_titles=titles,
                   scale=max(1, 128 // max(rows[0][0].shape)))
 
     # -- stage 2 -------------------------------------------------------------------------
@@ -436,6 +437,25 @@ class Trainer:
         unet = acc.unwrap_model(unet).eval()
         self.save_model(unet, noise, lat_ch, [int(s) for s in latents.shape[2:]], in_ch, ctx_dim)
         acc.free_memory()
+        self.validate_samples()
+
+    def validate_samples(self, steps: int = 20) -> None:
+        """``validation/samples.png``: one sample per requested ventricle volume (min, median, max), next to real images."""
+        import numpy as np
+        import torch
+
+        from brainsynth_plugins.ldm.model import LDMModel
+
+        model = LDMModel(self.out, self.device_name, text=self.text)
+        lo, hi = self.ranges["ventricle_volume"]
+        values = [lo, self.medians["ventricle_volume"], hi]
+        imgs = model.sample([model.condition(None, ventricle_volume=v) for v in values], [int(self.cfg["seed"])] * 3,
+                            steps=steps, batch_size=3)
+        real = [np.pad(self.ts.items[int(i)].image, self.padding)
+                for i in np.argsort([it.volumes.get("ventricle", 0.0) for it in self.ts.items])[[0, len(self.ts.items) // 2, -1]]]
+        fake = [np.pad(x, self.padding) for x in imgs]
+        self._save_validation("samples", [torch.from_numpy(r)[None] * 2 - 1 for r in real],
+                              [torch.from_numpy(f)[None] * 2 - 1 for f in fake])
 
     def save_model(self, unet: Any, noise: Any, lat_ch: int, lat_shape: list[int], in_ch: int, ctx_dim: int) -> None:
         import numpy as np
