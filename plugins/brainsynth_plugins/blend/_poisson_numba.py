@@ -457,9 +457,10 @@ def _zero_level(g, E, B, segs, s0, s1, fy, fx):
 
 
 @njit(cache=True)
-def vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d, nlev, nu,
+def vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d, nlev, nu0, nu,
            ncoarse, omega_c, update, u, p, q, alpha):
-    """zv = M^{-1} r by one symmetric V-cycle from zero (r and zv are level-0 grids).
+    """zv = M^{-1} r by one symmetric V-cycle from zero (r and zv are level-0 grids); ``nu0``
+    sweeps before and after the coarse correction on level 0, ``nu`` on coarser levels.
 
     With ``update`` the CG step u += alpha p, r -= alpha q is done first, in the same pass.
     Returns (||r||^2, r.zv).
@@ -492,9 +493,10 @@ def vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, go
             break
         gn = goff[l + 1]
         _zero_level(gn, Ec, Bc, segs, soff[l + 1], soff[l + 2], dims[l + 1, 1], dims[l + 1, 2])
-        for it in range(nu):
+        nl = nu0 if unit else nu
+        for it in range(nl):
             zero = it == 0
-            rest = it == nu - 1
+            rest = it == nl - 1
             upd = unit and update and it == 0
             a, b = sweep(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, G, fy, fx, is3d,
                          0, zero, False, rest, gn, Ec, Bc, omega_c, upd, u, p, q, alpha, False)
@@ -511,9 +513,10 @@ def vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, go
         s0 = soff[l]
         gr0 = groff[l]
         gn = goff[l + 1]
-        for it in range(nu):
+        nl = nu0 if unit else nu
+        for it in range(nl):
             pro = it == 0
-            dot = unit and it == nu - 1
+            dot = unit and it == nl - 1
             a, b = sweep(unit, g, D0, D, Wx, Wy, Wz, E, B, segs, s0, groups, gr0, G, fy, fx, is3d,
                          1, False, pro, False, gn, Ec, Bc, omega_c, False, u, p, q, alpha, dot)
             rz += b
@@ -571,7 +574,7 @@ def residual(u, r0, r, D0, segs, s1, fy, fx, is3d):
 
 @njit(cache=True)
 def pcg(r0, bnorm, tol, maxiter, D0, D, Wx, Wy, Wz, segs, soff, groups, groff, dims, goff, is3d, nlev,
-        nu, ncoarse, omega_c):
+        nu0, nu, ncoarse, omega_c):
     """Solve A u = r0 by V-cycle-preconditioned CG until ||r0 - A u|| <= tol * bnorm (true residual).
 
     Returns (u, iterations, true relative residual, converged).
@@ -593,7 +596,7 @@ def pcg(r0, bnorm, tol, maxiter, D0, D, Wx, Wy, Wz, segs, soff, groups, groff, d
     rr = residual(u, r0, r, D0, segs, s1, fy, fx, is3d)
     if np.sqrt(rr) <= target:
         return u, 0, np.sqrt(rr) / bnorm if bnorm > 0 else 0.0, True
-    rr, rz = vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d, nlev, nu,
+    rr, rz = vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d, nlev, nu0, nu,
                     ncoarse, omega_c, False, u, p, q, 0.0)
     beta = 0.0
     it = 0
@@ -606,7 +609,7 @@ def pcg(r0, bnorm, tol, maxiter, D0, D, Wx, Wy, Wz, segs, soff, groups, groff, d
         alpha = rz / pq
         # the CG update of u and r is fused into the V-cycle's first pass
         rr, rzn = vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d, nlev,
-                         nu, ncoarse, omega_c, True, u, p, q, alpha)
+                         nu0, nu, ncoarse, omega_c, True, u, p, q, alpha)
         if np.sqrt(rr) <= target:
             # the recursive float32 residual drifts: stop only on the true one
             rr = residual(u, r0, r, D0, segs, s1, fy, fx, is3d)
@@ -615,7 +618,7 @@ def pcg(r0, bnorm, tol, maxiter, D0, D, Wx, Wy, Wz, segs, soff, groups, groff, d
                 return u, it, rel, True
             # restart CG from the true residual
             rr, rz = vcycle(r, zv, D0, D, Wx, Wy, Wz, Ec, Bc, segs, soff, groups, groff, dims, goff, is3d,
-                            nlev, nu, ncoarse, omega_c, False, u, p, q, 0.0)
+                            nlev, nu0, nu, ncoarse, omega_c, False, u, p, q, 0.0)
             beta = 0.0
             continue
         beta = rzn / rz

@@ -63,14 +63,14 @@ def check_inputs(prior, target, mask) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return prior, target, np.ascontiguousarray(mask)
 
 
-def poisson_blend(prior, target, mask, *, rtol: float = 1e-6, maxiter: int = 500, nu: int = 2,
+def poisson_blend(prior, target, mask, *, rtol: float = 1e-6, maxiter: int = 500, nu0: int = 2, nu: int = 2,
                   coarse_sweeps: int = 8, omega_c: float = 1.5, min_coarse: int = 64,
                   return_info: bool = False):
     """Blend the region ``mask`` of ``target`` into ``prior`` by Poisson editing; float32 result.
 
     ``rtol``: relative residual of the full linear system at which to stop; ``maxiter``: cap on
-    CG iterations (exceeding it raises :class:`PoissonNotConverged`). ``nu``, ``coarse_sweeps``,
-    ``omega_c`` and ``min_coarse`` tune the multigrid preconditioner (smoothing sweeps per level,
+    CG iterations (exceeding it raises :class:`PoissonNotConverged`). ``nu0``/``nu``, ``coarse_sweeps``,
+    ``omega_c`` and ``min_coarse`` tune the multigrid preconditioner (smoothing sweeps on level 0 / on coarser levels,
     symmetric sweeps on the coarsest level, over-correction of the coarse-grid correction, and
     the size at which coarsening stops).
     """
@@ -81,7 +81,7 @@ def poisson_blend(prior, target, mask, *, rtol: float = 1e-6, maxiter: int = 500
         # Fortran order (as nibabel returns volumes): the problem is the same on the transposed
         # arrays, which are C-ordered views, so solve there instead of copying
         res = poisson_blend(prior.T, np.asarray(target).T, np.asarray(mask).T, rtol=rtol, maxiter=maxiter,
-                            nu=nu, coarse_sweeps=coarse_sweeps, omega_c=omega_c, min_coarse=min_coarse,
+                            nu0=nu0, nu=nu, coarse_sweeps=coarse_sweeps, omega_c=omega_c, min_coarse=min_coarse,
                             return_info=return_info)
         return (res[0].T, res[1]) if return_info else res.T
     prior, target, mask = check_inputs(prior, target, mask)
@@ -145,7 +145,7 @@ def poisson_blend(prior, target, mask, *, rtol: float = 1e-6, maxiter: int = 500
     dims_arr = np.asarray(dims, dtype=np.int64)
     bnorm = float(np.sqrt(bnorm2))
     u, iters, rel, ok = nb.pcg(r0, bnorm, float(rtol), int(maxiter), D0, D, Wx, Wy, Wz, segs, soff, groups,
-                               groff, dims_arr, goff, is3d, nlev, int(nu), int(coarse_sweeps), float(omega_c))
+                               groff, dims_arr, goff, is3d, nlev, int(nu0), int(nu), int(coarse_sweeps), float(omega_c))
     if not ok:
         raise PoissonNotConverged(
             f"Poisson solver stopped after {iters} iterations at relative residual {rel:.3g} > {rtol:g} "
