@@ -33,9 +33,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Blend the MASK region of TARGET into PRIOR and write OUT (float32 NIfTI, or PNG of PRIOR's bit depth).
 
-        Outside the mask OUT equals PRIOR. With the default `poisson` blender the region solves
-        Poisson's equation with TARGET's Laplacian as guidance and PRIOR on its boundary: the
-        structure comes from TARGET, the intensities meet PRIOR's without a seam.
+        Outside the mask OUT equals PRIOR. With the default `poisson` blender the region solves Poisson's equation with TARGET's Laplacian as guidance and PRIOR on its boundary: the structure comes from TARGET, the intensities meet PRIOR's without a seam.
         """
         from brainsynth_cli.errors import InputError, UserError
         from brainsynth_cli.plugin_manager import get_manager
