@@ -253,3 +253,17 @@ def test_resume_after_interruption_gives_the_same_model(cohort, tmp_path):
     assert (tmp_path / "cut" / "validation" / "samples.png").is_file()
     with open(tmp_path / "cut" / "logs" / "loss.csv", newline="") as fh:
         assert [r["stage"] for r in csv.DictReader(fh)] == ["vae"] * 4 + ["unet"] * 4
+
+
+def test_train_from_template_pairs_reads_covariates_from_captions(cohort, tmp_path):
+    pairs = tmp_path / "pairs"
+    assert _run("make-pairs", cohort, "--labels", cohort / "derivatives" / "brainsynth-truth", "--prompt-builder", "template",
+                "--dim", "2d", "--slices", 1, "--size", 32, "--split", "1:0:0", "-o", pairs) == 0
+    out = tmp_path / "model"
+    assert _run("train", pairs, "--task", "generate", "--condition", "covariates", "--resolution", 32, "--steps", 2,
+                "--device", "cpu", "-o", out) == 0
+    info = json.loads((out / "brainsynth.json").read_text())
+    targets = [r for r in _sessions(cohort) if r["session_id"] != "ses-01"]  # the edited images are the later sessions
+    vent = [float(r["ventricle_mm3"]) for r in targets]
+    assert info["data"]["kind"] == "pairs" and info["data"]["images"] == len(targets)
+    assert info["covariates"]["ranges"]["ventricle_volume"] == pytest.approx([min(vent), max(vent)], abs=0.5)  # captions round to mm3

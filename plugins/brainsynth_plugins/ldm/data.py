@@ -238,7 +238,7 @@ def _read_dataset(root: Path, *, dim: str, resolution: int, voxel_mm: float, lab
 def _read_pairs(root: Path, *, dim: str, resolution: int, progress: Any) -> TrainingSet:
     import numpy as np
 
-    from brainsynth_cli.images import read_volume
+    from brainsynth_cli.images import read_png, read_volume
     from brainsynth_cli.pairs_folder import read_pairs_folder
     from brainsynth_cli.slices import Normalisation, normalisation, normalise
 
@@ -272,8 +272,12 @@ def _read_pairs(root: Path, *, dim: str, resolution: int, progress: Any) -> Trai
             ctx = parse.context(r.prompt)
             age, sex = ctx.get("age"), ctx.get("sex")
         sessions = r.data.get("sessions") or ["", ""]
+        labels = None
         if dim == "2d":
             x = load_slice(r.target, resolution)
+            lab_path = r.path("edited_labels_file_name")
+            if lab_path is not None and lab_path.is_file():  # aseg ids, 16-bit PNG on the slice's square grid
+                labels = square_labels(read_png(lab_path)[0].astype(np.int32), resolution)
         else:
             vol = read_volume(r.target)
             norm = r.data.get("target_normalisation")
@@ -285,7 +289,7 @@ def _read_pairs(root: Path, *, dim: str, resolution: int, progress: Any) -> Trai
             elif tuple(vol.shape) != shape or not np.allclose(vol.affine, affine, atol=1e-3):
                 raise InputError(r.target, "is not on the grid of the other pair images", "make the pairs from one grid (re-run make-pairs)")
             x = np.clip(data, 0, 1).astype(np.float32)
-        seen[r.target] = Item(x, str(r.target), r.subject, str(sessions[-1]), age, sex, vols, [r.prompt])
+        seen[r.target] = Item(x, str(r.target), r.subject, str(sessions[-1]), age, sex, vols, [r.prompt], labels=labels)
     return TrainingSet(list(seen.values()), dim, "pairs", root, tuple(shape), affine,
                        {"prompt_builder": builder_name, "rows": len(rows)})
 
