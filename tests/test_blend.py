@@ -177,3 +177,15 @@ def test_poisson_fortran_order_input(case):
     assert out.shape == prior.shape
     assert np.abs(out - exact).max() <= 1e-5 * span
     assert np.array_equal(out[~mask], prior[~mask])
+
+
+def test_poisson_zero_right_hand_side():
+    """A zero prior around a constant target: b = 0, so the exact blend is 0 in the region."""
+    prior = np.zeros((20, 22), np.float32)
+    target = np.full((20, 22), 5.0, np.float32)
+    mask = np.zeros((20, 22), bool)
+    mask[5:15, 4:16] = True
+    out, info = poisson_blend(prior, target, mask, return_info=True)
+    assert np.abs(out).max() < 1e-4 and info.relative_residual <= 1e-6
+    same, info = poisson_blend(prior, prior, mask, return_info=True)
+    assert info.iterations == 0 and not same.any()

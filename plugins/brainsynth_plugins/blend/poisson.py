@@ -144,6 +144,12 @@ def poisson_blend(prior, target, mask, *, rtol: float = 1e-6, maxiter: int = 500
         D = Wx = Wy = Wz = dummy
     dims_arr = np.asarray(dims, dtype=np.int64)
     bnorm = float(np.sqrt(bnorm2))
+    if bnorm == 0.0:
+        # b = 0 (e.g. a zero prior around a constant target): the solution is f = 0 in the region;
+        # measure the residual against the initial one instead
+        bnorm = float(np.sqrt(np.sum(np.square(r0, dtype=np.float64))))
+        if bnorm == 0.0:
+            bnorm = 1.0
     u, iters, rel, ok = nb.pcg(r0, bnorm, float(rtol), int(maxiter), D0, D, Wx, Wy, Wz, segs, soff, groups,
                                groff, dims_arr, goff, is3d, nlev, int(nu0), int(nu), int(coarse_sweeps), float(omega_c))
     if not ok:
