@@ -19,7 +19,7 @@ from brainsynth_cli.errors import UserError
 from brainsynth_cli.plugin_manager import get_manager
 
 #: Kernel commands, one module each under ``brainsynth_cli.commands``.
-KERNEL_COMMANDS: tuple[str, ...] = ("plugins", "blend", "train", "edit")
+KERNEL_COMMANDS: tuple[str, ...] = ("plugins", "blend", "train", "edit", "segment")
 
 HELP = (
     "Text-editable brain MRI: segment longitudinal scans, make prior/target training pairs with "

@@ -1,0 +1,425 @@
+"""``brainsynth segment``: label maps (FreeSurfer aseg ids) and structure volumes.
+
+Two forms, generic over the segmenter registry (``--segmenter NAME``, options with
+``--option KEY=VALUE``):
+
+- one image: ``brainsynth segment T1.nii.gz -o LABELS.nii.gz [--volumes V.csv|.json] [--qc QC.png]``
+- a dataset: ``brainsynth segment DATASET --bids -o DERIVATIVES [--jobs N]`` writes
+  ``DERIVATIVES/sub-X/ses-Y/anat/sub-X_ses-Y_dseg.nii.gz`` (what ``--labels`` of the other
+  commands reads), ``*_volumes.json`` and ``*_qc.png`` next to it, ``volumes.tsv`` and
+  ``dataset_description.json`` at the top. Finished sessions are skipped on a re-run.
+
+When the segmenter offers ``segment_followup(image, prior_image, prior_labels, progress)``
+(the ``atlas`` segmenter does), later sessions of a subject are segmented from the first
+session's labels (``--longitudinal``, the default), so change rates come from the measured
+change between the scans rather than from two independent segmentations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+from brainsynth_cli.errors import InputError, UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from brainsynth_cli.images import Volume
+    from brainsynth_cli.structures import Rules
+
+#: What a brain-sized image must satisfy (per axis extent in mm, voxel size in mm, foreground).
+MIN_EXTENT_MM, MAX_EXTENT_MM = 60.0, 600.0
+MIN_VOXEL_MM, MAX_VOXEL_MM = 0.1, 8.0
+MIN_FOREGROUND_ML = 150.0
+
+DERIVATIVE_NAME = "brainsynth-segment"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("segment")
+    def segment(
+        source: Path = typer.Argument(..., help="A T1w image (.nii/.nii.gz), or with --bids a BIDS dataset folder or CSV manifest."),
+        output: Path = typer.Option(..., "-o", "--output", help="Label map to write (.nii.gz); with --bids the derivatives folder."),
+        segmenter: str = typer.Option("atlas", "--segmenter", "-s", help="Segmenter name (see `brainsynth plugins`)."),
+        option: list[str] = typer.Option([], "--option", "-O", help="Segmenter option KEY=VALUE (repeatable), e.g. -O aseg=sub/mri/aseg.mgz."),
+        volumes: Optional[Path] = typer.Option(None, "--volumes", help="Write volumes (mm^3 per label and per structure group) to this .csv or .json."),
+        qc: Optional[Path] = typer.Option(None, "--qc", help="Write a PNG of label outlines on three orthogonal slices."),
+        bids: bool = typer.Option(False, "--bids", help="SOURCE is a dataset (BIDS tree or CSV manifest); OUTPUT a derivatives folder."),
+        jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Subjects segmented in parallel (with --bids)."),
+        longitudinal: bool = typer.Option(True, "--longitudinal/--independent", help="With --bids: segment later sessions from the first one when the segmenter can."),
+        rules: Optional[Path] = typer.Option(None, "--rules", help="TOML rules file defining structure groups (default: built-in)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="With --bids: redo finished sessions."),
+    ) -> None:
+        """Segment a T1w image (or every session of a dataset) into FreeSurfer aseg labels on the
+        input grid, with structure volumes and a QC picture."""
+        from brainsynth_cli.structures import load_rules
+
+        options = parse_options(option)
+        the_rules = load_rules(rules)
+        spec = _spec(segmenter)
+        if bids:
+            if volumes is not None or qc is not None:
+                raise UserError("--volumes and --qc are for one image; with --bids each session gets *_volumes.json and *_qc.png")
+            segment_dataset(source, output, segmenter, options, jobs=jobs, longitudinal=longitudinal,
+                            rules=the_rules, overwrite=overwrite)
+            return
+        if source.is_dir():
+            raise InputError(source, "is a folder", "add --bids to segment a dataset, or give one image file")
+        check_output(output, volumes, qc)
+        seg = create_segmenter(spec, options)
+        from brainsynth_cli.images import read_volume
+        from brainsynth_cli.progress import progress_bar
+
+        image = read_volume(source)
+        check_brain_image(image)
+        with progress_bar(f"segment ({segmenter})", 1) as bar:
+            labels = run_segmenter(seg, image, progress=bar)
+        write_results(image, labels, output, volumes, qc, the_rules, segmenter=segmenter)
+        typer.echo(f"wrote {output}" + (f", {volumes}" if volumes else "") + (f", {qc}" if qc else ""))
+
+
+# ------------------------------------------------------------------------------------------
+# options, segmenters, checks
+
+
+def parse_options(items: list[str]) -> dict[str, str]:
+    """``["k=v", ...]`` -> ``{"k": "v"}``; one-line error on a malformed item."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise UserError(f"--option {item!r} is not KEY=VALUE; e.g. --option threads=2")
+        out[key] = value.strip()
+    return out
+
+
+def _spec(name: str) -> Any:
+    from brainsynth_cli.plugin_manager import get_manager
+
+    return get_manager().registry("segmenter").get(name)
+
+
+def create_segmenter(spec: Any, options: dict[str, str]) -> Any:
+    """Build the segmenter, refusing options its factory does not take (one line)."""
+    import inspect
+
+    factory = spec.resolve()
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signature
+        params = {}
+    if params and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        known = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and not n.startswith("_")]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise UserError(f"segmenter {spec.name!r} has no option {unknown[0]!r}; its options: {', '.join(known) or 'none'}")
+    try:
+        return factory(**options)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"segmenter {spec.name!r}: bad option value ({exc})") from None
+
+
+def check_output(output: Path, volumes: Path | None, qc: Path | None) -> None:
+    name = output.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        raise InputError(output, "the label map must end in .nii or .nii.gz", "rename the output")
+    if volumes is not None and volumes.suffix.lower() not in (".csv", ".json"):
+        raise InputError(volumes, "volumes file must end in .csv or .json", "rename it")
+    if qc is not None and qc.suffix.lower() != ".png":
+        raise InputError(qc, "the QC picture must end in .png", "rename it")
+    for p in (output, volumes, qc):
+        if p is not None and p.is_dir():
+            raise InputError(p, "is a folder", "give a file name")
+
+
+def check_brain_image(image: "Volume") -> None:
+    """Refuse what cannot be a head or brain scan: wrong size, empty or constant images."""
+    import numpy as np
+
+    where = image.path
+    if image.data.ndim != 3:
+        raise InputError(where, f"is {image.data.ndim}D", "give a 3D T1w volume")
+    vox = image.voxel_size
+    extent = [n * v for n, v in zip(image.shape, vox)]
+    if min(vox) < MIN_VOXEL_MM or max(vox) > MAX_VOXEL_MM:
+        raise InputError(where, f"has voxel size {tuple(round(v, 3) for v in vox)} mm, not a brain MRI's",
+                         f"voxel sizes must lie in [{MIN_VOXEL_MM:g}, {MAX_VOXEL_MM:g}] mm; check the header")
+    if min(extent) < MIN_EXTENT_MM or max(extent) > MAX_EXTENT_MM:
+        dims = " x ".join(f"{e:.0f}" for e in extent)
+        raise InputError(where, f"covers {dims} mm, not a brain-sized volume",
+                         f"each axis must span {MIN_EXTENT_MM:g}-{MAX_EXTENT_MM:g} mm; give a whole-brain 3D T1w scan")
+    data = image.data
+    top = float(np.max(data)) if data.size else 0.0
+    if top <= 0 or float(np.min(data)) == top:
+        raise InputError(where, "is empty (all voxels " + ("0" if top == 0 else "equal") + ")", "give a T1w scan with a brain in it")
+    fg = np.count_nonzero(data > 0.1 * float(np.percentile(data, 99.5))) * image.voxel_volume / 1000.0
+    if fg < MIN_FOREGROUND_ML:
+        raise InputError(where, f"has only {fg:.0f} mL of signal, too little for a brain",
+                         f"give a whole-brain T1w scan (at least {MIN_FOREGROUND_ML:g} mL above background)")
+
+
+def run_segmenter(seg: Any, image: "Volume", *, progress: Any = None, prior: tuple["Volume", "Volume"] | None = None) -> "Volume":
+    """Call the segmenter (``segment_followup`` when ``prior`` is given) and check its result."""
+    import numpy as np
+
+    if prior is not None:
+        labels = seg.segment_followup(image, prior[0], prior[1], progress=progress)
+    else:
+        labels = seg.segment(image, progress=progress)
+    data = np.asarray(labels.data)
+    if data.shape != image.shape or not np.issubdtype(data.dtype, np.integer):
+        raise RuntimeError(f"segmenter returned {data.dtype} labels of shape {data.shape} for an image of shape {image.shape}")
+    return labels
+
+
+# ------------------------------------------------------------------------------------------
+# volumes and QC
+
+
+def volume_table(labels: "Volume", rules: "Rules") -> dict[str, Any]:
+    from brainsynth_cli.structures import group_volumes, label_volumes
+
+    per_label = label_volumes(labels.data, labels.voxel_volume)
+    return {
+        "voxel_volume_mm3": labels.voxel_volume,
+        "structures_mm3": {k: round(v, 4) for k, v in group_volumes(per_label, rules).items()},
+        "labels_mm3": {str(k): round(v, 4) for k, v in sorted(per_label.items())},
+        "label_names": {str(k): rules.labels.get(k, f"label-{k}") for k in sorted(per_label)},
+    }
+
+
+def volumes_text(table: dict[str, Any], path: Path, **context: Any) -> str:
+    import json
+
+    if path.suffix.lower() == ".json":
+        return json.dumps({**context, **table}, indent=2) + "\n"
+    lines = ["kind,name,label,volume_mm3"]
+    for name, v in table["structures_mm3"].items():
+        lines.append(f"structure,{name},,{v:.4f}")
+    for lab, v in table["labels_mm3"].items():
+        lines.append(f"label,{table['label_names'][lab]},{lab},{v:.4f}")
+    return "\n".join(lines) + "\n"
+
+
+def qc_tiles(image: "Volume", labels: "Volume") -> list[Any]:
+    """Axial, coronal and sagittal slices (RAS-oriented) with label outlines, through the
+    centre of the ventricles (or of all labels)."""
+    import nibabel as nib
+    import numpy as np
+
+    from brainsynth_cli.figures import display, overlay_outlines
+
+    ornt = nib.orientations.io_orientation(np.asarray(image.affine))
+    img = nib.orientations.apply_orientation(image.data, ornt)
+    lab = nib.orientations.apply_orientation(labels.data, ornt)
+    focus = np.isin(lab, (4, 43))
+    if not focus.any():
+        focus = lab > 0
+    centre = [int(round(c)) for c in np.argwhere(focus).mean(axis=0)] if focus.any() else [n // 2 for n in lab.shape]
+    i, j, k = centre
+    tiles = []
+    for sl in ((slice(None), slice(None), k), (slice(None), j, slice(None)), (i, slice(None), slice(None))):
+        tiles.append(overlay_outlines(display(img[sl]), display(lab[sl])))
+    return tiles
+
+
+def write_qc(path: Path, image: "Volume", labels: "Volume") -> None:
+    from brainsynth_cli.figures import save_grid
+
+    tiles = qc_tiles(image, labels)
+    scale = max(1, int(round(min(image.voxel_size))))
+    save_grid(path, [tiles], col_titles=["axial", "coronal", "sagittal"], scale=min(scale, 4))
+
+
+def write_results(image: "Volume", labels: "Volume", output: Path, volumes: Path | None, qc: Path | None,
+                  rules: "Rules", *, segmenter: str) -> None:
+    """Labels (on the input grid and header), then volumes and QC; each file atomically."""
+    from brainsynth_cli.images import atomic_write_text, write_labels
+
+    text = volumes_text(volume_table(labels, rules), volumes, image=str(image.path), labels=str(output),
+                        segmenter=segmenter) if volumes is not None else None
+    write_labels(output, labels.data, image.affine, _nifti_header(image))
+    if volumes is not None and text is not None:
+        atomic_write_text(volumes, text)
+    if qc is not None:
+        write_qc(qc, image, labels)
+
+
+def _nifti_header(image: "Volume") -> Any:
+    import nibabel as nib
+
+    hdr = image.header
+    return hdr if isinstance(hdr, nib.Nifti1Header) else None
+
+
+# ------------------------------------------------------------------------------------------
+# datasets
+
+
+def session_paths(root: Path, subject: str, session: str) -> dict[str, Path]:
+    folder = root / subject / session / "anat"
+    stem = f"{subject}_{session}"
+    return {"labels": folder / f"{stem}_dseg.nii.gz", "volumes": folder / f"{stem}_volumes.json",
+            "qc": folder / f"{stem}_qc.png"}
+
+
+def _finished(paths: dict[str, Path]) -> bool:
+    return paths["labels"].is_file() and paths["volumes"].is_file()
+
+
+def _description(segmenter: str, options: dict[str, str], longitudinal: bool) -> dict[str, Any]:
+    from brainsynth_cli import __version__
+
+    return {
+        "Name": "brainsynth segment",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "brainsynth", "Version": __version__,
+                         "Segmenter": segmenter, "Options": dict(sorted(options.items())), "Longitudinal": longitudinal}],
+    }
+
+
+def _check_description(out_dir: Path, want: dict[str, Any], overwrite: bool) -> None:
+    import json
+
+    path = out_dir / "dataset_description.json"
+    if not path.is_file() or overwrite:
+        return
+    try:
+        have = json.loads(path.read_text(encoding="utf-8"))
+        gen = have["GeneratedBy"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise InputError(path, "is not a brainsynth segment description", "use an empty output folder or --overwrite") from None
+    mine = want["GeneratedBy"][0]
+    for key in ("Segmenter", "Options", "Longitudinal"):
+        if gen.get(key) != mine[key]:
+            raise InputError(out_dir, f"was made with {key.lower()} {gen.get(key)!r}, not {mine[key]!r}",
+                             "use another output folder, the same settings, or --overwrite")
+
+
+def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[str, str], *, jobs: int = 1,
+                    longitudinal: bool = True, rules: "Rules", overwrite: bool = False) -> None:
+    """Segment every session of a dataset into a BIDS derivatives folder (resumable)."""
+    import json
+
+    from brainsynth_cli.datasets import read_dataset
+    from brainsynth_cli.images import atomic_write_text
+    from brainsynth_cli.progress import progress_bar
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "exists and is not a folder", "give a derivatives folder")
+    dataset = read_dataset(source)
+    subjects = dataset.subjects()
+    spec = _spec(segmenter)
+    create_segmenter(spec, options)  # options and requirements checked before any work
+    for sessions in subjects.values():
+        for s in sessions:
+            _check_header(s.image)
+    description = _description(segmenter, options, longitudinal)
+    _check_description(out_dir, description, overwrite)
+    todo = {sub: ses for sub, ses in subjects.items()
+            if overwrite or not all(_finished(session_paths(out_dir, sub, s.session)) for s in ses)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "dataset_description.json", json.dumps(description, indent=2) + "\n")
+    total = sum(len(v) for v in subjects.values())
+    done = total - sum(len(v) for v in todo.values())
+    tasks = [(sub, [(s.session, str(s.image)) for s in ses]) for sub, ses in todo.items()]
+    with progress_bar(f"segment ({segmenter})", total) as bar:
+        bar(done, total, "")
+        if jobs <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                done += _segment_subject(task, out_dir, segmenter, options, longitudinal, rules.to_toml(), overwrite)
+                bar(done, total, task[0])
+        else:
+            import concurrent.futures as cf
+            import multiprocessing as mp
+
+            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_segment_subject, t, out_dir, segmenter, options, longitudinal, rules.to_toml(), overwrite)
+                           for t in tasks]
+                for fut in cf.as_completed(futures):
+                    done += fut.result()
+                    bar(done, total, "")
+    _write_table(out_dir, subjects, rules)
+    typer.echo(f"segmented {len(tasks)} subject(s) into {out_dir} ({total - sum(len(v) for v in todo.values())} session(s) already done)")
+
+
+def _check_header(path: Path) -> None:
+    """Cheap checks of a dataset image before any work (shape and extent from the header)."""
+    import nibabel as nib
+    import numpy as np
+
+    from brainsynth_cli.images import Volume
+
+    if not path.is_file():
+        raise InputError(path, "no such file", "check the dataset")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise InputError(path, f"cannot be read as NIfTI ({type(exc).__name__})", "re-export the image") from None
+    shape = img.shape[:3] if len(img.shape) == 4 and img.shape[3] == 1 else img.shape
+    if len(shape) != 3:
+        raise InputError(path, f"is {len(img.shape)}D with shape {tuple(img.shape)}", "give a 3D T1w volume per session")
+    vox = Volume(np.zeros((1, 1, 1), np.float32), np.asarray(img.affine), None, path)
+    sizes = vox.voxel_size
+    extent = [n * v for n, v in zip(shape, sizes)]
+    if min(extent) < MIN_EXTENT_MM or max(extent) > MAX_EXTENT_MM or min(sizes) < MIN_VOXEL_MM or max(sizes) > MAX_VOXEL_MM:
+        dims = " x ".join(f"{e:.0f}" for e in extent)
+        raise InputError(path, f"covers {dims} mm, not a brain-sized volume", "give a whole-brain 3D T1w scan")
+
+
+def _segment_subject(task: tuple[str, list[tuple[str, str]]], out_dir: Path, segmenter: str, options: dict[str, str],
+                     longitudinal: bool, rules_toml: str, overwrite: bool) -> int:
+    """Segment the sessions of one subject (in order); returns how many were segmented."""
+    import json
+
+    from brainsynth_cli.images import atomic_write_text, read_labels, read_volume, write_labels
+    from brainsynth_cli.structures import rules_from_text
+
+    rules = rules_from_text(rules_toml, "rules")
+    subject, sessions = task
+    seg = create_segmenter(_spec(segmenter), options)
+    followup = longitudinal and callable(getattr(seg, "segment_followup", None))
+    first: tuple[Any, Any] | None = None
+    count = 0
+    for session, image_path in sessions:
+        paths = session_paths(out_dir, subject, session)
+        image = None
+        if _finished(paths) and not overwrite:
+            if followup and first is None:
+                image = read_volume(image_path)
+                first = (image, read_labels(paths["labels"]))
+            continue
+        image = read_volume(image_path)
+        check_brain_image(image)
+        labels = run_segmenter(seg, image, prior=first if followup else None)
+        table = volume_table(labels, rules)
+        ctx = {"subject": subject, "session": session, "image": str(image_path), "segmenter": segmenter,
+               "options": options, "from_session": (sessions[0][0] if followup and first is not None else None)}
+        atomic_write_text(paths["volumes"], json.dumps({**ctx, **table}, indent=2) + "\n")
+        write_qc(paths["qc"], image, labels)
+        write_labels(paths["labels"], labels.data, image.affine, _nifti_header(image))  # last: marks the session done
+        if followup and first is None:
+            first = (image, labels.with_data(labels.data))
+        count += 1
+    return count
+
+
+def _write_table(out_dir: Path, subjects: dict[str, list[Any]], rules: "Rules") -> None:
+    """``volumes.tsv``: one row per finished session, one column per structure group."""
+    import json
+
+    from brainsynth_cli.images import atomic_write_text
+
+    groups = rules.names()
+    lines = ["\t".join(["participant_id", "session_id", *[f"{g}_mm3" for g in groups]])]
+    for subject, sessions in subjects.items():
+        for s in sessions:
+            p = session_paths(out_dir, subject, s.session)["volumes"]
+            if not p.is_file():
+                continue
+            vols = json.loads(p.read_text(encoding="utf-8"))["structures_mm3"]
+            lines.append("\t".join([subject, s.session, *[f"{vols.get(g, 0.0):.4f}" for g in groups]]))
+    atomic_write_text(out_dir / "volumes.tsv", "\n".join(lines) + "\n")

@@ -1,0 +1,223 @@
+"""brainsynth segment: the atlas segmenter on a simulated cohort (Dice, change rates against
+ground truth), the single-image and dataset forms, resume, determinism, volumes, QC, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainsynth_cli.images import read_labels, read_volume, write_volume
+from brainsynth_cli.structures import change_rate
+
+cohort = pytest.importorskip("brainsynth_plugins.simulate.cohort")
+
+V_IDS, C_IDS = (4, 43), (3, 42)
+
+
+def dice(a: np.ndarray, b: np.ndarray, ids: tuple[int, ...]) -> float:
+    x, y = np.isin(a, ids), np.isin(b, ids)
+    return 2.0 * float((x & y).sum()) / float(x.sum() + y.sum())
+
+
+@pytest.fixture(scope="session")
+def sim_cohort(tmp_path_factory):
+    """Two subjects x two sessions at 2 mm (with skull), segmented once by the dataset form."""
+    from brainsynth_cli.main import run
+
+    root = tmp_path_factory.mktemp("segment-cohort")
+    data = root / "bids"
+    cohort.simulate_cohort(data, subjects=2, sessions=2, resolution=2.0, seed=3, ventricle_rate=(2.0, 12.0))
+    deriv = root / "deriv"
+    code = run(["segment", str(data), "--bids", "-o", str(deriv)])
+    assert code == 0
+    return data, deriv
+
+
+def _truth(data: Path, sub: str, ses: str) -> np.ndarray:
+    folder = data / "derivatives" / "brainsynth-truth" / sub / ses / "anat"
+    return read_labels(next(folder.glob("*_dseg.nii.gz"))).data
+
+
+def _realised(data: Path, sub: str) -> dict[str, dict[str, float]]:
+    with open(data / sub / f"{sub}_sessions.tsv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    return {r["session_id"]: r for r in rows}
+
+
+def test_atlas_dice_on_simulated_cohort(sim_cohort):
+    data, deriv = sim_cohort
+    for sub in ("sub-001", "sub-002"):
+        for ses in ("ses-01", "ses-02"):
+            labels = read_labels(deriv / sub / ses / "anat" / f"{sub}_{ses}_dseg.nii.gz")
+            image = read_volume(next((data / sub / ses / "anat").glob("*_T1w.nii.gz")))
+            assert labels.shape == image.shape
+            np.testing.assert_allclose(labels.affine, image.affine)
+            truth = _truth(data, sub, ses)
+            assert dice(labels.data, truth, V_IDS) >= 0.85, (sub, ses)
+            assert dice(labels.data, truth, C_IDS) >= 0.75, (sub, ses)
+
+
+def test_dataset_layout_volumes_and_resume(sim_cohort, cli):
+    from brainsynth_cli.datasets import read_dataset
+
+    data, deriv = sim_cohort
+    ds = read_dataset(data, deriv)
+    assert all(s.labels is not None for s in ds.sessions)  # the layout find_labels reads
+    rows = (deriv / "volumes.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:3] == ["participant_id", "session_id", "cortex_mm3"]
+    assert len(rows) == 1 + 4
+    vol = json.loads((deriv / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_volumes.json").read_text())
+    labels = read_labels(deriv / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_dseg.nii.gz").data
+    assert vol["structures_mm3"]["ventricle"] == pytest.approx(np.isin(labels, (4, 5, 43, 44)).sum() * 8.0)
+    assert (deriv / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_qc.png").is_file()
+    desc = json.loads((deriv / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Segmenter"] == "atlas"
+    # a re-run skips every finished session and leaves the files as they were
+    target = deriv / "sub-002" / "ses-02" / "anat" / "sub-002_ses-02_dseg.nii.gz"
+    before = (target.stat().st_mtime_ns, target.read_bytes())
+    r = cli("segment", data, "--bids", "-o", deriv)
+    assert r.exit_code == 0, r.stderr
+    assert "segmented 0 subject(s)" in r.stdout
+    assert (target.stat().st_mtime_ns, target.read_bytes()) == before
+    # other settings into the same folder are refused
+    r = cli("segment", data, "--bids", "-o", deriv, "--independent")
+    assert r.exit_code == 2 and "longitudinal" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_single_image_matches_dataset_form_and_writes_volumes_and_qc(sim_cohort, cli, tmp_path):
+    """Deterministic: the baseline segmented again gives the same labels, byte for byte."""
+    data, deriv = sim_cohort
+    image = next((data / "sub-001" / "ses-01" / "anat").glob("*_T1w.nii.gz"))
+    out, csv_path, js, qc = tmp_path / "l.nii.gz", tmp_path / "v.csv", tmp_path / "v.json", tmp_path / "qc.png"
+    r = cli("segment", image, "-o", out, "--volumes", csv_path, "--qc", qc)
+    assert r.exit_code == 0, r.stderr
+    mine = read_labels(out)
+    batch = read_labels(deriv / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_dseg.nii.gz")
+    np.testing.assert_array_equal(mine.data, batch.data)
+    rows = list(csv.DictReader(open(csv_path, newline="")))
+    by = {(r["kind"], r["name"]): float(r["volume_mm3"]) for r in rows}
+    vent = by[("structure", "ventricle")]
+    assert vent == pytest.approx(by[("label", "Left-Lateral-Ventricle")] + by[("label", "Right-Lateral-Ventricle")])
+    assert vent == pytest.approx(np.isin(mine.data, (4, 43)).sum() * 8.0)
+    from PIL import Image
+
+    with Image.open(qc) as im:
+        assert im.mode == "RGB" and im.size[0] > 3 * 90 and im.size[1] > 90
+        rgb = np.asarray(im)
+    assert np.any((rgb[..., 0] == 120) & (rgb[..., 1] == 18) & (rgb[..., 2] == 134))  # ventricle outline colour
+    r = cli("segment", image, "-o", tmp_path / "l2.nii.gz", "--volumes", js, "-O", "refine=false")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(js.read_text())
+    assert doc["segmenter"] == "atlas" and doc["structures_mm3"]["ventricle"] > 5000
+
+
+def test_change_rates_follow_the_truth(sim_cohort):
+    data, deriv = sim_cohort
+    errors = []
+    for sub in ("sub-001", "sub-002"):
+        vols = {}
+        for ses in ("ses-01", "ses-02"):
+            doc = json.loads((deriv / sub / ses / "anat" / f"{sub}_{ses}_volumes.json").read_text())
+            vols[ses] = doc["structures_mm3"]["ventricle"]
+        est = change_rate(vols["ses-01"], vols["ses-02"])
+        truth = float(_realised(data, sub)["ses-02"]["ventricle_rate_realised"])
+        errors.append(est - truth)
+    assert max(abs(e) for e in errors) <= 2.0, errors
+
+
+# -- the pieces --------------------------------------------------------------------------------
+
+
+def test_itk_geometry_round_trip():
+    import SimpleITK as sitk
+
+    from brainsynth_plugins.segment import itk
+
+    affine = np.array([[-1.5, 0.1, 0, 90], [0.1, 1.5, 0, -120], [0, 0, 2.0, -60], [0, 0, 0, 1]])
+    data = np.random.default_rng(0).random((7, 8, 9)).astype(np.float32)
+    img = itk.to_sitk(data, affine)
+    np.testing.assert_array_equal(itk.to_array(img), data)
+    ras = affine @ np.array([3, 4, 5, 1.0])
+    lps = img.TransformContinuousIndexToPhysicalPoint((3.0, 4.0, 5.0))
+    assert lps == pytest.approx([-ras[0], -ras[1], ras[2]], abs=2e-3)  # shear-free part of the affine
+    assert isinstance(img, sitk.Image)
+
+
+def test_refine_moves_a_shifted_boundary_back():
+    from brainsynth_plugins.segment.refine import refine
+
+    shape = (40, 40, 40)
+    x = np.arange(shape[0])[:, None, None] * np.ones(shape)
+    truth = np.where(x < 15, 4, np.where(x < 25, 3, 2)).astype(np.int32)  # ventricle | cortex | WM slabs
+    rng = np.random.default_rng(1)
+    image = np.choose((truth == 3) + 2 * (truth == 2), [300.0, 700.0, 1000.0]) + rng.normal(0, 20, shape)
+    wrong = np.where(x < 17, 4, np.where(x < 23, 3, 2)).astype(np.int32)  # boundaries 2 voxels off
+    fixed = refine(image, wrong, (2.0, 2.0, 2.0))
+    assert dice(fixed, truth, (4,)) > 0.99 > dice(wrong, truth, (4,)) + 0.05
+    assert dice(fixed, truth, (3,)) > 0.97
+
+
+def test_ants_majority_vote_ties_go_to_the_first_atlas():
+    from brainsynth_plugins.segment.ants import majority_vote
+
+    stack = np.array([[[1, 2, 3, 7]], [[2, 2, 4, 8]], [[1, 3, 5, 8]]])
+    np.testing.assert_array_equal(majority_vote(stack), [[1, 2, 3, 8]])
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def _one_line_error(r, *needles: str) -> None:
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("brainsynth: error:"), r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("kind", ["tiny", "empty", "2d", "4d"])
+def test_bad_images_are_refused_without_output(kind, cli, tmp_path):
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    path = tmp_path / f"{kind}.nii.gz"
+    if kind == "tiny":
+        write_volume(path, np.random.default_rng(0).random((10, 10, 10)), affine)
+        needle = "not a brain-sized volume"
+    elif kind == "empty":
+        write_volume(path, np.zeros((90, 100, 90)), affine)
+        needle = "is empty"
+    elif kind == "2d":
+        write_volume(path, np.ones((90, 100)), affine)
+        needle = "2D"
+    else:
+        write_volume(path, np.ones((90, 100, 90, 2)), affine)
+        needle = "4D"
+    out = tmp_path / "out.nii.gz"
+    r = cli("segment", path, "-o", out, "--volumes", tmp_path / "v.csv", "--qc", tmp_path / "q.png")
+    _one_line_error(r, str(path), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_unknown_segmenter_option_and_names(cli, tmp_path):
+    img = tmp_path / "x.nii.gz"
+    write_volume(img, np.ones((60, 60, 60)), np.diag([2.0, 2.0, 2.0, 1.0]))
+    _one_line_error(cli("segment", img, "-o", tmp_path / "o.nii.gz", "--segmenter", "atlass"), "unknown segmenter 'atlass'", "did you mean 'atlas'")
+    _one_line_error(cli("segment", img, "-o", tmp_path / "o.nii.gz", "-O", "colour=red"), "no option 'colour'")
+    _one_line_error(cli("segment", img, "-o", tmp_path / "o.nii.gz", "-O", "threads"), "KEY=VALUE")
+    _one_line_error(cli("segment", img, "-o", tmp_path / "o.txt"), ".nii")
+    _one_line_error(cli("segment", tmp_path, "-o", tmp_path / "o.nii.gz"), "--bids")
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_ants_missing_gives_install_hint(cli, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("ants") is not None:
+        pytest.skip("antspyx is installed")
+    img = tmp_path / "x.nii.gz"
+    write_volume(img, np.ones((60, 60, 60)), np.diag([2.0, 2.0, 2.0, 1.0]))
+    _one_line_error(cli("segment", img, "-o", tmp_path / "o.nii.gz", "--segmenter", "ants"), 'brainsynth[ants]')
+    assert not (tmp_path / "o.nii.gz").exists()
