@@ -43,7 +43,7 @@ def test_blend_nifti_poisson(cli, nifti_case):
     out = d / "out" / "blended.nii.gz"
     res = cli("blend", p["prior"], p["target"], p["labels"], "-o", out)
     assert res.exit_code == 0, res.stderr
-    assert "wrote" in res.stdout and "poisson" in res.stdout
+    assert "wrote" in res.stdout and "poisson" in res.stdout and "iterations, relative residual" in res.stdout
     img = nib.load(out)
     data = np.asarray(img.dataobj)
     assert data.dtype == np.float32

@@ -79,7 +79,11 @@ def register(app: typer.Typer) -> None:
             first = str(exc).strip().splitlines()
             raise UserError(f"blender {blender!r} failed: {first[0] if first else type(exc).__name__}") from None
         write(output, result)
-        typer.echo(f"wrote {output} (blender {blender}, {int(m_arr.sum())} voxels in the region)")
+        extra = ""
+        info = getattr(component, "last_info", None)
+        if info is not None and hasattr(info, "iterations"):
+            extra = f", {info.iterations} iterations, relative residual {info.relative_residual:.2g}"
+        typer.echo(f"wrote {output} (blender {blender}, {int(m_arr.sum())} voxels in the region{extra})")
 
 
 def _read_nifti(prior: Path, target: Path, mask: Path):
