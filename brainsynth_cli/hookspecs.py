@@ -89,13 +89,14 @@ def register_generators(register: Register) -> None:
 
 @hookspec
 def register_measures(register: Register) -> None:
-    """Register measurements: label an edited image so its structure change can be measured.
+    """Register measurements: how big each structure is in an edited image.
 
     The factory is called with keyword options (may be none) and returns an object that
     follows :class:`brainsynth_cli.interfaces.Measure`: ``measure(reference, reference_labels,
     image)`` takes a reference image whose labels are known (the prior of an edit), those
     labels, and an image of the same shape (the edited image, or a real target), and returns
-    an integer label array for ``image``. ``brainsynth evaluate --measure NAME`` picks one.
+    the size of each label id in ``image`` in voxels (fractions allowed, so partial-volume
+    estimates are possible). ``brainsynth evaluate --measure NAME`` picks one.
     """
 
 

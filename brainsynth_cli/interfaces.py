@@ -98,17 +98,19 @@ class TextEncoder(Protocol):
 
 @runtime_checkable
 class Measure(Protocol):
-    """Labels for an image whose change from a labelled reference is to be measured.
+    """How big each labelled structure is in an image, given a labelled reference of the same head.
 
-    ``measure(reference, reference_labels, image)``: ``reference`` and ``image`` are float
-    arrays of the same 2D or 3D shape (intensities normalised to [0, 1]), ``reference_labels``
-    an integer aseg label array on the reference; returns an integer label array for ``image``.
-    ``spacing`` (voxel size in mm) is passed when known.
+    ``measure(reference, reference_labels, image, spacing=None)``: ``reference`` and ``image``
+    are float arrays of the same 2D or 3D shape (intensities normalised to [0, 1]),
+    ``reference_labels`` an integer aseg label array on the reference; returns
+    ``{label_id: size in voxels}`` for ``image`` (floats: partial-volume estimates allowed).
+    Measured on the reference itself it should return (close to) the label counts. ``spacing``
+    (voxel size in mm) is passed when known.
     """
 
     def measure(
         self, reference: "np.ndarray", reference_labels: "np.ndarray", image: "np.ndarray", spacing: tuple[float, ...] | None = None
-    ) -> "np.ndarray": ...
+    ) -> dict[int, float]: ...
 
 
 @dataclass

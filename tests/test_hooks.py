@@ -84,9 +84,10 @@ class EchoGenerator:
         return (Path(model_dir) / "model.txt").read_text()
 
 
-class IdentityMeasure:
+class CountMeasure:
     def measure(self, reference, reference_labels, image, spacing=None):
-        return reference_labels.copy()
+        ids, counts = np.unique(reference_labels, return_counts=True)
+        return {int(i): float(c) for i, c in zip(ids, counts)}
 
 
 class EveryHook:
@@ -112,7 +113,7 @@ class EveryHook:
 
     @hookimpl
     def register_measures(self, register):
-        register(Spec("hooktest-measure", IdentityMeasure, "labels unchanged"))
+        register(Spec("hooktest-measure", CountMeasure, "label counts of the reference"))
 
     @hookimpl
     def register_commands(self, app):
@@ -149,7 +150,7 @@ def test_components_of_every_kind_work_through_the_registries(every_hook, tmp_pa
     assert gen.load(out) == "7"
     me = reg["measure"].create("hooktest-measure")
     assert isinstance(me, Measure)
-    assert me.measure(np.zeros((2, 2)), np.eye(2, dtype=int) * 4, np.ones((2, 2))).tolist() == [[4, 0], [0, 4]]
+    assert me.measure(np.zeros((2, 2)), np.eye(2, dtype=int) * 4, np.ones((2, 2))) == {0: 2.0, 4: 2.0}
 
 
 def test_commands_hook(every_hook, cli):

@@ -64,11 +64,26 @@ def load_label_slice(path: Path) -> np.ndarray:
 
 
 def areas(labels: np.ndarray, rules: Rules) -> dict[str, float]:
+    """Size (voxels) of each structure group in a label array."""
     return {s.name: float(np.isin(labels, s.labels).sum()) for s in rules.structures}
+
+
+def group_sizes(sizes: dict[int, float], rules: Rules) -> dict[str, float]:
+    """Sum a measurement's per-label sizes into structure groups."""
+    return {s.name: float(sum(sizes.get(lab, 0.0) for lab in s.labels)) for s in rules.structures}
 
 
 def rates_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {k: change_rate(before[k], after[k]) for k in before}
+
+
+def measured_rates(base: dict[str, float], measured: dict[str, float], label_areas: dict[str, float]) -> dict[str, float]:
+    """R = (measured(image) - measured(prior)) / labelled prior size x 100.
+
+    The change comes from the measurement (bias common to prior and image cancels), the
+    denominator from the prior's labels, which are known exactly.
+    """
+    return {k: (measured[k] - base[k]) / label_areas[k] * 100.0 if label_areas[k] > 0 else math.nan for k in label_areas}
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -97,15 +112,16 @@ def row_labels(row: PairRow) -> tuple[np.ndarray, np.ndarray]:
 def score_row(row: PairRow, prior: np.ndarray, target: np.ndarray, edited: np.ndarray, prior_labels: np.ndarray,
               target_labels: np.ndarray, requested: dict[str, Any] | None, measure: Any, rules: Rules) -> dict[str, Any]:
     """Image metrics and per-structure rates for the three methods of one row."""
-    truth = rates_between(areas(prior_labels, rules), areas(target_labels, rules))
-    base = areas(measure.measure(prior, prior_labels, prior), rules)
+    prior_areas = areas(prior_labels, rules)
+    truth = rates_between(prior_areas, areas(target_labels, rules))
+    base = group_sizes(measure.measure(prior, prior_labels, prior), rules)
     described = sorted(requested) if requested else []
     others = [s.name for s in rules.described() if s.name not in described] if row.kind == "disentangled" else []
     out: dict[str, Any] = {"row": row.number, "subject": row.subject, "kind": row.kind, "prompt": row.prompt,
                            "structure": row.data.get("structure"), "truth": {k: truth[k] for k in described + others}, "methods": {}}
     for method, image in (("model", edited), ("identity", prior), ("target", target)):
-        measured = areas(measure.measure(prior, prior_labels, image), rules)
-        achieved = rates_between(base, measured)
+        measured = group_sizes(measure.measure(prior, prior_labels, image), rules)
+        achieved = measured_rates(base, measured, prior_areas)
         m: dict[str, Any] = {
             "psnr": metrics.psnr(target, image, 1.0), "ssim": metrics.ssim(target, image, 1.0),
             "ms_ssim": metrics.ms_ssim(target, image, 1.0), "structures": {},

@@ -1,15 +1,19 @@
-"""Measurements: labels for an edited image, from a reference (the prior) whose labels are known.
+"""Measurements: the size of each structure in an edited image, from a labelled reference.
 
-- ``registration`` (default): deformable demons registration of the reference onto the image
-  (SimpleITK, multi-resolution, diffeomorphic), then the reference labels are carried along
-  (one-hot masks warped with linear interpolation, arg-max). It measures what moved.
-- ``tissue``: classifies the image's own intensities around each structure, with class means
-  learned from the reference and its labels: ventricle = dark (CSF-like) voxels near the
-  reference ventricles and connected to them; cortex = grey-matter-like voxels near the
-  reference cortex. It measures what the image shows, with no registration.
+The reference is the prior of an edit: same head, known labels. Both measurements first map the
+image's intensities onto the reference's (quantile matching inside the head), since two scans
+differ in contrast and per-volume windowing.
 
-Both work on 2D slices and 3D volumes. Evaluation measures the reference with the same method
-(``measure(reference, labels, reference)``) so that systematic bias cancels in change rates.
+- ``registration`` (default): multi-resolution diffeomorphic demons registration (SimpleITK) of
+  the reference onto the image; each label's one-hot mask is carried along with linear
+  interpolation and summed, so sizes keep sub-voxel precision. It measures what moved.
+- ``tissue``: partial-volume tissue fractions of the image itself near each structure, with class
+  means learned from the reference and its labels: size = the reference's label count plus the
+  change of CSF fraction (ventricles) or grey-matter fraction (cortex) within a margin around the
+  reference structure. It measures what the image shows, with no registration.
+
+Both work on 2D slices and 3D volumes and return the reference's label counts when the image is
+the reference.
 """
 
 from __future__ import annotations
@@ -17,6 +21,112 @@ from __future__ import annotations
 import numpy as np
 
 from brainsynth_cli.structures import Rules, default_rules
+
+
+def match_intensities(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Map ``image``'s intensities onto ``reference``'s by matching quantiles inside ``mask``.
+
+    Two scans of one head differ in contrast and windowing (each volume is normalised by its
+    own percentiles); registration by intensity differences and intensity classification both
+    need them on one scale first. Piecewise-linear through the 1st..99th percentiles.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    ref = np.asarray(reference, dtype=np.float32)
+    region = np.ones(img.shape, bool) if mask is None else np.asarray(mask, bool)
+    if region.sum() < 16:
+        return img.copy()
+    q = np.linspace(1, 99, 25)
+    src = np.percentile(img[region], q)
+    dst = np.percentile(ref[region], q)
+    src, keep = np.unique(src, return_index=True)
+    dst = np.maximum.accumulate(dst[keep])
+    if src.size < 2:
+        return img.copy()
+    return np.interp(img, src, dst, left=None, right=None).astype(np.float32) + np.where(
+        img < src[0], (img - src[0]) * (dst[1] - dst[0]) / max(src[1] - src[0], 1e-6), 0
+    ).astype(np.float32) + np.where(img > src[-1], (img - src[-1]) * (dst[-1] - dst[-2]) / max(src[-1] - src[-2], 1e-6), 0).astype(np.float32)
+
+
+def correct_bias(image: np.ndarray, reference: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """Differential bias correction: divide ``image`` by the smooth ratio of image to reference.
+
+    Scans of one head acquired apart differ by a slowly varying multiplicative field (coil,
+    positioning). The ratio is estimated where ``weight`` is true (white matter away from the
+    structures being measured, whose intensity should not change) by normalised Gaussian
+    convolution, as in longitudinal boundary-shift measurements (Lewis & Fox 2004).
+    """
+    from scipy import ndimage
+
+    w = np.asarray(weight, dtype=np.float32)
+    if w.sum() < 16:
+        return image
+    img = np.asarray(image, dtype=np.float32)
+    ref = np.asarray(reference, dtype=np.float32)
+    den = ndimage.gaussian_filter(ref * w, sigma) + 1e-6
+    num = ndimage.gaussian_filter(img * w, sigma)
+    support = ndimage.gaussian_filter(w, sigma)
+    ratio = np.where(support > 1e-3, num / den, 1.0)
+    ratio = np.clip(ratio, 0.5, 2.0)
+    return (img / ratio).astype(np.float32)
+
+
+def stable_region(labels: np.ndarray, rules: Rules, spacing: tuple[float, ...]) -> np.ndarray:
+    """White matter eroded by 2 mm and at least 6 mm from the ventricles: tissue whose intensity an
+    edit of the ventricles or the cortex should not change."""
+    from scipy import ndimage
+
+    step = min(spacing)
+    structure = ndimage.generate_binary_structure(labels.ndim, 1)
+    wm = ndimage.binary_erosion(np.isin(labels, rules["white-matter"].labels), structure, iterations=max(1, round(2 / step)))
+    near = ndimage.binary_dilation(np.isin(labels, rules["ventricle"].labels), structure, iterations=max(1, round(6 / step)))
+    return wm & ~near
+
+
+def tissue_anchors(image: np.ndarray, labels: np.ndarray, rules: Rules, spacing: tuple[float, ...]) -> list[float] | None:
+    """Median intensity of CSF (ventricle cores), grey matter (cortex) and stable white matter in
+    ``image``, using the reference's labels; None when a class is missing or out of T1 order."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(labels.ndim, 1)
+    vent = np.isin(labels, rules["ventricle"].labels)
+    core = ndimage.binary_erosion(vent, structure) if ndimage.binary_erosion(vent, structure).any() else vent
+    masks = [core, np.isin(labels, rules["cortex"].labels), stable_region(labels, rules, spacing)]
+    if any(m.sum() < 4 for m in masks):
+        return None
+    values = [float(np.median(image[m])) for m in masks]
+    return values if values[0] < values[1] < values[2] else None
+
+
+def prepare(image: np.ndarray, reference: np.ndarray, labels: np.ndarray, rules: Rules, spacing: tuple[float, ...] | None,
+            bias: bool = True) -> np.ndarray:
+    """``image`` on ``reference``'s intensity scale.
+
+    Two scans of one head differ in tissue contrast and windowing. The image's intensities are
+    mapped piecewise-linearly so that its CSF, grey- and white-matter medians (measured in
+    regions an edit leaves mostly alone: ventricle cores, the cortex ribbon, white matter away
+    from the ventricles) land on the reference's. Histogram matching is avoided: an edit changes
+    the histogram itself. With ``bias=True`` a smooth differential bias field, estimated on the
+    stable white matter, is divided out first.
+    """
+    spacing = tuple(spacing) if spacing is not None else (1.0,) * np.ndim(image)
+    img = np.asarray(image, dtype=np.float32)
+    ref = np.asarray(reference, dtype=np.float32)
+    labels = np.asarray(labels)
+    region = stable_region(labels, rules, spacing)
+    if bias and region.sum() >= 16:
+        img = correct_bias(img, ref, region, max(2.0, 12.0 / min(spacing)))
+    src, dst = tissue_anchors(img, labels, rules, spacing), tissue_anchors(ref, labels, rules, spacing)
+    if src is not None and dst is not None:
+        top_s, top_d = max(src[2] * 2.0, float(img.max()), 1.0), max(dst[2] * 2.0, 1.0)
+        return np.interp(img, [0.0, *src, top_s], [0.0, *dst, top_d]).astype(np.float32)
+    if region.sum() >= 16:
+        img = img * np.float32(float(np.median(ref[region])) / max(float(np.median(img[region])), 1e-6))
+    return img
+
+
+def label_counts(labels: np.ndarray) -> dict[int, float]:
+    ids, counts = np.unique(np.asarray(labels), return_counts=True)
+    return {int(i): float(c) for i, c in zip(ids, counts)}
 
 
 def _sitk_image(a: np.ndarray, spacing: tuple[float, ...] | None):
@@ -37,7 +147,10 @@ def _to_numpy(img) -> np.ndarray:
 class RegistrationMeasure:
     """Demons registration of the reference to the image; labels carried along."""
 
-    def __init__(self, levels: tuple[int, ...] = (4, 2, 1), iterations: int = 60, smoothing: float = 1.5) -> None:
+    def __init__(self, levels: tuple[int, ...] = (4, 2, 1), iterations: int = 60, smoothing: float = 1.5, rules: Rules | None = None,
+                 bias_correction: bool = True) -> None:
+        self.rules = rules or default_rules()
+        self.bias_correction = bias_correction
         self.levels = levels
         self.iterations = iterations
         self.smoothing = smoothing
@@ -76,26 +189,24 @@ class RegistrationMeasure:
         if ref.shape != img.shape or labels.shape != ref.shape:
             raise ValueError(f"shapes differ: reference {ref.shape}, labels {labels.shape}, image {img.shape}")
         if np.array_equal(ref, img):
-            return labels.copy()
+            return label_counts(labels)
+        img = prepare(img, ref, labels, self.rules, spacing, self.bias_correction)
         field, fixed = self.displacement(ref, img, spacing)
         transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
-        ids = [int(v) for v in np.unique(labels)]
-        best = np.full(img.shape, -1.0, dtype=np.float32)
-        out = np.zeros(img.shape, dtype=labels.dtype)
-        for lab in ids:
+        sizes: dict[int, float] = {}
+        for lab in (int(v) for v in np.unique(labels)):
             mask = _sitk_image((labels == lab).astype(np.float32), spacing)
             mask.CopyInformation(fixed)
             warped = _to_numpy(sitk.Resample(mask, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-            take = warped > best
-            out[take] = lab
-            best[take] = warped[take]
-        return out
+            sizes[lab] = float(warped.sum(dtype=np.float64))
+        return sizes
 
 
 class TissueMeasure:
-    """Intensity classification near each structure, with class means from the reference."""
+    """Partial-volume tissue fractions near each structure, class means from the reference."""
 
-    def __init__(self, margin_mm: float = 4.0, rules: Rules | None = None) -> None:
+    def __init__(self, margin_mm: float = 6.0, rules: Rules | None = None, bias_correction: bool = True) -> None:
+        self.bias_correction = bias_correction
         self.margin_mm = margin_mm
         self.rules = rules or default_rules()
 
@@ -103,43 +214,46 @@ class TissueMeasure:
         from scipy import ndimage
 
         ref = np.asarray(reference, dtype=np.float32)
-        img = np.asarray(image, dtype=np.float32)
         labels = np.asarray(reference_labels)
+        sizes = label_counts(labels)
+        if np.array_equal(ref, np.asarray(image)):
+            return sizes
+        img = prepare(np.asarray(image, dtype=np.float32), ref, labels, self.rules, spacing, self.bias_correction)
         spacing = tuple(spacing) if spacing is not None else (1.0,) * ref.ndim
         radius = max(1, int(round(self.margin_mm / min(spacing))))
-        vent_ids = [v for v in self.rules["ventricle"].labels]
-        ctx_ids = [v for v in self.rules["cortex"].labels]
-        wm_ids = [v for v in self.rules["white-matter"].labels]
-        vent = np.isin(labels, vent_ids)
-        ctx = np.isin(labels, ctx_ids)
-        wm = np.isin(labels, wm_ids)
-        csf = np.isin(labels, [*self.rules["csf"].labels]) | ndimage.binary_erosion(vent)
+        structure = ndimage.generate_binary_structure(ref.ndim, 1)
+        vent = np.isin(labels, self.rules["ventricle"].labels)
+        ctx = np.isin(labels, self.rules["cortex"].labels)
+        wm = np.isin(labels, self.rules["white-matter"].labels)
+        core = ndimage.binary_erosion(vent, structure)
+        csf = np.isin(labels, self.rules["csf"].labels) | core
 
-        def mean(mask, fallback):
+        def typical(mask: np.ndarray, fallback: float) -> float:
             return float(np.median(ref[mask])) if mask.any() else fallback
 
-        m_wm = mean(wm, 1.0)
-        m_gm = mean(ctx, 0.6 * m_wm)
-        m_csf = mean(csf, 0.2 * m_wm)
-        out = labels.copy()
-        structure = ndimage.generate_binary_structure(ref.ndim, 1)
+        m_wm = typical(ndimage.binary_erosion(wm, structure) if ndimage.binary_erosion(wm, structure).any() else wm, 1.0)
+        m_gm = typical(ctx, 0.6 * m_wm)
+        m_csf = min(typical(csf, 0.2 * m_wm), m_gm - 1e-3)
+
+        def csf_fraction(a: np.ndarray) -> np.ndarray:
+            return np.clip((m_wm - a) / max(m_wm - m_csf, 1e-6), 0.0, 1.0)
+
+        def gm_fraction(a: np.ndarray) -> np.ndarray:
+            up = (a - m_csf) / max(m_gm - m_csf, 1e-6)
+            down = (m_wm - a) / max(m_wm - m_gm, 1e-6)
+            return np.clip(np.minimum(up, down), 0.0, 1.0)
+
+        def add_change(mask: np.ndarray, region: np.ndarray, fraction) -> None:
+            change = fraction(img) - fraction(ref)
+            nearest = ndimage.distance_transform_edt(~mask, return_distances=False, return_indices=True)
+            side = labels[tuple(nearest)]
+            for lab in np.unique(labels[mask]):
+                sizes[int(lab)] = sizes.get(int(lab), 0.0) + float(change[region & (side == lab)].sum(dtype=np.float64))
+
+        vent_region = ndimage.binary_dilation(vent, structure, iterations=radius) if vent.any() else vent
         if vent.any():
-            region = ndimage.binary_dilation(vent, structure, iterations=radius)
-            dark = region & (img < 0.5 * (m_csf + m_wm))
-            seeds = ndimage.binary_erosion(vent, structure) & dark
-            comp, n = ndimage.label(dark, structure)
-            keep = np.isin(comp, np.unique(comp[seeds if seeds.any() else (vent & dark)])) & (comp > 0)
-            nearest = ndimage.distance_transform_edt(~vent, return_distances=False, return_indices=True)
-            side = labels[tuple(nearest)]
-            fill = keep & ~vent
-            out[fill] = side[fill]
-            out[vent & ~keep] = np.where(img[vent & ~keep] > 0.5 * (m_gm + m_wm), wm_ids[0], 0)
+            add_change(vent, vent_region, csf_fraction)
         if ctx.any():
-            region = ndimage.binary_dilation(ctx, structure, iterations=radius) & ~np.isin(out, vent_ids)
-            grey = region & (img > 0.5 * (m_csf + m_gm)) & (img < 0.5 * (m_gm + m_wm))
-            nearest = ndimage.distance_transform_edt(~ctx, return_distances=False, return_indices=True)
-            side = labels[tuple(nearest)]
-            was = ctx & ~grey
-            out[was] = 0
-            out[grey] = side[grey]
-        return out
+            ctx_region = ndimage.binary_dilation(ctx, structure, iterations=radius) & ~vent_region
+            add_change(ctx, ctx_region, gm_fraction)
+        return sizes
