@@ -31,15 +31,16 @@ BUILTIN_PACKAGE = "brainsynth_plugins"
 
 #: Built-in plugin modules, loaded in this order before any third-party plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
+    "brainsynth_plugins.simulate",
+    "brainsynth_plugins.segment",
     "brainsynth_plugins.prompts",
-    "brainsynth_plugins.evaluate",
     "brainsynth_plugins.blend",
     "brainsynth_plugins.pairs",
-    "brainsynth_plugins.simulate",
     "brainsynth_plugins.text",
     "brainsynth_plugins.ip2p",
     "brainsynth_plugins.ldm",
-    "brainsynth_plugins.segment",
+    "brainsynth_plugins.evaluate",
+    "brainsynth_plugins.demo",
 )
 
 

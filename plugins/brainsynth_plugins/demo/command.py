@@ -1,0 +1,72 @@
+"""``brainsynth demo``: simulate, segment, make pairs, train ``tiny``, evaluate; offline, resumable.
+
+Each step is the documented command run in-process on a sub-folder of DIR, so the demo is also
+a worked example of the command line. Every step resumes: re-running after an interruption
+skips what is finished.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+STEPS = ("simulate", "segment", "make-pairs", "train", "evaluate")
+
+
+def plan(out: Path, subjects: int, seed: int) -> list[tuple[str, list[str]]]:
+    """The commands of the demo, in order (train's --resume is added when a run is under way)."""
+    cohort, labels, pairs, model, report = (out / n for n in ("cohort", "labels", "pairs", "model", "report"))
+    return [
+        ("simulate", ["simulate", "-o", str(cohort), "--subjects", str(subjects), "--sessions", "3", "--resolution", "2", "--seed", str(seed)]),
+        ("segment", ["segment", str(cohort), "--bids", "-o", str(labels), "--segmenter", "atlas"]),
+        ("make-pairs", ["make-pairs", str(cohort), "-o", str(pairs), "--labels", str(labels), "--slices", "8", "--size", "64",
+                        "--pairing", "all", "--split", "4:1:1", "--seed", str(seed)]),
+        ("train", ["train", str(pairs), "-o", str(model), "--preset", "tiny", "--seed", str(seed)]),
+        ("evaluate", ["evaluate", str(model), str(pairs), "-o", str(report), "--split", "test", "--seed", str(seed)]),
+    ]
+
+
+def pictures(out: Path) -> list[Path]:
+    found: list[Path] = []
+    for pattern in ("cohort/derivatives/brainsynth-truth/*/figures/*montage*.png", "labels/sub-*/ses-01/anat/*_qc.png",
+                    "pairs/montage-*.png", "model/validation/*.png", "report/montage.png", "report/rates.png"):
+        hits = sorted(out.glob(pattern))
+        found.extend(hits[-2:] if pattern.startswith("model/") else hits[:3])
+    return found
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        output: Path = typer.Option(Path("brainsynth-demo"), "-o", "--output", help="Folder for all outputs (re-running resumes)."),
+        subjects: int = typer.Option(6, min=3, help="Simulated subjects (3 sessions each; 4:1:1 split by subject)."),
+        seed: int = typer.Option(0, help="Seed of every step."),
+    ) -> None:
+        """Run the whole chain on built-in data, offline: simulate a cohort from the MNI152 template,
+        segment it with `atlas`, make pairs, train the `tiny` model on CPU, evaluate it. Prints the
+        evaluation table and the paths of the pictures. Resumes if interrupted."""
+        from brainsynth_cli.errors import UserError
+        from brainsynth_cli.main import run
+
+        output.mkdir(parents=True, exist_ok=True)
+        t_all = time.perf_counter()
+        for i, (name, args) in enumerate(plan(output, subjects, seed), start=1):
+            if name == "train":
+                model = output / "model"
+                if (model / "brainsynth.json").is_file():
+                    typer.echo(f"[{i}/{len(STEPS)}] train: {model} is finished, skipped")
+                    continue
+                if model.is_dir() and any(model.iterdir()):
+                    args = [*args, "--resume"]
+            typer.echo(f"[{i}/{len(STEPS)}] brainsynth {' '.join(args)}")
+            t0 = time.perf_counter()
+            code = run(args)
+            if code != 0:
+                raise UserError(f"demo step {name!r} failed (exit {code}); fix the problem above and re-run `brainsynth demo -o {output}` to resume")
+            typer.echo(f"      {name} done in {time.perf_counter() - t0:.0f} s")
+        typer.echo(f"\ndemo finished in {time.perf_counter() - t_all:.0f} s. Pictures:")
+        for p in pictures(output):
+            typer.echo(f"  {p}")
+        typer.echo(f"report: {output / 'report' / 'report.md'}")

@@ -1,0 +1,102 @@
+"""brainsynth evaluate end to end on a tiny simulated cohort: report files, baselines, resume, errors.
+And the demo's command plan parses against the real commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+from test_train_pairs import FAST, make_pairs, one_thread, train_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from brainsynth_cli.main import run
+    from brainsynth_plugins.simulate.cohort import simulate_cohort
+
+    root = tmp_path_factory.mktemp("evaluate")
+    simulate_cohort(root / "cohort", subjects=3, sessions=2, resolution=4.0, seed=3)
+    pairs = root / "pairs"
+    assert run(["make-pairs", str(root / "cohort"), "-o", str(pairs), "--labels", str(root / "cohort/derivatives/brainsynth-truth"),
+                "--slices", "3", "--size", "32", "--split", "1:1:1", "--seed", "3"]) == 0
+    code, err = train_cli([pairs, "-o", root / "model", *FAST, "--set", "vae_steps=4", "--set", "unet_steps=6", "--checkpoint-every", "6"])
+    assert code == 0, err
+    return root, pairs, root / "model"
+
+
+def evaluate(cli, model, pairs, out, *extra):
+    with one_thread():
+        return cli("evaluate", model, pairs, "-o", out, "--steps", "2", "--limit", "4", *extra)
+
+
+def test_report_has_every_method_metric_and_picture(cli, trained):
+    root, pairs, model = trained
+    res = evaluate(cli, model, pairs, root / "report")
+    assert res.exit_code == 0, res.stderr
+    out = root / "report"
+    for name in ("report.md", "metrics.csv", "metrics.json", "montage.png", "rates.png", "rows.jsonl"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["rows"] == len((out / "rows.jsonl").read_text().splitlines()) >= 1
+    assert set(summary["methods"]) == {"model", "identity", "target"}
+    ident, target = summary["methods"]["identity"]["all"], summary["methods"]["target"]["all"]
+    assert target["psnr"] is None  # the real target against itself: PSNR infinite, written as null
+    assert target["ssim"] == pytest.approx(1.0) and ident["ssim"] < 1.0
+    if ident["structure_items"]:
+        assert ident["acc"] == 0.0  # no change never falls in an enlargement/atrophy interval
+    assert "FID: not computed" in (out / "report.md").read_text()
+    assert "method" in res.stdout and "report.md" in res.stdout
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("row,subject,kind,prompt,method,psnr,ssim,ms_ssim,structure")
+
+
+def test_rerun_resumes_without_recomputing(cli, trained):
+    root, pairs, model = trained
+    out = root / "report-resume"
+    assert evaluate(cli, model, pairs, out).exit_code == 0
+    before = (out / "rows.jsonl").read_text()
+    assert evaluate(cli, model, pairs, out).exit_code == 0
+    assert (out / "rows.jsonl").read_text() == before
+    assert evaluate(cli, model, pairs, out, "--seed", "5").exit_code == 0
+    assert len((out / "rows.jsonl").read_text().splitlines()) == 2 * len(before.splitlines())
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--split", "nope"], "has no rows in split 'nope'; choose --split from"),
+    (["--measure", "registratoin"], "did you mean 'registration'"),
+])
+def test_bad_options_are_one_line_errors(cli, trained, args, needle):
+    root, pairs, model = trained
+    out = root / "bad"
+    res = evaluate(cli, model, pairs, out, *args)
+    assert res.exit_code == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (out / "metrics.json").exists()
+
+
+def test_missing_model_and_pairs_without_labels(cli, trained, tmp_path):
+    root, pairs, model = trained
+    res = evaluate(cli, tmp_path / "no-model", pairs, tmp_path / "r")
+    assert res.exit_code == 2 and "model folder not found" in res.stderr
+    phantom_pairs = make_pairs(tmp_path / "phantom", size=32, subjects=3, slices=1)
+    res = evaluate(cli, model, phantom_pairs, tmp_path / "r2", "--split", "train")
+    assert res.exit_code == 2 and "no label slices" in res.stderr
+
+
+def test_demo_plan_parses_against_the_real_commands(tmp_path):
+    """Every step of `brainsynth demo` is a valid invocation of the command it names."""
+    import typer
+
+    from brainsynth_cli.main import build_app
+    from brainsynth_plugins.demo.command import STEPS, plan
+
+    group = typer.main.get_command(build_app())
+    steps = plan(tmp_path, subjects=6, seed=0)
+    assert [name for name, _ in steps] == list(STEPS)
+    for name, args in steps:
+        command = group.get_command(None, args[0])
+        assert command is not None, name
+        ctx = command.make_context(args[0], list(args[1:]), resilient_parsing=False)
+        assert ctx.params, name
