@@ -78,6 +78,14 @@ def test_plugins_table_lists_failed_with_reason(tmp_path):
     assert "broken" in res.stdout and "failed" in res.stdout and "ImportError" in res.stdout
 
 
+def test_plugins_table_shows_install_hints_verbatim(tmp_path):
+    """Hints like pip install "brainsynth[ants]" contain brackets that rich would eat as markup."""
+    make_dist(tmp_path, "hint-plugin", GOOD.replace('program("surely-not-a-program-xyz")',
+              'module("surely_missing_mod", extra="ants")').replace("Spec, program", "Spec, module"), ep_name="hint")
+    res = run_brainsynth("plugins", PYTHONPATH=str(tmp_path))
+    assert res.returncode == 0 and 'brainsynth[ants]' in res.stdout.replace("\n", "")
+
+
 class RaisingHook:
     @hookimpl
     def register_segmenters(self, register):

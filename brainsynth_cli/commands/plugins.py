@@ -25,6 +25,7 @@ def register(app: typer.Typer) -> None:
 
 def _print_table(report: list[dict]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(soft_wrap=False, width=None if typer.get_text_stream("stdout").isatty() else 160)
@@ -40,7 +41,8 @@ def _print_table(report: list[dict]) -> None:
         status = rec["status"] if not rec["error"] else f"{rec['status']}: {rec['error']}"
         if rec["problems"]:
             status += "\n" + "\n".join(rec["problems"])
-        table.add_row(rec["name"], rec["version"] or "?", rec["source"], status, provides or "-", requires or "-")
+        cells = (rec["name"], rec["version"] or "?", rec["source"], status, provides or "-", requires or "-")
+        table.add_row(*(escape(c) for c in cells))
     if not report:
         console.print("no plugins loaded")
         return
