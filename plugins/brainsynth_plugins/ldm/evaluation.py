@@ -12,7 +12,7 @@
    - 2D: a slice has no ventricle *volume*, so the measured quantity is the ventricle *area* of
      the sample (mm^2), labelled by the evaluate plugin's ``registration`` measure: the real
      training slice of median ventricle volume, with its true labels, is registered (demons)
-     onto the sample and its labels carried along. That is the 2D counterpart of the atlas
+     onto the sample and its labels carried along (the measure returns sub-pixel sizes per label). That is the 2D counterpart of the atlas
      segmenter (one labelled atlas, deformable registration). The same measurement on the real
      training slices, against their true 3D ventricle volumes, is reported next to it: it is the
      best r a perfectly conditioned 2D model can reach with this measurement.
@@ -52,12 +52,16 @@ def _pairs(n: int, count: int, rng: Any, groups: list[str] | None = None) -> lis
     return [allowed[int(k)] for k in sorted(pick)]
 
 
-def _ventricle(labels: Any, unit: float) -> float:
+def _ventricle(sizes: Any, unit: float) -> float:
+    """Ventricle size from a Measure's ``{label: size in voxels}`` (or a label array), times ``unit``."""
     import numpy as np
 
     from brainsynth_cli.structures import default_rules
 
-    return float(np.isin(labels, list(default_rules()["ventricle"].labels)).sum() * unit)
+    ids = list(default_rules()["ventricle"].labels)
+    if isinstance(sizes, dict):
+        return float(sum(float(sizes.get(i, 0.0)) for i in ids) * unit)
+    return float(np.isin(sizes, ids).sum() * unit)
 
 
 def evaluate_generation(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, grid: int = 5,
@@ -96,6 +100,7 @@ def evaluate_generation(model_dir: str | os.PathLike[str], out_dir: str | os.Pat
     ts = read_training_set(src, dim=dim, resolution=int(tr["resolution"]), voxel_mm=float(tr["voxel_mm"]),
                            labels_dir=labels or info["data"].get("labels"), captions_per_image=1)
     manager = get_manager()
+    ref = None  # 2D: the labelled real slice the measurement registers onto each image
     if dim == "3d":
         seg = manager.registry("segmenter").create(segmenter)
         affine = np.asarray(info["image"]["affine"], dtype=float)
@@ -115,8 +120,8 @@ def evaluate_generation(model_dir: str | os.PathLike[str], out_dir: str | os.Pat
         px = float(ref.pixel_mm or 1.0)
 
         def measure_one(img: Any) -> float:
-            lab = meas.measure(ref.image, ref.labels, np.asarray(img, dtype=np.float32), spacing=(px, px))
-            return _ventricle(lab, px * px)
+            sizes = meas.measure(ref.image, ref.labels, np.asarray(img, dtype=np.float32), spacing=(px, px))
+            return _ventricle(sizes, px * px)
 
         quantity, method = "ventricle area in the slice (mm2)", f"measure {measure} from {ref.subject} {ref.session}"
     ldm = LDMModel(Path(model_dir), device)
@@ -130,14 +135,14 @@ def evaluate_generation(model_dir: str | os.PathLike[str], out_dir: str | os.Pat
             seeds.append(seed + gi * per_value + k)
             requested.append(v)
     n = len(conds)
-    total = n * 2 + min(real, len(ts.items))
+    total = n * 2 + min(real, len(ts.items))  # progress only
     images = ldm.sample(conds, seeds, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale, batch_size=8,
                         progress=lambda d, t, m="": progress(n * d / max(t, 1), total, "sampling"))
     measured = []
     for i, img in enumerate(images):
         measured.append(measure_one(img))
         progress(n + i + 1, total, "measuring samples")
-    real_items = ts.items[: min(real, len(ts.items))]
+    real_items = [it for it in ts.items if it is not ref][: max(0, real)]  # the 2D reference is not its own check
     real_truth = [float(it.volumes.get("ventricle", math.nan)) for it in real_items]
     real_measured = []
     for i, it in enumerate(real_items):

@@ -214,7 +214,6 @@ class LDMModel:
         """One float32 image in [0, 1] per condition (2D: resolution^2; 3D: the model grid),
         sample ``i`` starting from the noise of ``seeds[i]``."""
         import numpy as np
-        import torch
 
         if len(conditions) != len(seeds):
             raise ValueError("one seed per condition")
@@ -227,7 +226,7 @@ class LDMModel:
             conds = list(conditions[start : start + batch_size])
             batch_seeds = list(seeds[start : start + batch_size])
             imgs = self._sample_batch(conds, batch_seeds, steps, scheduler, guidance_scale,
-                                      lambda k: progress and progress(start * steps + k * len(conds), total, "sampling"))
+                                      lambda k, s0=start, m=len(conds): progress and progress(s0 * steps + k * m, total, "sampling"))
             out.extend(imgs)
         if progress:
             progress(total, total, "done")

@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: Defaults common to all presets.
 COMMON: dict[str, Any] = {
-    "kl_weight": 1e-6, "conditioning_dropout": 0.1, "captions_per_image": 4, "checkpoints_total_limit": 2,
+    "kl_weight": 1e-6, "conditioning_dropout": 0.1, "validation_steps": 20, "captions_per_image": 4, "checkpoints_total_limit": 2,
     "lr_scheduler": "constant_with_warmup", "mixed_precision": "no", "gradient_checkpointing": False,
     # Brain LDM / MONAI tutorials: linear betas 0.0015 .. 0.0195 over 1000 steps, epsilon prediction.
     "noise": {"num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear",

@@ -437,7 +437,7 @@ class Trainer:
         unet = acc.unwrap_model(unet).eval()
         self.save_model(unet, noise, lat_ch, [int(s) for s in latents.shape[2:]], in_ch, ctx_dim)
         acc.free_memory()
-        self.validate_samples()
+        self.validate_samples(int(cfg["validation_steps"]))
 
     def validate_samples(self, steps: int = 20) -> None:
         """``validation/samples.png``: one sample per requested ventricle volume (min, median, max), next to real images."""
@@ -497,7 +497,7 @@ class Trainer:
             "noise_scheduler": dict(noise.config),
             "training": {k: self.cfg[k] for k in ("seed", "vae_steps", "unet_steps", "vae_lr", "unet_lr", "vae_batch_size",
                                                   "unet_batch_size", "conditioning_dropout", "captions_per_image", "kl_weight",
-                                                  "mixed_precision", "resolution", "voxel_mm")},
+                                                  "mixed_precision", "resolution", "voxel_mm", "validation_steps")},
             "data": {"path": self.cfg["data"], "labels": self.cfg.get("labels") or self.ts.info.get("labels"), "kind": self.ts.kind,
                      "images": len(self.ts.items), "subjects": len({it.subject for it in self.ts.items})},
         }
