@@ -231,3 +231,38 @@ def test_stage_vae_alone_with_patch_gan_and_epochs(tmp_path):
     assert (tmp_path / "m" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     assert not (tmp_path / "m" / "unet").exists() and not (tmp_path / "m" / "brainsynth.json").exists()
     assert json.loads((tmp_path / "m" / "vae" / "config.json").read_text())["scaling_factor"] != 0.18215
+
+
+def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path):
+    """The acceptance test in its literal form: real processes, SIGKILL once a stage-2 checkpoint exists."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import subprocess_env
+
+    pairs = make_pairs(tmp_path / "pairs", size=32, subjects=2, slices=1)
+    env = subprocess_env(OMP_NUM_THREADS="1")
+    args = [*FAST, "--set", "vae_steps=2", "--set", "unet_steps=20", "--checkpoint-every", "2", "--seed", "5",
+            "--text-encoder", "clip"]  # the small built-in CLIP: quicker to start than MiniLM
+
+    def cmd(out, *more):
+        return [sys.executable, "-m", "brainsynth_cli.main", "train", str(pairs), "-o", str(out), *map(str, args), *more]
+
+    done = subprocess.run(cmd(tmp_path / "a"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen(cmd(tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "b" / "checkpoints" / "unet-0000002"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (tmp_path / "b" / "brainsynth.json").exists()
+    resumed = subprocess.run(cmd(tmp_path / "b", "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    for part in ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+        assert (tmp_path / "a" / part).read_bytes() == (tmp_path / "b" / part).read_bytes(), part
+    assert (tmp_path / "a" / "logs" / "loss.csv").read_text() == (tmp_path / "b" / "logs" / "loss.csv").read_text()
