@@ -262,9 +262,15 @@ class Trainer:
 
     # -- common machinery ----------------------------------------------------------------
     def _image(self, path: Path) -> Any:
+        """A slice as float32 [0, 1]; kept in memory as its 16-bit values when that is exact (half the bytes)."""
+        import numpy as np
+
         if path not in self._images:
-            self._images[path] = load_slice(path, self.res)
-        return self._images[path]
+            x = load_slice(path, self.res)
+            q = np.round(x.astype(np.float64) * 65535).astype(np.uint16)
+            self._images[path] = q if np.array_equal(q.astype(np.float32) / np.float32(65535), x) else x
+        a = self._images[path]
+        return a.astype(np.float32) / np.float32(65535) if a.dtype == np.uint16 else a
 
     def _tensor(self, paths: list[Path]) -> Any:
         import numpy as np
