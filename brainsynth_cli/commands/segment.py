@@ -326,6 +326,7 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
     total = sum(len(v) for v in subjects.values())
     done = total - sum(len(v) for v in todo.values())
     tasks = [(sub, [(s.session, str(s.image)) for s in ses]) for sub, ses in todo.items()]
+    skipped = total - sum(len(v) for v in todo.values())
     with progress_bar(f"segment ({segmenter})", total) as bar:
         bar(done, total, "")
         if jobs <= 1 or len(tasks) <= 1:
@@ -343,7 +344,7 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
                     done += fut.result()
                     bar(done, total, "")
     _write_table(out_dir, subjects, rules)
-    typer.echo(f"segmented {len(tasks)} subject(s) into {out_dir} ({total - sum(len(v) for v in todo.values())} session(s) already done)")
+    typer.echo(f"segmented {len(tasks)} subject(s) into {out_dir} ({skipped} session(s) already done)")
 
 
 def _check_header(path: Path) -> None:
@@ -372,39 +373,54 @@ def _check_header(path: Path) -> None:
 
 def _segment_subject(task: tuple[str, list[tuple[str, str]]], out_dir: Path, segmenter: str, options: dict[str, str],
                      longitudinal: bool, rules_toml: str, overwrite: bool) -> int:
-    """Segment the sessions of one subject (in order); returns how many were segmented."""
-    import json
+    """Segment the sessions of one subject (in order); returns how many were written.
 
-    from brainsynth_cli.images import atomic_write_text, read_labels, read_volume, write_labels
+    Independent mode: each unfinished session with ``segment``. Longitudinal mode (when the
+    segmenter has ``segment_followup``): the first session is segmented, then every session,
+    the first included, is labelled with ``segment_followup`` from those labels; a subject is
+    redone as a whole, so a resumed run writes the same bytes as an uninterrupted one."""
+    from brainsynth_cli.images import read_volume
     from brainsynth_cli.structures import rules_from_text
 
     rules = rules_from_text(rules_toml, "rules")
     subject, sessions = task
     seg = create_segmenter(_spec(segmenter), options)
     followup = longitudinal and callable(getattr(seg, "segment_followup", None))
-    first: tuple[Any, Any] | None = None
     count = 0
-    for session, image_path in sessions:
-        paths = session_paths(out_dir, subject, session)
-        image = None
-        if _finished(paths) and not overwrite:
-            if followup and first is None:
-                image = read_volume(image_path)
-                first = (image, read_labels(paths["labels"]))
+    if followup:
+        images = [(session, path, read_volume(path)) for session, path in sessions]
+        for _, path, image in images:
+            check_brain_image(image)
+        first = images[0][2]
+        initial = run_segmenter(seg, first)
+        for session, path, image in images:
+            labels = run_segmenter(seg, image, prior=(first, initial))
+            _write_session(out_dir, subject, session, path, image, labels, rules, segmenter, options, sessions[0][0])
+            count += 1
+        return count
+    for session, path in sessions:
+        if _finished(session_paths(out_dir, subject, session)) and not overwrite:
             continue
-        image = read_volume(image_path)
+        image = read_volume(path)
         check_brain_image(image)
-        labels = run_segmenter(seg, image, prior=first if followup else None)
-        table = volume_table(labels, rules)
-        ctx = {"subject": subject, "session": session, "image": str(image_path), "segmenter": segmenter,
-               "options": options, "from_session": (sessions[0][0] if followup and first is not None else None)}
-        atomic_write_text(paths["volumes"], json.dumps({**ctx, **table}, indent=2) + "\n")
-        write_qc(paths["qc"], image, labels)
-        write_labels(paths["labels"], labels.data, image.affine, _nifti_header(image))  # last: marks the session done
-        if followup and first is None:
-            first = (image, labels.with_data(labels.data))
+        labels = run_segmenter(seg, image)
+        _write_session(out_dir, subject, session, path, image, labels, rules, segmenter, options, None)
         count += 1
     return count
+
+
+def _write_session(out_dir: Path, subject: str, session: str, image_path: str, image: Any, labels: Any, rules: "Rules",
+                   segmenter: str, options: dict[str, str], from_session: str | None) -> None:
+    import json
+
+    from brainsynth_cli.images import atomic_write_text, write_labels
+
+    paths = session_paths(out_dir, subject, session)
+    ctx = {"subject": subject, "session": session, "image": str(image_path), "segmenter": segmenter,
+           "options": options, "from_session": from_session}
+    atomic_write_text(paths["volumes"], json.dumps({**ctx, **volume_table(labels, rules)}, indent=2) + "\n")
+    write_qc(paths["qc"], image, labels)
+    write_labels(paths["labels"], labels.data, image.affine, _nifti_header(image))  # last: marks the session done
 
 
 def _write_table(out_dir: Path, subjects: dict[str, list[Any]], rules: "Rules") -> None:

@@ -54,10 +54,10 @@ def _parse_atlases(text: str | None) -> list[tuple[Path, Path]] | None:
     for item in str(text).split(","):
         t1, sep, lab = item.strip().partition(":")
         if not sep or not t1 or not lab:
-            raise UserError(f"ants: atlas {item!r} is not T1:LABELS; e.g. -O atlases=a_T1.nii.gz:a_dseg.nii.gz,b_T1.nii.gz:b_dseg.nii.gz")
+            raise UserError(f"atlas {item!r} is not T1:LABELS; e.g. a_T1.nii.gz:a_dseg.nii.gz (several: comma-separated)")
         for p in (t1, lab):
             if not Path(p).expanduser().is_file():
-                raise InputError(p, "atlas file not found", "check the -O atlases= list")
+                raise InputError(p, "atlas file not found", "check the -O atlas/atlases value")
         pairs.append((Path(t1).expanduser(), Path(lab).expanduser()))
     return pairs
 

@@ -65,24 +65,39 @@ class AtlasSegmenter:
     """Template registration (SimpleITK affine + demons), label propagation, intensity refinement.
 
     Options (``--option KEY=VALUE``): ``refine`` (true), ``deformable`` (true; false = affine
-    only, DALL-E Brain's scheme), ``threads`` (1), ``seed`` (0), ``work_mm`` (2.0, the finest grid
-    registration runs on), ``demons_iterations`` ("60,30": at twice ``work_mm``, then at
-    ``work_mm``), ``demons_sigma`` (1.5 mm, smoothing of the displacement field).
+    only, DALL-E Brain's scheme), ``refine_rounds`` (1; more lets boundaries travel further),
+    ``threads`` (1), ``seed`` (0), ``work_mm`` (2.0, the finest grid registration runs on),
+    ``demons_iterations`` ("60,30": at twice ``work_mm``, then at ``work_mm``), ``demons_sigma``
+    (1.5 mm, smoothing of the displacement field), ``atlas`` ("T1.nii.gz:LABELS.nii.gz", a
+    skull-stripped T1 and its aseg labels on one grid, instead of the bundled template).
     """
 
     name = "atlas"
 
-    def __init__(self, refine: Any = True, deformable: Any = True, threads: int = 1, seed: int = 0, work_mm: float = 2.0,
-                 demons_iterations: Any = (60, 30), demons_sigma: float = 1.5, template: Any = None) -> None:
+    def __init__(self, refine: Any = True, deformable: Any = True, refine_rounds: int = 1, threads: int = 1,
+                 seed: int = 0, work_mm: float = 2.0, demons_iterations: Any = (60, 30), demons_sigma: float = 1.5,
+                 atlas: str | None = None) -> None:
         self.refine = _bool(refine)
         self.deformable = _bool(deformable)
+        self.refine_rounds = int(refine_rounds)
         self.threads = int(threads)
         self.seed = int(seed)
         self.work_mm = float(work_mm)
         its = demons_iterations.split(",") if isinstance(demons_iterations, str) else demons_iterations
         self.demons_iterations = tuple(int(x) for x in its)
         self.demons_sigma = float(demons_sigma)
-        self._template = template  # (t1, labels) Volumes, for tests or a custom atlas
+        self._template: tuple[Volume, Volume] | None = None
+        if atlas:
+            from brainsynth_cli.images import check_same_grid, read_labels, read_volume
+
+            from brainsynth_plugins.segment.ants import _parse_atlases
+
+            pairs = _parse_atlases(atlas) or []
+            if len(pairs) != 1:
+                raise UserError("atlas segmenter takes one atlas: -O atlas=T1.nii.gz:LABELS.nii.gz")
+            t1, lab = read_volume(pairs[0][0]), read_labels(pairs[0][1])
+            check_same_grid(t1, lab)
+            self._template = (t1, lab)
         if self.threads < 1 or self.work_mm <= 0 or not self.demons_iterations:
             raise UserError("atlas segmenter: threads must be >= 1, work_mm > 0 and demons_iterations non-empty")
 
@@ -106,7 +121,7 @@ class AtlasSegmenter:
             progress(3, 4, "labels")
             out = itk.to_array(itk.resample(itk.volume_to_sitk(labels, np.int32), subject, transform, labels=True))
         if self.refine:
-            out = refine(image.data, out, image.voxel_size)
+            out = refine(image.data, out, image.voxel_size, rounds=self.refine_rounds)
         progress(4, 4, "done")
         return image.with_data(out.astype(np.int32))
 
@@ -139,9 +154,17 @@ class AtlasSegmenter:
         has labels ``prior_labels``: the earlier labels carried by a rigid registration (same
         brain: no scaling that would hide atrophy), then refined by this scan's intensities.
 
-        Both scans are labelled by the same refinement from the same labels, so a structure's
-        volume changes only where this scan's tissue boundaries moved."""
+        ``brainsynth segment --bids`` labels every session of a subject this way from the first
+        session's ``segment`` labels, the first session included (its registration is the
+        identity): all sessions then get the same refinement from the same labels, so a
+        structure's volume changes only where a scan's tissue boundaries moved."""
         progress = progress or _noop
+        if _same_scan(image, prior_image):
+            out = np.asarray(prior_labels.data, dtype=np.int32)
+            if self.refine:
+                out = refine(image.data, out, image.voxel_size, rounds=self.refine_rounds)
+            progress(2, 2, "done")
+            return image.with_data(out.astype(np.int32))
         with reg.itk_threads(self.threads):
             subject = itk.volume_to_sitk(image)
             fixed = reg.robust_scale(work_image(subject, self.work_mm))
@@ -154,9 +177,13 @@ class AtlasSegmenter:
             progress(1, 2, "labels")
             out = itk.to_array(itk.resample(itk.volume_to_sitk(prior_labels, np.int32), subject, rigid, labels=True))
         if self.refine:
-            out = refine(image.data, out, image.voxel_size)
+            out = refine(image.data, out, image.voxel_size, rounds=self.refine_rounds)
         progress(2, 2, "done")
         return image.with_data(out.astype(np.int32))
+
+
+def _same_scan(a: Volume, b: Volume) -> bool:
+    return a is b or (a.shape == b.shape and np.array_equal(a.affine, b.affine) and np.array_equal(a.data, b.data))
 
 
 def work_labels(labels: Volume, reference: sitk.Image) -> sitk.Image:

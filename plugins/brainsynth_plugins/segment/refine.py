@@ -148,13 +148,11 @@ def tissue_image(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float,
 
 
 def refine(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
-           options: RefineOptions | None = None, *, rounds: int = 4, tolerance: float = 1e-3) -> np.ndarray:
+           options: RefineOptions | None = None, *, rounds: int = 1, tolerance: float = 1e-3) -> np.ndarray:
     """Propagated ``labels`` adjusted to the intensities of ``image`` (same grid).
 
-    The refinement is repeated (at most ``rounds`` times) until fewer than ``tolerance`` of the
-    tissue voxels change: the result is (nearly) a fixed point, so refining a scan's own labels
-    again changes nothing, and a later scan refined from an earlier scan's labels differs from
-    them only where its intensities differ."""
+    With ``rounds`` > 1 the refinement is repeated until fewer than ``tolerance`` of the labelled
+    voxels change (boundaries may then travel further than the 2 mm prior blur)."""
     out = np.asarray(labels, dtype=np.int32)
     for _ in range(max(1, rounds)):
         new = refine_once(image, out, voxel_size, options)
