@@ -3,8 +3,9 @@
 A three-class Gaussian mixture (CSF, grey matter, white matter) is fitted inside the propagated
 brain by EM, with the propagated labels, blurred, as spatial priors (the classic "warped tissue
 probability map" scheme) and a smooth multiplicative bias field estimated between EM rounds.
-Each voxel takes the most probable class; a voxel whose class changes takes the label of the
-nearest propagated voxel of its new class (so left stays left, a ventricle grows into a
+Each voxel takes, among the classes its prior allows, the class whose mean is nearest to its
+bias-corrected intensity (or, with ``decision="posterior"``, the most probable class); a voxel
+whose class changes takes the label of the nearest propagated voxel of its new class (so left stays left, a ventricle grows into a
 ventricle label, cortex into cortex). Labels outside the three classes are kept as propagated.
 
 Deterministic: no random initialisation (means start from the propagated labels).
@@ -82,7 +83,6 @@ def fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
     mu = np.array([np.median(y[own == c]) if np.any(own == c) else 0.0 for c in range(3)])
     var = np.array([max(np.var(y[own == c]), 1e-4) if np.any(own == c) else 1e-2 for c in range(3)])
     post = priors
-    full_bias = np.ones(labels.shape, dtype=np.float32)
     for round_ in range(max(1, opt.bias_rounds)):
         yc = y / bias
         for _ in range(opt.em_iterations):
@@ -107,7 +107,6 @@ def fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
         full_bias = np.where(sm_den > 1e-6, sm_num / np.maximum(sm_den, 1e-6), 1.0).astype(np.float32)
         bias = np.clip(full_bias[idx], 0.5, 2.0)
         bias /= np.median(bias)
-    fit.last = (yc, mu)  # type: ignore[attr-defined]  (bias-corrected intensities, class means)
     if opt.decision == "nearest":
         allowed = priors >= opt.gate
         dist = np.abs(yc[None, :] - mu[:, None])
@@ -116,35 +115,6 @@ def fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
         hard[np.argmin(dist, axis=0), np.arange(yc.size)] = 1.0
         post = hard
     return idx, cls, post
-
-
-def normalised_image(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
-                     options: RefineOptions | None = None) -> np.ndarray:
-    """``image`` bias-corrected and mapped piecewise linearly so the fitted class means land at
-    CSF 0, GM 0.5, WM 1 (partial volumes stay in between); 0 outside the three-class region."""
-    out = np.zeros(np.shape(labels), dtype=np.float32)
-    fitted = fit(image, labels, voxel_size, options)
-    if fitted is not None:
-        idx = fitted[0]
-        yc, mu = fit.last  # type: ignore[attr-defined]
-        order = np.argsort(mu)
-        out[idx] = np.interp(yc, mu[order], np.array([0.0, 0.5, 1.0]), left=None, right=None)
-        lo, hi = mu[order][0], mu[order][-1]
-        out[idx] = np.where(yc < lo, (yc - lo) / (mu[order][1] - lo) * 0.5, out[idx])
-        out[idx] = np.where(yc > hi, 1.0 + (yc - hi) / (hi - mu[order][1]) * 0.5, out[idx])
-    return out
-
-
-def tissue_image(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
-                 options: RefineOptions | None = None) -> np.ndarray:
-    """A contrast-, bias- and gain-free picture of ``image``: the expected tissue value
-    (CSF 0, GM 0.5, WM 1) under the fitted mixture, 0 outside the brain."""
-    out = np.zeros(np.shape(labels), dtype=np.float32)
-    fitted = fit(image, labels, voxel_size, options)
-    if fitted is not None:
-        idx, _, post = fitted
-        out[idx] = post[1] * 0.5 + post[2]
-    return out
 
 
 def refine(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
