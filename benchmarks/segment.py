@@ -63,11 +63,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--no-1mm", action="store_true")
     ap.add_argument("--refine-rounds", type=int, default=1)
+    ap.add_argument("--prior-mm", type=float, default=2.0)
     ap.add_argument("--rates-only", action="store_true", help="only atlas: Dice and change rates")
     args = ap.parse_args()
     n = min(args.subjects, len(VENTRICLE))
 
-    peers = {"atlas": AtlasSegmenter(refine_rounds=args.refine_rounds)}
+    peers = {"atlas": AtlasSegmenter(refine_rounds=args.refine_rounds, prior_mm=args.prior_mm)}
     if not args.rates_only:
         peers["atlas-affine"] = AtlasSegmenter(deformable=False, refine=False)
         peers["atlas-norefine"] = AtlasSegmenter(refine=False)
@@ -122,12 +123,13 @@ def main() -> None:
         d = np.array(dices[name])
         print(f"| {name} | {d[:, 0].mean():.3f} ({d[:, 0].min():.3f}) | {d[:, 1].mean():.3f} ({d[:, 1].min():.3f}) | "
               f"{d[:, 2].mean():.3f} ({d[:, 2].min():.3f}) | {statistics.median(seconds[name]):.1f} |")
-    base = np.array(dices["atlas-affine"]).mean(axis=0)
-    mine = np.array(dices["atlas"]).mean(axis=0)
     d = np.array(dices_lon0)
     print(f"| atlas, longitudinal labels of ses-01 (--bids) | {d[:, 0].mean():.3f} ({d[:, 0].min():.3f}) | "
           f"{d[:, 1].mean():.3f} ({d[:, 1].min():.3f}) | | |")
-    print(f"ratio atlas / atlas-affine: ventricles {mine[0] / base[0]:.2f}x, cortex {mine[1] / base[1]:.2f}x")
+    if "atlas-affine" in dices:
+        base = np.array(dices["atlas-affine"]).mean(axis=0)
+        mine = np.array(dices["atlas"]).mean(axis=0)
+        print(f"ratio atlas / atlas-affine: ventricles {mine[0] / base[0]:.2f}x, cortex {mine[1] / base[1]:.2f}x")
 
     print("\n## Change rate error (estimate - truth, percentage points), 2 mm")
     print(f"ventricle, independent : {summary(err_ind)}")

@@ -66,6 +66,7 @@ class AtlasSegmenter:
 
     Options (``--option KEY=VALUE``): ``refine`` (true), ``deformable`` (true; false = affine
     only, DALL-E Brain's scheme), ``refine_rounds`` (1; more lets boundaries travel further),
+    ``prior_mm`` (2.0: blur of the propagated labels used as refinement priors),
     ``threads`` (1), ``seed`` (0), ``work_mm`` (2.0, the finest grid registration runs on),
     ``demons_iterations`` ("60,30": at twice ``work_mm``, then at ``work_mm``), ``demons_sigma``
     (1.5 mm, smoothing of the displacement field), ``atlas`` ("T1.nii.gz:LABELS.nii.gz", a
@@ -74,12 +75,14 @@ class AtlasSegmenter:
 
     name = "atlas"
 
-    def __init__(self, refine: Any = True, deformable: Any = True, refine_rounds: int = 1, threads: int = 1,
+    def __init__(self, refine: Any = True, deformable: Any = True, refine_rounds: int = 1, prior_mm: float = 2.0,
+                 threads: int = 1,
                  seed: int = 0, work_mm: float = 2.0, demons_iterations: Any = (60, 30), demons_sigma: float = 1.5,
                  atlas: str | None = None) -> None:
         self.refine = _bool(refine)
         self.deformable = _bool(deformable)
         self.refine_rounds = int(refine_rounds)
+        self.refine_options = RefineOptions(prior_sigma_mm=float(prior_mm))
         self.threads = int(threads)
         self.seed = int(seed)
         self.work_mm = float(work_mm)
@@ -121,7 +124,7 @@ class AtlasSegmenter:
             progress(3, 4, "labels")
             out = itk.to_array(itk.resample(itk.volume_to_sitk(labels, np.int32), subject, transform, labels=True))
         if self.refine:
-            out = refine(image.data, out, image.voxel_size, rounds=self.refine_rounds)
+            out = refine(image.data, out, image.voxel_size, self.refine_options, rounds=self.refine_rounds)
         progress(4, 4, "done")
         return image.with_data(out.astype(np.int32))
 
@@ -162,7 +165,7 @@ class AtlasSegmenter:
         if _same_scan(image, prior_image):
             out = np.asarray(prior_labels.data, dtype=np.int32)
             if self.refine:
-                out = refine(image.data, out, image.voxel_size, rounds=self.refine_rounds)
+                out = refine(image.data, out, image.voxel_size, self.refine_options, rounds=self.refine_rounds)
             progress(2, 2, "done")
             return image.with_data(out.astype(np.int32))
         with reg.itk_threads(self.threads):
@@ -177,7 +180,7 @@ class AtlasSegmenter:
             progress(1, 2, "labels")
             out = itk.to_array(itk.resample(itk.volume_to_sitk(prior_labels, np.int32), subject, rigid, labels=True))
         if self.refine:
-            out = refine(image.data, out, image.voxel_size, rounds=self.refine_rounds)
+            out = refine(image.data, out, image.voxel_size, self.refine_options, rounds=self.refine_rounds)
         progress(2, 2, "done")
         return image.with_data(out.astype(np.int32))
 
