@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         measure: str = typer.Option("registration", help="Measurement plugin that labels edited slices (see `brainsynth plugins`)."),
         steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps per edit (default 20) or sample (--task generate: 50)."),
         scheduler: str = typer.Option("ddim", help="ddim, dpm++ or euler-a."),
-        guidance_scale: float = typer.Option(7.5, help="Text guidance scale."),
+        guidance_scale: Optional[float] = typer.Option(None, help="Text guidance scale (default 7.5; --task generate: 1, no guidance)."),
         image_guidance_scale: float = typer.Option(1.5, help="Image guidance scale."),
         seed: int = typer.Option(0, help="Seed; row N is edited with seed + N."),
         limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N rows of the split."),
@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
             from brainsynth_plugins.ldm.evaluation import run_command
 
             run_command(model, output, steps=steps or 50, scheduler=scheduler, seed=seed, grid=grid, per_value=per_value,
+                        guidance_scale=1.0 if guidance_scale is None else guidance_scale,
                         segmenter=segmenter, measure=measure, data=data, device=device)
             return
         if task != "edit":
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
         if pairs is None:
             raise InputError(None, "missing PAIRS", "give the pairs folder written by `brainsynth make-pairs`")
         steps = steps or 20
+        guidance_scale = 7.5 if guidance_scale is None else guidance_scale
         if not model.is_dir():
             raise InputError(model, "model folder not found", "give the folder written by `brainsynth train`")
         if output.exists() and not output.is_dir():

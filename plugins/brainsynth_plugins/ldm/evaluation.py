@@ -214,7 +214,7 @@ Requested ventricle volume vs measured {c['quantity']} ({st['method']}):
 
 
 def run_command(model: Path, output: Path, *, steps: int, scheduler: str, seed: int, grid: int, per_value: int,
-                segmenter: str, measure: str, data: Path | None, device: str) -> dict[str, Any]:
+                segmenter: str, measure: str, data: Path | None, device: str, guidance_scale: float = 1.0) -> dict[str, Any]:
     """``brainsynth evaluate MODEL --task generate -o OUT``: run, then print the summary table."""
     from rich.console import Console
     from rich.table import Table
@@ -223,6 +223,7 @@ def run_command(model: Path, output: Path, *, steps: int, scheduler: str, seed: 
 
     with progress_bar("evaluate generation") as progress:
         s = evaluate_generation(model, output, grid=grid, per_value=per_value, steps=steps, scheduler=scheduler, seed=seed,
+                                guidance_scale=guidance_scale,
                                 segmenter=segmenter, measure=measure, data=data, device=device, progress=progress)
     c, d, m = s["conditioning"], s["diversity"], s["measurement_check"]
     table = Table(title=f"generation ({s['dim']}, {s['condition']}, {c['samples']} samples)")
