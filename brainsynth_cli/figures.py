@@ -105,7 +105,6 @@ def save_grid(
     scale: int = 1,
 ) -> Path:
     """Write a grid of tiles (grey uint8/float or RGB uint8 arrays) as one PNG with titles."""
-    import numpy as np
     from PIL import Image, ImageDraw
 
     rows = [[_rgb(t) for t in row] for row in tiles]

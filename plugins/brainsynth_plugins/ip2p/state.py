@@ -6,6 +6,7 @@ renamed when complete, so a run killed while saving leaves the previous checkpoi
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -135,3 +136,47 @@ class EMA:
     @staticmethod
     def restore(module: Any, backup: dict[str, Any]) -> None:
         module.load_state_dict(backup)
+
+
+# -- loss log and RNG state, shared by the trainers ----------------------------------------
+def append_log(path: Path, fields: tuple[str, ...], row: dict[str, Any]) -> None:
+    """Append one row to a CSV loss log (header on first write; floats to 6 significant digits)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in fields})
+
+
+def trim_log(path: Path, fields: tuple[str, ...], stage: str, step: int) -> None:
+    """Drop log rows a killed run wrote after the checkpoint (``stage``, ``step``) we resume from."""
+    if not path.exists():
+        return
+    order = STAGES.index(stage)
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if STAGES.index(r["stage"]) < order or (r["stage"] == stage and int(r["step"]) <= step)]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def rng_state(gen: Any) -> dict[str, Any]:
+    """torch's global RNG, the training generator's and (when present) CUDA's."""
+    import torch
+
+    rng = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
+def set_rng_state(gen: Any, rng: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(rng["torch"])
+    gen.set_state(rng["generator"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])

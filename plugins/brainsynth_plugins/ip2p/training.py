@@ -8,7 +8,6 @@ a checkpoint ends with the same weights as an uninterrupted one (same seed, CPU)
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 import os
@@ -288,44 +287,17 @@ class Trainer:
                            gradient_accumulation_steps=int(self.cfg["gradient_accumulation"]))
 
     def _log(self, row: dict[str, Any]) -> None:
-        path = self.out / "logs" / "loss.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with open(path, "a", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=LOSS_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in LOSS_FIELDS})
+        ckpts.append_log(self.out / "logs" / "loss.csv", LOSS_FIELDS, row)
 
     def _trim_log(self, stage: str, step: int) -> None:
         """Drop log rows a killed run wrote after the checkpoint we resume from."""
-        path = self.out / "logs" / "loss.csv"
-        if not path.exists():
-            return
-        order = ckpts.STAGES.index(stage)
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh)
-                    if ckpts.STAGES.index(r["stage"]) < order or (r["stage"] == stage and int(r["step"]) <= step)]
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=LOSS_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
+        ckpts.trim_log(self.out / "logs" / "loss.csv", LOSS_FIELDS, stage, step)
 
     def _rng(self, gen: Any) -> dict[str, Any]:
-        import torch
-
-        rng = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        return rng
+        return ckpts.rng_state(gen)
 
     def _set_rng(self, gen: Any, rng: dict[str, Any]) -> None:
-        import torch
-
-        torch.set_rng_state(rng["torch"])
-        gen.set_state(rng["generator"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
+        ckpts.set_rng_state(gen, rng)
 
     def _scheduler(self, opt: Any, total: int, world: int) -> Any:
         from diffusers.optimization import get_scheduler

@@ -10,7 +10,6 @@ uninterrupted one (same seed, CPU).
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 import os
@@ -210,27 +209,10 @@ class Trainer:
         return Accelerator(mixed_precision=self.cfg["mixed_precision"], cpu=self.device_name == "cpu")
 
     def _log(self, row: dict[str, Any]) -> None:
-        path = self.out / "logs" / "loss.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with open(path, "a", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=LOSS_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in LOSS_FIELDS})
+        ckpts.append_log(self.out / "logs" / "loss.csv", LOSS_FIELDS, row)
 
     def _trim_log(self, stage: str, step: int) -> None:
-        path = self.out / "logs" / "loss.csv"
-        if not path.exists():
-            return
-        order = ckpts.STAGES.index(stage)
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh)
-                    if ckpts.STAGES.index(r["stage"]) < order or (r["stage"] == stage and int(r["step"]) <= step)]
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=LOSS_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
+        ckpts.trim_log(self.out / "logs" / "loss.csv", LOSS_FIELDS, stage, step)
 
     def _lr_scheduler(self, opt: Any, total: int) -> Any:
         from diffusers.optimization import get_scheduler
@@ -243,23 +225,20 @@ class Trainer:
         return found[-1] if found else None
 
     def _checkpoint(self, stage: str, step: int, model: Any, opt: Any, sched: Any, gen: Any) -> None:
-        import torch
 
-        rng = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
+        rng = ckpts.rng_state(gen)
         ckpts.save_checkpoint(self.out, stage, step, modules={"model": model.state_dict()},
                               optimizers={"model": opt.optimizer if hasattr(opt, "optimizer") else opt},
                               scheduler=sched.scheduler if hasattr(sched, "scheduler") else sched, rng=rng, extra={},
                               keep=int(self.cfg["checkpoints_total_limit"]))
 
     def _restore(self, ck: ckpts.Checkpoint, model: Any, opt: Any, sched: Any, gen: Any) -> int:
-        import torch
 
         data = ckpts.load_checkpoint(ck)
         model.load_state_dict(data["modules"]["model"])
         opt.load_state_dict(data["optimizers"]["model"])
         sched.load_state_dict(data["state"]["scheduler"])
-        torch.set_rng_state(data["rng"]["torch"])
-        gen.set_state(data["rng"]["generator"])
+        ckpts.set_rng_state(gen, data["rng"])
         return int(data["state"]["step"])
 
     # -- run -----------------------------------------------------------------------------
