@@ -80,6 +80,16 @@ def from_png16(a: "np.ndarray") -> "np.ndarray":
     return (np.asarray(a, dtype=np.float32) / np.float32(PNG_MAX)).astype(np.float32)
 
 
+def read_slice(path: Any) -> "np.ndarray":
+    """A stored slice (8- or 16-bit PNG) as float32 in [0, 1]."""
+    import numpy as np
+
+    from brainsynth_cli.images import read_png
+
+    arr, bits = read_png(path)
+    return (arr.astype(np.float32) / np.float32(PNG_MAX if bits == 16 else 255)).astype(np.float32)
+
+
 def to_canonical(data: "np.ndarray", affine: "np.ndarray") -> tuple["np.ndarray", Any]:
     """View ``data`` in the closest RAS orientation; returns the array and the transform used."""
     import nibabel as nib

@@ -50,11 +50,9 @@ class EvalSettings:
 
 def load_slice(path: Path) -> np.ndarray:
     """A PNG slice as float32 in [0, 1]."""
-    from brainsynth_cli.images import read_png
-    from brainsynth_cli.slices import PNG_MAX
+    from brainsynth_cli.slices import read_slice
 
-    arr, bits = read_png(path)
-    return (arr.astype(np.float32) / (PNG_MAX if bits == 16 else 255.0)).astype(np.float32)
+    return read_slice(path)
 
 
 def load_label_slice(path: Path) -> np.ndarray:

@@ -34,11 +34,9 @@ def load_slice(path: Path, resolution: int) -> Any:
     """A PNG slice as float32 [0, 1] at ``resolution`` x ``resolution`` (padded and resized if needed)."""
     import numpy as np
 
-    from brainsynth_cli.images import read_png
-    from brainsynth_cli.slices import to_square
+    from brainsynth_cli.slices import read_slice, to_square
 
-    arr, bits = read_png(path)
-    x = arr.astype(np.float32) / np.float32(65535 if bits == 16 else 255)
+    x = read_slice(path)
     if x.shape != (resolution, resolution):
         x = np.clip(to_square(x, resolution), 0, 1)
     return x
