@@ -138,7 +138,7 @@ class EMA:
         module.load_state_dict(backup)
 
 
-# -- loss log and RNG state, shared by the trainers ----------------------------------------
+# -- run files, loss log and RNG state, shared by the trainers ----------------------------------------
 def append_log(path: Path, fields: tuple[str, ...], row: dict[str, Any]) -> None:
     """Append one row to a CSV loss log (header on first write; floats to 6 significant digits)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,3 +180,20 @@ def set_rng_state(gen: Any, rng: dict[str, Any]) -> None:
     gen.set_state(rng["generator"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
+
+
+RUN_FILE = "run.json"
+
+
+def is_empty_dir(d: Path) -> bool:
+    return not d.exists() or (d.is_dir() and not any(d.iterdir()))
+
+
+def load_run(out: Path) -> dict[str, Any]:
+    """The settings of the training run in ``out`` (for --resume); one-line error when there is none."""
+    from brainsynth_cli.errors import InputError
+
+    run_file = out / "checkpoints" / RUN_FILE
+    if not run_file.is_file():
+        raise InputError(out, "has no training run to resume (no checkpoints/run.json)", "train without --resume")
+    return json.loads(run_file.read_text(encoding="utf-8"))

@@ -21,7 +21,7 @@ from brainsynth_plugins.ip2p import state as ckpts
 from brainsynth_plugins.ip2p.data import PairsFolder, load_slice, prompts_of, read_pairs
 from brainsynth_plugins.ip2p.presets import COMMON, PRESETS
 
-RUN_FILE = "run.json"
+RUN_FILE = ckpts.RUN_FILE
 LOSS_FIELDS = ("stage", "step", "loss", "l1", "ssim", "kl", "gan", "lr")
 
 
@@ -91,8 +91,7 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
-def _is_empty(d: Path) -> bool:
-    return not d.exists() or (d.is_dir() and not any(d.iterdir()))
+_is_empty = ckpts.is_empty_dir
 
 
 def train(options: TrainOptions, progress: Progress | None = None) -> Path:
@@ -100,10 +99,7 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
     if options.resume:
-        run_file = out / "checkpoints" / RUN_FILE
-        if not run_file.is_file():
-            raise InputError(out, "has no training run to resume (no checkpoints/run.json)", "train without --resume")
-        cfg = json.loads(run_file.read_text(encoding="utf-8"))
+        cfg = ckpts.load_run(out)
         done_vae = (out / "vae" / "config.json").is_file()
         if not ckpts.list_checkpoints(out) and not (done_vae and cfg["stage"] == "all"):
             raise InputError(out, "has no checkpoint to resume from", "train without --resume (checkpoints are written every --checkpoint-every steps)")

@@ -26,7 +26,7 @@ from brainsynth_plugins.ldm.data import COVARIATES, TrainingSet, check_covariate
 from brainsynth_plugins.ldm.model import INFO, embed_text, load_text_encoder
 from brainsynth_plugins.ldm.presets import COMMON, PRESETS
 
-RUN_FILE = "run.json"
+RUN_FILE = ckpts.RUN_FILE
 LOSS_FIELDS = ("stage", "step", "loss", "l1", "kl", "lr")
 
 
@@ -103,8 +103,7 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     return cfg
 
 
-def _is_empty(d: Path) -> bool:
-    return not d.exists() or (d.is_dir() and not any(d.iterdir()))
+_is_empty = ckpts.is_empty_dir
 
 
 def train(options: TrainOptions, progress: Progress | None = None) -> Path:
@@ -112,10 +111,7 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
     if options.resume:
-        run_file = out / "checkpoints" / RUN_FILE
-        if not run_file.is_file():
-            raise InputError(out, "has no training run to resume (no checkpoints/run.json)", "train without --resume")
-        cfg = json.loads(run_file.read_text(encoding="utf-8"))
+        cfg = ckpts.load_run(out)
         if (out / INFO).is_file():
             raise InputError(out, "holds a finished model", "nothing to resume; train into a new folder")
     else:
