@@ -197,3 +197,14 @@ def load_run(out: Path) -> dict[str, Any]:
     if not run_file.is_file():
         raise InputError(out, "has no training run to resume (no checkpoints/run.json)", "train without --resume")
     return json.loads(run_file.read_text(encoding="utf-8"))
+
+
+def parse_setting(text: str) -> Any:
+    """The value of a ``--set KEY=VALUE`` override: JSON if it parses, a comma list, else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        return [parse_setting(t.strip()) for t in text.split(",") if t.strip()]
+    return text

@@ -28,14 +28,7 @@ LOSS_FIELDS = ("stage", "step", "loss", "l1", "ssim", "kl", "gan", "lr")
 # ---------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    if "," in text:
-        return [_parse_value(t.strip()) for t in text.split(",") if t.strip()]
-    return text
+_parse_value = ckpts.parse_setting
 
 
 def build_config(options: TrainOptions) -> dict[str, Any]:

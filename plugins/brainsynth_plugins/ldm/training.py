@@ -30,14 +30,7 @@ RUN_FILE = ckpts.RUN_FILE
 LOSS_FIELDS = ("stage", "step", "loss", "l1", "kl", "lr")
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    if "," in text:
-        return [_parse_value(t.strip()) for t in text.split(",") if t.strip()]
-    return text
+_parse_value = ckpts.parse_setting
 
 
 def build_config(options: TrainOptions) -> dict[str, Any]:
