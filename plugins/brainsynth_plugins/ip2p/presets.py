@@ -12,7 +12,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unet": {"block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 16,
                  "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
                  "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]},
-        "vae_steps": 200, "unet_steps": 400, "vae_lr": 1e-3, "unet_lr": 1e-3, "vae_batch_size": 8, "unet_batch_size": 16,
+        "vae_steps": 600, "unet_steps": 400, "vae_lr": 1e-3, "unet_lr": 1e-3, "vae_batch_size": 8, "unet_batch_size": 16,
         "warmup_steps": 20, "validation_steps": 10, "checkpoint_every": 100,
     },
     # From scratch, sized for one GPU at 256x256 (latents 4x32x32).
