@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +84,15 @@ def measured_rates(base: dict[str, float], measured: dict[str, float], label_are
     return {k: (measured[k] - base[k]) / label_areas[k] * 100.0 if label_areas[k] > 0 else math.nan for k in label_areas}
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
+def to_model_size(img: np.ndarray, size: int) -> np.ndarray:
+    """A square slice resized to the model's resolution."""
     from brainsynth_cli.slices import to_square
 
     return img if img.shape == (size, size) else to_square(img, size)
 
 
-def _back(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def from_model_size(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An edited slice resized back to the stored slice's shape."""
     from brainsynth_cli.slices import from_square
 
     return img if img.shape == shape else from_square(img, shape)
@@ -133,12 +135,6 @@ def score_row(row: PairRow, prior: np.ndarray, target: np.ndarray, edited: np.nd
             m["structures"][name] = {"achieved": achieved[name], "leak": abs(achieved[name])}
         out["methods"][method] = m
     return out
-
-
-@dataclass
-class Summary:
-    rows: int = 0
-    by_method: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _mean(values: list[float]) -> float:

@@ -1,8 +1,9 @@
 """Measurements: the size of each structure in an edited image, from a labelled reference.
 
-The reference is the prior of an edit: same head, known labels. Both measurements first map the
-image's intensities onto the reference's (quantile matching inside the head), since two scans
-differ in contrast and per-volume windowing.
+The reference is the prior of an edit: same head, known labels. Both measurements first put the
+image on the reference's intensity scale (:func:`prepare`: differential bias correction, then a
+piecewise-linear map through the CSF / grey / white-matter medians), since two scans differ in
+bias field, contrast and per-volume windowing.
 
 - ``registration`` (default): multi-resolution diffeomorphic demons registration (SimpleITK) of
   the reference onto the image; each label's one-hot mask is carried along with linear
@@ -21,30 +22,6 @@ from __future__ import annotations
 import numpy as np
 
 from brainsynth_cli.structures import Rules, default_rules
-
-
-def match_intensities(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Map ``image``'s intensities onto ``reference``'s by matching quantiles inside ``mask``.
-
-    Two scans of one head differ in contrast and windowing (each volume is normalised by its
-    own percentiles); registration by intensity differences and intensity classification both
-    need them on one scale first. Piecewise-linear through the 1st..99th percentiles.
-    """
-    img = np.asarray(image, dtype=np.float32)
-    ref = np.asarray(reference, dtype=np.float32)
-    region = np.ones(img.shape, bool) if mask is None else np.asarray(mask, bool)
-    if region.sum() < 16:
-        return img.copy()
-    q = np.linspace(1, 99, 25)
-    src = np.percentile(img[region], q)
-    dst = np.percentile(ref[region], q)
-    src, keep = np.unique(src, return_index=True)
-    dst = np.maximum.accumulate(dst[keep])
-    if src.size < 2:
-        return img.copy()
-    return np.interp(img, src, dst, left=None, right=None).astype(np.float32) + np.where(
-        img < src[0], (img - src[0]) * (dst[1] - dst[0]) / max(src[1] - src[0], 1e-6), 0
-    ).astype(np.float32) + np.where(img > src[-1], (img - src[-1]) * (dst[-1] - dst[-2]) / max(src[-1] - src[-2], 1e-6), 0).astype(np.float32)
 
 
 def correct_bias(image: np.ndarray, reference: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
@@ -231,7 +208,8 @@ class TissueMeasure:
         def typical(mask: np.ndarray, fallback: float) -> float:
             return float(np.median(ref[mask])) if mask.any() else fallback
 
-        m_wm = typical(ndimage.binary_erosion(wm, structure) if ndimage.binary_erosion(wm, structure).any() else wm, 1.0)
+        wm_core = ndimage.binary_erosion(wm, structure)
+        m_wm = typical(wm_core if wm_core.any() else wm, 1.0)
         m_gm = typical(ctx, 0.6 * m_wm)
         m_csf = min(typical(csf, 0.2 * m_wm), m_gm - 1e-3)
 

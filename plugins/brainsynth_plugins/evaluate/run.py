@@ -58,10 +58,10 @@ def run_evaluation(model_dir: Path, pairs_dir: Path, out_dir: Path, settings: en
             prior, target = engine.load_slice(row.prior), engine.load_slice(row.target)
             prior_labels, target_labels = engine.row_labels(row)
             requested = engine.requested_intervals(parser, row.prompt)
-            edited = model.edit([engine._resize(prior, model.resolution)], row.prompt, steps=settings.steps, scheduler=settings.scheduler,
+            edited = model.edit([engine.to_model_size(prior, model.resolution)], row.prompt, steps=settings.steps, scheduler=settings.scheduler,
                                 guidance_scale=settings.guidance_scale, image_guidance_scale=settings.image_guidance_scale,
                                 seed=settings.seed + row.number, batch_size=1)[0]
-            edited = np.clip(engine._back(np.asarray(edited, dtype=np.float32), prior.shape), 0, 1)
+            edited = np.clip(engine.from_model_size(np.asarray(edited, dtype=np.float32), prior.shape), 0, 1)
             write_png(out_dir / "edits" / f"row-{row.number:05d}.png", to_png16(edited))
             result = engine.score_row(row, prior, target, edited, prior_labels, target_labels, requested, measure, rules)
             result["requested_known"] = requested is not None
