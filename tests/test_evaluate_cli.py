@@ -37,9 +37,10 @@ def test_report_has_every_method_metric_and_picture(cli, trained):
     res = evaluate(cli, model, pairs, root / "report")
     assert res.exit_code == 0, res.stderr
     out = root / "report"
-    for name in ("report.md", "metrics.csv", "metrics.json", "montage.png", "rates.png", "rows.jsonl"):
+    for name in ("report.md", "metrics.csv", "metrics-pairs.csv", "metrics.json", "montage.png", "rates.png", "rows.jsonl"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary["pairs"]["methods"]) == {"model", "identity", "target"} and 1 <= summary["pairs"]["rows"] <= summary["rows"]
     assert summary["rows"] == len((out / "rows.jsonl").read_text().splitlines()) >= 1
     assert set(summary["methods"]) == {"model", "identity", "target"}
     ident, target = summary["methods"]["identity"]["all"], summary["methods"]["target"]["all"]

@@ -11,10 +11,10 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
-        model: Path = typer.Argument(..., help="Model folder written by `brainsynth train`."),
+        model: Path = typer.Argument(..., help="Model folder written by `brainsynth train` (with --baselines-only: the pairs folder)."),
         pairs: Optional[Path] = typer.Argument(None, help="Pairs folder written by `brainsynth make-pairs` (with label slices); not with --task generate."),
         output: Path = typer.Option(..., "-o", "--output", help="Report folder (created; re-running resumes)."),
-        split: str = typer.Option("test", help="Which split's rows to edit."),
+        split: str = typer.Option("test", help="Which split's rows to edit (train, validation, test, or all)."),
         measure: str = typer.Option("registration", help="Measurement plugin that labels edited slices (see `brainsynth plugins`)."),
         steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps per edit (default 20) or sample (--task generate: 50)."),
         scheduler: str = typer.Option("ddim", help="ddim, dpm++ or euler-a."),
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         per_value: int = typer.Option(4, "--per-value", min=1, help="--task generate: samples per requested volume."),
         segmenter: str = typer.Option("atlas", "--segmenter", help="--task generate, 3D: segmenter plugin that measures the samples."),
         data: Optional[Path] = typer.Option(None, "--data", help="--task generate: real images (default: the model's training data)."),
+        baselines_only: bool = typer.Option(False, "--baselines-only", help="No model: `evaluate --baselines-only PAIRS -o REPORT` scores the identity and real-target baselines, i.e. the measurement's own error."),
     ) -> None:
         """Edit every row of a split with its prompt and measure it like BrainEditor's Table 1:
         PSNR, SSIM, MS-SSIM against the real target; achieved change per structure (ACC, MAE), next to
@@ -48,11 +49,15 @@ def register(app: typer.Typer) -> None:
             return
         if task != "edit":
             raise InputError(None, f"--task must be edit or generate, got {task!r}")
-        if pairs is None:
+        if baselines_only:
+            if pairs is not None:
+                raise InputError(pairs, "--baselines-only takes one folder, the pairs", "write `brainsynth evaluate --baselines-only PAIRS -o REPORT`")
+            model, pairs = None, model
+        elif pairs is None:
             raise InputError(None, "missing PAIRS", "give the pairs folder written by `brainsynth make-pairs`")
         steps = steps or 20
         guidance_scale = 7.5 if guidance_scale is None else guidance_scale
-        if not model.is_dir():
+        if model is not None and not model.is_dir():
             raise InputError(model, "model folder not found", "give the folder written by `brainsynth train`")
         if output.exists() and not output.is_dir():
             raise InputError(output, "exists and is not a folder", "choose another --output")
@@ -69,16 +74,21 @@ def print_summary(summary: dict, output: Path) -> None:
 
     from brainsynth_plugins.evaluate.report import _fmt
 
-    table = Table(title=f"evaluation ({summary['rows']} rows, measure {summary['settings']['measure']})")
-    for col in ("method", "rows", "PSNR", "SSIM", "MS-SSIM", "ACC", "MAE pp", "leak pp"):
-        table.add_column(col)
-    for method, groups in summary["methods"].items():
-        for group, t in groups.items():
-            if group == "intervals":
-                continue
-            table.add_row(f"{method} ({group})", str(t["rows"]), _fmt(t["psnr"], 2), _fmt(t["ssim"]), _fmt(t["ms_ssim"]),
-                          _fmt(t["acc"], 2), _fmt(t["mae"], 2), _fmt(t["leak"], 2))
     console = Console(width=120)
-    console.print(table)
-    for name in ("report.md", "metrics.csv", "metrics.json", "montage.png", "rates.png"):
+    titles = [("methods", f"evaluation per slice ({summary['rows']} rows, measure {summary['settings']['measure']})", "rows")]
+    if summary.get("pairs"):
+        titles.append(("pairs", f"per pair: the pair's slices pooled ({summary['pairs']['rows']} pairs)", "pairs"))
+    for key, title, unit in titles:
+        source = summary[key] if key == "pairs" else summary
+        table = Table(title=title)
+        for col in ("method", unit, "PSNR", "SSIM", "MS-SSIM", "ACC", "MAE pp", "leak pp"):
+            table.add_column(col)
+        for method, groups in source["methods"].items():
+            for group, t in groups.items():
+                if group == "intervals":
+                    continue
+                table.add_row(f"{method} ({group})", str(t["rows"]), _fmt(t["psnr"], 2), _fmt(t["ssim"]), _fmt(t["ms_ssim"]),
+                              _fmt(t["acc"], 2), _fmt(t["mae"], 2), _fmt(t["leak"], 2))
+        console.print(table)
+    for name in ("report.md", "metrics.csv", "metrics-pairs.csv", "metrics.json", "montage.png", "rates.png"):
         console.print(f"  {output / name}")

@@ -42,9 +42,11 @@ class EvalSettings:
     image_guidance_scale: float = 1.5
     seed: int = 0
     limit: int | None = None
+    record: int = 2  # version of the per-row record in rows.jsonl: rows scored by an older version are redone
 
-    def key(self, model_dir: Path) -> str:
-        text = json.dumps({**asdict(self), "limit": None, "model": str(Path(model_dir).resolve())}, sort_keys=True)
+    def key(self, model_dir: Path | None) -> str:
+        model = str(Path(model_dir).resolve()) if model_dir is not None else None
+        text = json.dumps({**asdict(self), "limit": None, "model": model}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -109,17 +111,24 @@ def row_labels(row: PairRow) -> tuple[np.ndarray, np.ndarray]:
     return load_label_slice(a), load_label_slice(b)
 
 
-def score_row(row: PairRow, prior: np.ndarray, target: np.ndarray, edited: np.ndarray, prior_labels: np.ndarray,
+def score_row(row: PairRow, prior: np.ndarray, target: np.ndarray, edited: np.ndarray | None, prior_labels: np.ndarray,
               target_labels: np.ndarray, requested: dict[str, Any] | None, measure: Any, rules: Rules) -> dict[str, Any]:
-    """Image metrics and per-structure rates for the three methods of one row."""
+    """Image metrics and per-structure rates for the three methods of one row (two, the
+    baselines, when ``edited`` is None)."""
     prior_areas = areas(prior_labels, rules)
     truth = rates_between(prior_areas, areas(target_labels, rules))
     base = group_sizes(measure.measure(prior, prior_labels, prior), rules)
     described = sorted(requested) if requested else []
     others = [s.name for s in rules.described() if s.name not in described] if row.kind == "disentangled" else []
-    out: dict[str, Any] = {"row": row.number, "subject": row.subject, "kind": row.kind, "prompt": row.prompt,
-                           "structure": row.data.get("structure"), "truth": {k: truth[k] for k in described + others}, "methods": {}}
+    target_areas = areas(target_labels, rules)
+    named = described + others
+    out: dict[str, Any] = {"row": row.number, "subject": row.subject, "sessions": list(row.data.get("sessions") or []), "kind": row.kind,
+                           "prompt": row.prompt, "structure": row.data.get("structure"), "truth": {k: truth[k] for k in named},
+                           "areas": {"prior": {k: prior_areas[k] for k in named}, "target": {k: target_areas[k] for k in named}},
+                           "methods": {}}
     for method, image in (("model", edited), ("identity", prior), ("target", target)):
+        if image is None:
+            continue
         measured = group_sizes(measure.measure(prior, prior_labels, image), rules)
         achieved = measured_rates(base, measured, prior_areas)
         m: dict[str, Any] = {
@@ -130,22 +139,70 @@ def score_row(row: PairRow, prior: np.ndarray, target: np.ndarray, edited: np.nd
             iv = requested[name]
             r = achieved[name]
             m["structures"][name] = {"achieved": r, "interval": iv.name, "hit": bool(iv.contains(r)),
-                                     "abs_error": abs(r - truth[name]) if not math.isnan(truth[name]) else math.nan}
+                                     "abs_error": abs(r - truth[name]) if not math.isnan(truth[name]) else math.nan,
+                                     "change": measured[name] - base[name]}
         for name in others:
-            m["structures"][name] = {"achieved": achieved[name], "leak": abs(achieved[name])}
+            m["structures"][name] = {"achieved": achieved[name], "leak": abs(achieved[name]), "change": measured[name] - base[name]}
         out["methods"][method] = m
     return out
 
 
+def pair_results(results: list[dict[str, Any]], parser: Any) -> list[dict[str, Any]]:
+    """Per-row results pooled per pair (subject, sessions, kind, structure, prompt): the slab of slices.
+
+    A pair's prompt describes the change of whole structures; one slice holds a few pixels of a
+    ventricle's top or a thin cut through it, so its own change is noisy and can differ from the
+    pair's. Pooling sums the pixel counts over the pair's slices before taking rates:
+    achieved = sum(measured change) / sum(prior size), truth = (sum(target) - sum(prior)) / sum(prior).
+    ACC and MAE are then scored as for rows. Image metrics are the means over the pair's rows.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in results:
+        if "areas" not in r:
+            continue
+        key = (r["subject"], tuple(r.get("sessions") or ()), r["kind"], r.get("structure"), r["prompt"])
+        groups.setdefault(key, []).append(r)
+    out: list[dict[str, Any]] = []
+    for number, (key, rows) in enumerate(groups.items()):
+        requested = requested_intervals(parser, key[4]) or {}
+        names = list(rows[0]["truth"])
+        prior = {s: sum(r["areas"]["prior"][s] for r in rows) for s in names}
+        target = {s: sum(r["areas"]["target"][s] for r in rows) for s in names}
+        truth = rates_between(prior, target)
+        pooled: dict[str, Any] = {"row": number, "subject": key[0], "sessions": list(key[1]), "kind": key[2], "structure": key[3],
+                                  "prompt": key[4], "rows": len(rows), "truth": truth, "methods": {}}
+        for method in methods_of(rows):
+            m = {k: _mean([r["methods"][method][k] for r in rows]) for k in ("psnr", "ssim", "ms_ssim")}
+            m["structures"] = {}
+            for s in names:
+                change = sum(r["methods"][method]["structures"][s]["change"] for r in rows)
+                achieved = change / prior[s] * 100.0 if prior[s] > 0 else math.nan
+                if s in requested:
+                    iv = requested[s]
+                    m["structures"][s] = {"achieved": achieved, "interval": iv.name, "hit": bool(iv.contains(achieved)),
+                                          "abs_error": abs(achieved - truth[s]) if not math.isnan(truth[s]) else math.nan}
+                else:
+                    m["structures"][s] = {"achieved": achieved, "leak": abs(achieved)}
+            pooled["methods"][method] = m
+        out.append(pooled)
+    return out
+
+
+def methods_of(results: list[dict[str, Any]]) -> list[str]:
+    """The methods scored in these results, in report order."""
+    present = {m for r in results for m in r["methods"]}
+    return [m for m in METHODS if m in present]
+
+
 def _mean(values: list[float]) -> float:
-    vals = [v for v in values if v is not None and not math.isnan(v) and not math.isinf(v)]
+    vals = [v for v in values if v is not None and not math.isnan(v)]  # inf stays: PSNR of identical images
     return float(np.mean(vals)) if vals else math.nan
 
 
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Means per method, overall / per kind / per requested interval."""
     out: dict[str, Any] = {"rows": len(results), "methods": {}}
-    for method in METHODS:
+    for method in methods_of(results):
         groups: dict[str, list[dict[str, Any]]] = {"all": results}
         for r in results:
             groups.setdefault(f"kind={r['kind']}", []).append(r)
@@ -189,10 +246,10 @@ def requested_intervals(parser: Any, prompt: str) -> dict[str, Any] | None:
 
 
 def select_rows(pairs: PairsFolder, settings: EvalSettings) -> list[PairRow]:
-    rows = pairs.split(settings.split)
+    rows = list(pairs.rows) if settings.split == "all" else pairs.split(settings.split)
     if not rows:
         splits = sorted({r.split for r in pairs.rows})
-        raise InputError(pairs.root / "metadata.jsonl", f"has no rows in split {settings.split!r}", f"choose --split from {', '.join(splits)}")
+        raise InputError(pairs.root / "metadata.jsonl", f"has no rows in split {settings.split!r}", f"choose --split from {', '.join(splits)} or all")
     return rows[: settings.limit] if settings.limit else rows
 
 

@@ -41,8 +41,8 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def table_lines(summary: dict[str, Any]) -> list[str]:
-    lines = ["| method | rows | PSNR | SSIM | MS-SSIM | ACC | MAE (pp) | leak (pp) |", "|---|---|---|---|---|---|---|---|"]
+def table_lines(summary: dict[str, Any], unit: str = "rows") -> list[str]:
+    lines = [f"| method | {unit} | PSNR | SSIM | MS-SSIM | ACC | MAE (pp) | leak (pp) |", "|---|---|---|---|---|---|---|---|"]
     for method, table in summary["methods"].items():
         for group, t in table.items():
             if group == "intervals":
@@ -65,21 +65,42 @@ def markdown(summary: dict[str, Any]) -> str:
     fid = summary["fid"]
     parts = [
         "# brainsynth evaluation", "",
-        f"- model: `{s['model']}`", f"- pairs: `{s['pairs']}` (split `{s['split']}`, {summary['rows']} rows)",
+        f"- model: `{s['model']}`" if s["model"] is not None else "- model: none (`--baselines-only`)",
+        f"- pairs: `{s['pairs']}` (split `{s['split']}`, {summary['rows']} rows)",
         f"- measurement: `{s['measure']}`: {s['measure_help']}",
-        f"- editing: {s['steps']} steps, scheduler {s['scheduler']}, guidance {s['guidance_scale']}, image guidance "
-        f"{s['image_guidance_scale']}, seed {s['seed']}",
+        (f"- editing: {s['steps']} steps, scheduler {s['scheduler']}, guidance {s['guidance_scale']}, image guidance "
+         f"{s['image_guidance_scale']}, seed {s['seed']}") if s["model"] is not None else "- editing: none",
         f"- prompts read back with prompt builder `{s['prompt_builder']}`", "",
-        "Methods: `model` = the edit; `identity` = edited image equals the prior (a floor); `target` = the real target "
+        ("Baselines only (`--baselines-only`): no model; the rows show the measurement's own error on real targets. "
+         if s["model"] is None else "")
+        + "Methods: `model` = the edit; `identity` = edited image equals the prior (a floor); `target` = the real target "
         "measured as if it were an edit (the ceiling of the measurement itself). PSNR/SSIM (scikit-image definitions) and "
         "MS-SSIM compare with the real target on [0, 1] normalised slices (data range 1). ACC: the achieved change rate "
         "lies in the interval the prompt requests. MAE: |achieved - target rate| in percentage points, the target rate "
         "from the row's label slices. Leak: |achieved rate| of the structures a disentangled prompt does not mention.", "",
-        *table_lines(summary), "", "## Per requested interval", "", *interval_lines(summary), "",
+        "## Per slice (as BrainEditor's Table 1)", "",
+        *table_lines(summary), "", "### Per requested interval", "", *interval_lines(summary), "",
+        *pair_section(summary),
         f"FID: {_fmt(fid['value'], 2) if fid.get('value') is not None else 'not computed: ' + fid['reason']}", "",
-        "Pictures: `montage.png` (prior, edited, target, edited - prior, target - prior), `rates.png` (achieved vs target rate).", "",
+        "Pictures: `montage.png` (prior, edited, target, edited - prior, target - prior; without a model: prior, target, "
+        "target - prior), `rates.png` (achieved vs target rate; "
+        "small marks: slices, large marks: pairs).", "",
     ]
     return "\n".join(parts)
+
+
+def pair_section(summary: dict[str, Any]) -> list[str]:
+    pooled = summary.get("pairs")
+    if not pooled or not pooled.get("rows"):
+        return []
+    return [
+        "## Per pair (the pair's slices pooled)", "",
+        "A prompt describes the change of whole structures, but one slice holds only a cut through them (a few pixels of a "
+        "ventricle's top, say), so a slice's own change is noisy and can differ from the pair's. Here pixel counts are summed "
+        "over the evaluated slices of each pair (subject, sessions, kind, prompt) before rates are taken: ACC and MAE of the "
+        "slab, image metrics averaged over its slices. Per-pair rows are in `metrics-pairs.csv`.", "",
+        *table_lines(pooled, "pairs"), "", "### Per requested interval", "", *interval_lines(pooled), "",
+    ]
 
 
 def write_csv(path: Path, results: list[dict[str, Any]]) -> None:
@@ -97,19 +118,24 @@ def montage(path: Path, rows: list[PairRow], results: list[dict[str, Any]], out_
     by_number = {r.number: r for r in rows}
     chosen = [r for r in results if r["kind"] == "real"][: n // 2] + [r for r in results if r["kind"] == "disentangled"][: n - n // 2]
     chosen = chosen or results[:n]
+    edits = bool(results) and "model" in results[0]["methods"]
     tiles, titles = [], []
     for res in chosen:
         row = by_number[res["row"]]
         prior, target = engine.load_slice(row.prior), engine.load_slice(row.target)
-        edited = engine.load_slice(out_dir / "edits" / f"row-{row.number:05d}.png")
         lim = max(float(np.abs(target - prior).max()), 1e-3)
-        tiles.append([display(prior), display(edited), display(target),
-                      display(difference_map(prior, edited, lim)), display(difference_map(prior, target, lim))])
+        if edits:
+            edited = engine.load_slice(out_dir / "edits" / f"row-{row.number:05d}.png")
+            tiles.append([display(prior), display(edited), display(target),
+                          display(difference_map(prior, edited, lim)), display(difference_map(prior, target, lim))])
+        else:
+            tiles.append([display(prior), display(target), display(difference_map(prior, target, lim))])
         titles.append(res["prompt"][:18])
-    save_grid(path, tiles, row_titles=titles, col_titles=["prior", "edited", "target", "edited-prior", "target-prior"], scale=2)
+    columns = ["prior", "edited", "target", "edited-prior", "target-prior"] if edits else ["prior", "target", "target-prior"]
+    save_grid(path, tiles, row_titles=titles, col_titles=columns, scale=2)
 
 
-def rates_plot(path: Path, results: list[dict[str, Any]]) -> None:
+def rates_plot(path: Path, results: list[dict[str, Any]], pooled: list[dict[str, Any]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,18 +146,24 @@ def rates_plot(path: Path, results: list[dict[str, Any]]) -> None:
     colours = {}
     palette = ["tab:purple", "tab:orange", "tab:green", "tab:blue"]
     lo, hi = 0.0, 1.0
-    for method in ("model", "target"):
-        for r in results:
-            for s, v in r["methods"][method]["structures"].items():
-                if "hit" not in v or math.isnan(r["truth"].get(s, math.nan)):
+    drawn: set[str] = set()
+    for items, size in ((results, 14), (pooled or [], 70)):
+        for method in ("model", "target"):
+            for r in items:
+                if method not in r["methods"]:
                     continue
-                c = colours.setdefault(s, palette[len(colours) % len(palette)])
-                x, y = r["truth"][s], v["achieved"]
-                lo, hi = min(lo, x, y), max(hi, x, y)
-                ax.scatter([x], [y], marker=markers[method], color=c, alpha=0.75 if method == "model" else 0.5, s=22)
+                for s, v in r["methods"][method]["structures"].items():
+                    if "hit" not in v or not math.isfinite(r["truth"].get(s, math.nan)) or not math.isfinite(v["achieved"]):
+                        continue
+                    c = colours.setdefault(s, palette[len(colours) % len(palette)])
+                    x, y = r["truth"][s], v["achieved"]
+                    lo, hi = min(lo, x, y), max(hi, x, y)
+                    ax.scatter([x], [y], marker=markers[method], color=c, alpha=0.75 if method == "model" else 0.5, s=size)
+                    drawn.add(method)
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
     for s, c in colours.items():
-        ax.scatter([], [], color=c, marker="o", label=f"{s}: edit")
+        if "model" in drawn:
+            ax.scatter([], [], color=c, marker="o", label=f"{s}: edit")
         ax.scatter([], [], color=c, marker="x", label=f"{s}: real target (measured)")
     ax.set_xlabel("target change rate from labels (%)")
     ax.set_ylabel("achieved change rate, measured (%)")
@@ -184,9 +216,11 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def write_all(out_dir: Path, rows: list[PairRow], results: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+def write_all(out_dir: Path, rows: list[PairRow], results: list[dict[str, Any]], summary: dict[str, Any],
+              pooled: list[dict[str, Any]] | None = None) -> None:
     write_csv(out_dir / "metrics.csv", results)
+    write_csv(out_dir / "metrics-pairs.csv", pooled or [])
     atomic_write_text(out_dir / "metrics.json", json.dumps(_finite(summary), indent=2, default=str) + "\n")
     atomic_write_text(out_dir / "report.md", markdown(summary))
     montage(out_dir / "montage.png", rows, results, out_dir)
-    rates_plot(out_dir / "rates.png", results)
+    rates_plot(out_dir / "rates.png", results, pooled)

@@ -26,7 +26,7 @@ def model_generator(model_dir: Path) -> str:
         raise InputError(info, f"is not valid JSON ({exc.msg})", "re-run the training") from None
 
 
-def run_evaluation(model_dir: Path, pairs_dir: Path, out_dir: Path, settings: engine.EvalSettings, *, device: str = "auto",
+def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, settings: engine.EvalSettings, *, device: str = "auto",
                    fid_weights: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
     from brainsynth_cli.plugin_manager import registry
     from brainsynth_cli.slices import to_png16
@@ -41,8 +41,10 @@ def run_evaluation(model_dir: Path, pairs_dir: Path, out_dir: Path, settings: en
     measure = registry("measure").create(settings.measure)
     if fid_weights is not None and not Path(fid_weights).is_file():
         raise InputError(fid_weights, "FID feature extractor not found", "give a TorchScript file (torch.jit.save) or leave --fid-weights out")
-    generator = registry("generator").create(model_generator(Path(model_dir)))
-    model = generator.load(Path(model_dir), device)
+    model = None
+    if model_dir is not None:  # None: only the baselines (the measurement's own error on real targets)
+        generator = registry("generator").create(model_generator(Path(model_dir)))
+        model = generator.load(Path(model_dir), device)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "edits").mkdir(exist_ok=True)
@@ -58,11 +60,13 @@ def run_evaluation(model_dir: Path, pairs_dir: Path, out_dir: Path, settings: en
             prior, target = engine.load_slice(row.prior), engine.load_slice(row.target)
             prior_labels, target_labels = engine.row_labels(row)
             requested = engine.requested_intervals(parser, row.prompt)
-            edited = model.edit([engine.to_model_size(prior, model.resolution)], row.prompt, steps=settings.steps, scheduler=settings.scheduler,
-                                guidance_scale=settings.guidance_scale, image_guidance_scale=settings.image_guidance_scale,
-                                seed=settings.seed + row.number, batch_size=1)[0]
-            edited = np.clip(engine.from_model_size(np.asarray(edited, dtype=np.float32), prior.shape), 0, 1)
-            write_png(out_dir / "edits" / f"row-{row.number:05d}.png", to_png16(edited))
+            edited = None
+            if model is not None:
+                edited = model.edit([engine.to_model_size(prior, model.resolution)], row.prompt, steps=settings.steps,
+                                    scheduler=settings.scheduler, guidance_scale=settings.guidance_scale,
+                                    image_guidance_scale=settings.image_guidance_scale, seed=settings.seed + row.number, batch_size=1)[0]
+                edited = np.clip(engine.from_model_size(np.asarray(edited, dtype=np.float32), prior.shape), 0, 1)
+                write_png(out_dir / "edits" / f"row-{row.number:05d}.png", to_png16(edited))
             result = engine.score_row(row, prior, target, edited, prior_labels, target_labels, requested, measure, rules)
             result["requested_known"] = requested is not None
             fh.write(json.dumps({"key": key, "result": result}) + "\n")
@@ -71,9 +75,12 @@ def run_evaluation(model_dir: Path, pairs_dir: Path, out_dir: Path, settings: en
             if progress is not None:
                 progress(i + 1, len(rows), f"row {row.number}")
     summary = engine.summarise(results)
-    summary["settings"] = {**settings.__dict__, "model": str(model_dir), "pairs": str(pairs_dir), "device": device,
+    pairs_pooled = engine.pair_results(results, parser)
+    summary["pairs"] = engine.summarise(pairs_pooled)
+    summary["settings"] = {**settings.__dict__, "model": str(model_dir) if model_dir is not None else None, "pairs": str(pairs_dir), "device": device,
                            "measure_help": registry("measure").get(settings.measure).help,
                            "prompt_builder": str(pairs.info.get("prompt_builder", "quantized"))}
-    summary["fid"] = report.fid(out_dir, rows, fid_weights)
-    report.write_all(out_dir, rows, results, summary)
+    summary["fid"] = report.fid(out_dir, rows, fid_weights) if model is not None else {
+        "value": None, "reason": "--baselines-only: no edits to compare"}
+    report.write_all(out_dir, rows, results, summary, pairs_pooled)
     return summary
