@@ -64,11 +64,13 @@ def main() -> None:
     ap.add_argument("--no-1mm", action="store_true")
     ap.add_argument("--refine-rounds", type=int, default=1)
     ap.add_argument("--prior-mm", type=float, default=2.0)
+    ap.add_argument("--followup-intensity", default="power", choices=("power", "piecewise", "none"))
     ap.add_argument("--rates-only", action="store_true", help="only atlas: Dice and change rates")
     args = ap.parse_args()
     n = min(args.subjects, len(VENTRICLE))
 
-    peers = {"atlas": AtlasSegmenter(refine_rounds=args.refine_rounds, prior_mm=args.prior_mm)}
+    peers = {"atlas": AtlasSegmenter(refine_rounds=args.refine_rounds, prior_mm=args.prior_mm,
+                                     followup_intensity=args.followup_intensity)}
     if not args.rates_only:
         peers["atlas-affine"] = AtlasSegmenter(deformable=False, refine=False)
         peers["atlas-norefine"] = AtlasSegmenter(refine=False)

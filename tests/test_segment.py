@@ -146,9 +146,11 @@ def test_volumes_csv_rows():
 def test_change_rates_follow_the_truth(sim_cohort):
     """Longitudinal ventricle change rates (as `segment --bids` writes them) against the truth.
 
-    The issue's acceptance is 2 pp; measured here: +5.4 pp on a +14 % change and +0.6 pp on no
-    change (benchmarks/RESULTS.md, "segment", has the distribution over six subjects). This test
-    guards the measured level; independent segmentation errs by up to ~12 pp."""
+    The issue's acceptance is 2 pp; measured here: +1.2 pp on a +14 % change and -0.8 pp on no
+    change (before the follow-up scan was matched to the first one's bias field and contrast:
+    +5.4 and +0.6 pp; benchmarks/RESULTS.md, "segment", has the distribution over 6 and 18
+    subjects, where 2 pp is not met for every subject). Independent segmentation errs by up to
+    ~12 pp."""
     data, deriv = sim_cohort
     errors = []
     for sub in ("sub-001", "sub-002"):
@@ -159,7 +161,7 @@ def test_change_rates_follow_the_truth(sim_cohort):
         est = change_rate(vols["ses-01"], vols["ses-02"])
         truth = float(_realised(data, sub)["ses-02"]["ventricle_rate_realised"])
         errors.append(est - truth)
-    assert max(abs(e) for e in errors) <= 6.0, errors
+    assert max(abs(e) for e in errors) <= 2.0, errors
 
 
 # -- the pieces --------------------------------------------------------------------------------
@@ -192,6 +194,32 @@ def test_refine_moves_a_shifted_boundary_back():
     fixed = refine(image, wrong, (2.0, 2.0, 2.0))
     assert dice(fixed, truth, (4,)) > 0.99 > dice(wrong, truth, (4,)) + 0.05
     assert dice(fixed, truth, (3,)) > 0.97
+
+
+def test_followup_matching_undoes_a_bias_field_and_a_contrast_change():
+    """A later scan = the earlier one with another gamma, gain and smooth bias field: put back on
+    the earlier scan's scale (differential bias + power law through stable tissue levels)."""
+    from brainsynth_plugins.segment.atlas import match_to_earlier, stable_regions
+
+    shape = (48, 48, 48)
+    r = np.sqrt(((np.indices(shape) - 23.5) ** 2).sum(axis=0))
+    labels = np.where(r < 6, 4, np.where(r < 16, 2, np.where(r < 20, 3, 0))).astype(np.int32)
+    earlier = np.select([labels == 4, labels == 2, labels == 3], [300.0, 1000.0, 700.0], 0.0)
+    earlier = earlier + np.random.default_rng(0).normal(0, 10, shape) * (labels > 0)
+    z = np.indices(shape)[2] / 47.0
+    field = np.exp(0.1 * (z - 0.5) + 0.05 * (z - 0.5) ** 2)
+    later = 0.9 * 1000.0 * (np.clip(earlier, 1, None) / 1000.0) ** 1.2 * field
+    vox = (2.0, 2.0, 2.0)
+    csf, grey, white = stable_regions(labels, vox)
+    assert csf.sum() >= 20 and grey.sum() > 100 and white.sum() > 100
+    out = match_to_earlier(later, earlier, labels, vox, "power")
+    for region in (labels == 4, labels == 2, labels == 3):
+        ratio = np.median(out[region] / earlier[region])
+        assert abs(ratio - 1.0) < 0.02, ratio
+    before = np.median(later[labels == 4] / earlier[labels == 4])
+    assert abs(before - 1.0) > 0.15  # the test has something to undo
+    with pytest.raises(Exception, match="followup_intensity"):
+        match_to_earlier(later, earlier, labels, vox, "cubic")
 
 
 def test_ants_majority_vote_ties_go_to_the_first_atlas():

@@ -35,7 +35,7 @@ from brainsynth_cli.interfaces import Progress
 
 from brainsynth_plugins.segment import itk
 from brainsynth_plugins.segment import register as reg
-from brainsynth_plugins.segment.refine import RefineOptions, refine
+from brainsynth_plugins.segment.refine import RefineOptions, class_means, refine
 
 
 def _noop(done: float, total: float, message: str = "") -> None:
@@ -78,8 +78,11 @@ class AtlasSegmenter:
     def __init__(self, refine: Any = True, deformable: Any = True, refine_rounds: int = 1, prior_mm: float = 2.0,
                  threads: int = 1,
                  seed: int = 0, work_mm: float = 2.0, demons_iterations: Any = (60, 30), demons_sigma: float = 1.5,
-                 atlas: str | None = None) -> None:
+                 atlas: str | None = None, followup_intensity: str = "power") -> None:
         self.refine = _bool(refine)
+        self.followup_intensity = str(followup_intensity)
+        if self.followup_intensity not in ("power", "piecewise", "none"):
+            raise UserError("atlas segmenter: followup_intensity must be power, piecewise or none")
         self.deformable = _bool(deformable)
         self.refine_rounds = int(refine_rounds)
         self.refine_options = RefineOptions(prior_sigma_mm=float(prior_mm))
@@ -179,10 +182,90 @@ class AtlasSegmenter:
                                shrink=(4, 2, 1), seed=self.seed)
             progress(1, 2, "labels")
             out = itk.to_array(itk.resample(itk.volume_to_sitk(prior_labels, np.int32), subject, rigid, labels=True))
+            earlier = itk.to_array(itk.resample(itk.volume_to_sitk(prior_image), subject, rigid))
         if self.refine:
-            out = refine(image.data, out, image.voxel_size, self.refine_options, rounds=self.refine_rounds)
+            data = match_to_earlier(image.data, earlier, out, image.voxel_size, self.followup_intensity)
+            # The earlier scan's CSF and grey matter means (what its own refinement decides with):
+            # on the matched scale the same partial volume of ventricle then gets the same label in
+            # both scans, whereas means fitted per scan drift with the ventricles' size (more pure
+            # CSF voxels pull the CSF mean down and the CSF threshold with it). The white matter
+            # mean stays free: fixing it too made cortex rates worse (benchmarks/RESULTS.md).
+            means = None
+            if self.followup_intensity != "none":
+                means = class_means(prior_image.data, prior_labels.data, prior_image.voxel_size, self.refine_options)
+                if means is not None:
+                    means = np.array([means[0], means[1], np.nan])
+            out = refine(data, out, image.voxel_size, self.refine_options, rounds=self.refine_rounds, means=means)
         progress(2, 2, "done")
         return image.with_data(out.astype(np.int32))
+
+
+#: aseg ids of the ventricles (lateral and inferior lateral), whose walls move between sessions.
+VENTRICLE_IDS = (4, 5, 43, 44)
+
+
+def stable_regions(labels: np.ndarray, voxel_size: tuple[float, ...], margin_mm: float = 4.0) -> tuple[np.ndarray, ...]:
+    """Boolean (CSF, grey matter, white matter) regions of ``labels`` whose intensity should not
+    change between two scans of one head: the lateral ventricles' core (voxels at least 3 mm
+    inside the wall: free of partial volume in either scan while the wall moves outward), and grey
+    and white matter eroded by one voxel and at least ``margin_mm`` from the ventricles (whose
+    walls move and blur the tissue next to them)."""
+    from scipy import ndimage as ndi
+
+    from brainsynth_plugins.segment.refine import tissue_classes
+
+    labels = np.asarray(labels)
+    ventricles = np.isin(labels, (4, 43))
+    core = ndi.distance_transform_edt(ventricles, sampling=voxel_size) >= 3.0
+    if core.sum() < 20:
+        core = ndi.binary_erosion(ventricles)
+    far = ndi.distance_transform_edt(~np.isin(labels, VENTRICLE_IDS), sampling=voxel_size) >= margin_mm
+    cls = tissue_classes(labels)
+    return core, ndi.binary_erosion(cls == 1) & far, ndi.binary_erosion(cls == 2) & far
+
+
+def match_to_earlier(image: np.ndarray, earlier: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
+                     intensity: str = "power") -> np.ndarray:
+    """``image`` (a later scan) put on the intensity scale of ``earlier`` (the first scan on the
+    same grid, same brain), with ``labels`` the first scan's labels carried onto this grid.
+
+    1. Differential bias: divided by the smooth field of log(image / earlier) fitted in white
+       matter eroded by one voxel and at least 4 mm from the ventricles
+       (:func:`brainsynth_plugins.bias_field.correct`, a degree-3 polynomial that interpolates
+       across the periventricular region instead of averaging into it).
+    2. Contrast (``intensity``): "power" maps ``x -> a x^p`` fitted (least squares in log-log)
+       through the 20 %-trimmed means of the ventricle core, grey and white matter in both scans
+       (:func:`stable_regions`; trimmed means: the ventricle core holds only ~50-150 voxels at
+       2 mm, and noise in its level moves the ventricle threshold); "piecewise" maps
+       piecewise-linearly through (0, 0) and those levels; "none" keeps the bias-corrected scan. Scans differ in contrast (T1 weighting,
+       gamma), and a ventricle boundary voxel is decided by where its intensity falls between
+       CSF and white matter: equal partial volume must read as equal intensity in both scans.
+
+    With too few stable voxels a step is skipped (the scan is returned less corrected)."""
+    from brainsynth_plugins import bias_field
+
+    if intensity not in ("power", "piecewise", "none"):
+        raise UserError(f"atlas segmenter: followup_intensity must be power, piecewise or none, got {intensity!r}")
+    csf, grey, white = stable_regions(labels, voxel_size)
+    earlier = np.asarray(earlier, dtype=np.float32)
+    out = bias_field.correct(np.asarray(image, dtype=np.float32), earlier, white)
+    if intensity == "none" or min(int(csf.sum()), int(grey.sum()), int(white.sum())) < 20:
+        return out
+    from scipy.stats import trim_mean
+
+    x = np.array([trim_mean(out[m], 0.2) for m in (csf, grey, white)], dtype=np.float64)
+    y = np.array([trim_mean(earlier[m], 0.2) for m in (csf, grey, white)], dtype=np.float64)
+    if np.any(x <= 0) or np.any(y <= 0) or np.any(np.diff(x) <= 0) or np.any(np.diff(y) <= 0):
+        return out  # no CSF < grey < white order to match
+    v = np.maximum(out.astype(np.float64), 0.0)
+    if intensity == "power":
+        p, log_a = np.polyfit(np.log(x), np.log(y), 1)
+        return (np.exp(log_a) * v ** p).astype(np.float32)
+    xs, ys = np.concatenate([[0.0], x]), np.concatenate([[0.0], y])
+    mapped = np.interp(v, xs, ys)
+    above = v > xs[-1]
+    mapped[above] = ys[-1] + (v[above] - xs[-1]) * (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    return mapped.astype(np.float32)
 
 
 def _same_scan(a: Volume, b: Volume) -> bool:

@@ -53,10 +53,29 @@ def _gauss(x: np.ndarray, mu: float, var: float) -> np.ndarray:
 
 
 def fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
-        options: RefineOptions | None = None) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray] | None:
+        options: RefineOptions | None = None,
+        means: np.ndarray | None = None) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray] | None:
     """Fit the mixture: ``(idx, cls, post)`` with ``idx`` the voxel indices of the three-class
     region, ``cls`` the propagated class of every voxel and ``post`` (3, len(idx[0])) the class
-    posteriors; ``None`` when the labels hold (almost) no tissue."""
+    posteriors; ``None`` when the labels hold (almost) no tissue.
+
+    ``means`` (CSF, GM, WM in image units, as :func:`class_means` returns them) fixes the class
+    means instead of estimating them (NaN: that class's mean is estimated; variances and bias
+    field are always fitted)."""
+    fitted = _fit(image, labels, voxel_size, options, means)
+    return None if fitted is None else fitted[:3]
+
+
+def class_means(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
+                options: RefineOptions | None = None) -> np.ndarray | None:
+    """The fitted CSF, GM and WM means (bias-corrected, image units) that the refinement of
+    ``labels`` on ``image`` decides with; ``None`` when the labels hold (almost) no tissue."""
+    fitted = _fit(image, labels, voxel_size, options, None)
+    return None if fitted is None else fitted[3]
+
+
+def _fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...], options: RefineOptions | None,
+         means: np.ndarray | None) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray] | None:
     opt = options or RefineOptions()
     labels = np.asarray(labels, dtype=np.int32)
     cls = tissue_classes(labels)
@@ -81,6 +100,9 @@ def fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
     own = cls[idx]
     # Start: class statistics of the propagated labels.
     mu = np.array([np.median(y[own == c]) if np.any(own == c) else 0.0 for c in range(3)])
+    fixed = np.zeros(3, dtype=bool) if means is None else np.isfinite(np.asarray(means, dtype=np.float64))
+    if fixed.any():
+        mu[fixed] = np.asarray(means, dtype=np.float64)[fixed] / scale
     var = np.array([max(np.var(y[own == c]), 1e-4) if np.any(own == c) else 1e-2 for c in range(3)])
     post = priors
     for round_ in range(max(1, opt.bias_rounds)):
@@ -90,7 +112,7 @@ def fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
             post = priors * like
             post /= np.maximum(post.sum(axis=0, keepdims=True), 1e-300)
             w = post.sum(axis=1)
-            mu = (post * yc).sum(axis=1) / np.maximum(w, 1e-12)
+            mu = np.where(fixed, mu, (post * yc).sum(axis=1) / np.maximum(w, 1e-12))
             var = np.maximum((post * (yc - mu[:, None]) ** 2).sum(axis=1) / np.maximum(w, 1e-12), 1e-5)
         if round_ == opt.bias_rounds - 1:
             break
@@ -114,18 +136,21 @@ def fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
         hard = np.zeros_like(post)
         hard[np.argmin(dist, axis=0), np.arange(yc.size)] = 1.0
         post = hard
-    return idx, cls, post
+    return idx, cls, post, mu * scale
 
 
 def refine(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
-           options: RefineOptions | None = None, *, rounds: int = 1, tolerance: float = 1e-3) -> np.ndarray:
+           options: RefineOptions | None = None, *, rounds: int = 1, tolerance: float = 1e-3,
+           means: np.ndarray | None = None) -> np.ndarray:
     """Propagated ``labels`` adjusted to the intensities of ``image`` (same grid).
 
     With ``rounds`` > 1 the refinement is repeated until fewer than ``tolerance`` of the labelled
-    voxels change (boundaries may then travel further than the 2 mm prior blur)."""
+    voxels change (boundaries may then travel further than the 2 mm prior blur). ``means`` fixes
+    the class means (see :func:`fit`): a later scan put on an earlier scan's intensity scale is
+    then decided with the earlier scan's thresholds."""
     out = np.asarray(labels, dtype=np.int32)
     for _ in range(max(1, rounds)):
-        new = refine_once(image, out, voxel_size, options)
+        new = refine_once(image, out, voxel_size, options, means=means)
         changed = int(np.count_nonzero(new != out))
         out = new
         if changed <= tolerance * max(1, int(np.count_nonzero(out))):
@@ -134,10 +159,10 @@ def refine(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
 
 
 def refine_once(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
-                options: RefineOptions | None = None) -> np.ndarray:
+                options: RefineOptions | None = None, means: np.ndarray | None = None) -> np.ndarray:
     """One refinement pass (see :func:`refine`)."""
     labels = np.asarray(labels, dtype=np.int32)
-    fitted = fit(image, labels, voxel_size, options)
+    fitted = fit(image, labels, voxel_size, options, means)
     if fitted is None:
         return labels.copy()
     idx, cls, post = fitted
