@@ -59,7 +59,8 @@ def _fit(log_ratio: np.ndarray, mask: np.ndarray, exps: list[tuple[int, ...]]) -
 
 def fit_log_ratio(image: np.ndarray, reference: np.ndarray, region: np.ndarray, degree: int = 3, smoothing: float = 0.0,
                   passes: int = 2) -> np.ndarray | None:
-    """Multiplicative field ``F`` (same shape) with ``image / F ~ reference`` inside ``region``;
+    """Multiplicative field ``F`` (same shape) with ``image / F ~ reference`` inside ``region`` (it
+    carries the overall gain too: no normalisation);
     None when the region is too small to fit.
 
     After each fit, voxels whose ratio departs from the field by more than 3 robust standard
