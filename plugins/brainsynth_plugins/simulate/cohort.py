@@ -464,12 +464,13 @@ def group_volumes_of(labels: "np.ndarray", voxel_volume: float) -> dict[str, flo
     return {g: vols[g] for g in GROUPS if g in vols}
 
 
-def _intensity(t1: "np.ndarray", labels: "np.ndarray", rng_subject: "np.random.Generator", rng_session: "np.random.Generator",
+def _intensity(t1: "np.ndarray", labels: "np.ndarray", subject_gamma: float, rng_session: "np.random.Generator",
                vox: float, noise: float) -> "np.ndarray":
-    """Template intensities (0..1) to a T1w scan: gamma contrast, bias field, Rician noise."""
+    """Template intensities (0..1) to a T1w scan: gamma contrast (the subject's, varied by +-3 % per
+    session), gain, bias field, Rician noise."""
     import numpy as np
 
-    gamma = float(rng_subject.uniform(0.8, 1.25)) * float(rng_session.uniform(0.97, 1.03))
+    gamma = subject_gamma * float(rng_session.uniform(0.97, 1.03))
     gain = float(rng_session.uniform(0.9, 1.1))
     img = np.power(np.clip(t1, 0.0, None), gamma) * (1000.0 / 0.84 ** gamma) * gain
     bias = np.exp(_smooth_field(rng_session, t1.shape, 60.0 / vox, 0.08, 1)[0])
@@ -518,7 +519,7 @@ def _simulate(plan: SubjectPlan, opts: Options) -> SimulatedSubject:
     fields = _fields(baseline, vox)
     calib = _Calibrator(ref_lab.data, anatomy, fields, baseline)
     only = {n: _Calibrator(ref_lab.data, anatomy, fields, baseline, which=n) for n in ("ventricle", "cortex")}
-    rng_subject = _rng(opts.seed, plan.index, 2)
+    subject_gamma = float(_rng(opts.seed, plan.index, 2).uniform(0.8, 1.25))  # drawn once: one scanner and protocol per subject
     limit = max(8.0 / vox, 3.0)  # magnitudes in voxels (8 mm, or 3 voxels on coarse grids)
     tol = TOLERANCE_PP / 2
     out: list[SimulatedSession] = []
@@ -542,7 +543,7 @@ def _simulate(plan: SubjectPlan, opts: Options) -> SimulatedSubject:
         labels = sample_labels(ref_lab.data, pos).astype(np.int32)
         t1 = ndi.map_coordinates(ref_t1.data, pos, order=1, mode="constant", cval=0.0, output=np.float32)
         rng_session = _rng(opts.seed, plan.index, 10 + k)
-        image = _intensity(t1, labels, rng_subject, rng_session, vox, opts.noise)
+        image = _intensity(t1, labels, subject_gamma, rng_session, vox, opts.noise)
         vols = group_volumes_of(labels, vox ** 3)
         out.append(SimulatedSession(
             session=session, age=age,
