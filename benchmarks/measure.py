@@ -35,8 +35,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    from brainsynth_cli.main import run
     from brainsynth_plugins.simulate.cohort import simulate_cohort
+
+    from brainsynth_cli.main import run
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="brainsynth-measure-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -47,7 +48,7 @@ def main() -> None:
     code = run(["make-pairs", str(root / "cohort"), "-o", str(pairs), "--labels", str(root / "cohort/derivatives/brainsynth-truth"),
                 "--slices", str(args.slices), "--size", str(args.size), "--pairing", "all", "--seed", str(args.seed)])
     assert code == 0, "make-pairs failed"
-    print(f"\n| measure | level | kind | n | target ACC | target MAE (pp) | identity MAE (pp) | s/row |")
+    print("\n| measure | level | kind | n | target ACC | target MAE (pp) | identity MAE (pp) | s/row |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.measures.split(","):
         out = root / f"report-{name}"

@@ -46,8 +46,9 @@ def test_pair_results_pool_pixel_counts_before_taking_rates():
 @pytest.fixture(scope="module")
 def truth_pairs(tmp_path_factory):
     """A 2 mm cohort (3 subjects x 2 sessions) and 2D pairs made from its truth labels."""
-    from brainsynth_cli.main import run
     from brainsynth_plugins.simulate.cohort import simulate_cohort
+
+    from brainsynth_cli.main import run
 
     root = tmp_path_factory.mktemp("baselines")
     simulate_cohort(root / "cohort", subjects=3, sessions=2, resolution=2.0, seed=3)

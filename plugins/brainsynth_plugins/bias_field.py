@@ -57,7 +57,7 @@ def _fit(log_ratio: np.ndarray, mask: np.ndarray, exps: list[tuple[int, ...]]) -
     return coef
 
 
-def fit_log_ratio(image: np.ndarray, reference: np.ndarray, region: np.ndarray, degree: int = 3, smoothing: float = 0.0,
+def fit_log_ratio(image: np.ndarray, reference: np.ndarray, region: np.ndarray, degree: int = 3,
                   passes: int = 2) -> np.ndarray | None:
     """Multiplicative field ``F`` (same shape) with ``image / F ~ reference`` inside ``region`` (it
     carries the overall gain too: no normalisation);
@@ -66,17 +66,13 @@ def fit_log_ratio(image: np.ndarray, reference: np.ndarray, region: np.ndarray, 
     After each fit, voxels whose ratio departs from the field by more than 3 robust standard
     deviations (3 x 1.4826 x MAD), and their direct neighbours (partial volume of the same
     change), are taken out and the field is refitted, ``passes`` times: voxels an edit or
-    atrophy did change inside the region do not bend the field. ``smoothing`` (voxels,
-    Gaussian) lowers the noise of the ratio before the fit; by default none, which keeps
-    changed voxels sharp outliers.
+    atrophy did change inside the region do not bend the field. The ratio is not smoothed
+    first, so changed voxels stay sharp outliers.
     """
     from scipy import ndimage
 
     img = np.asarray(image, dtype=np.float32)
     ref = np.asarray(reference, dtype=np.float32)
-    if smoothing > 0:
-        img = ndimage.gaussian_filter(img, smoothing)
-        ref = ndimage.gaussian_filter(ref, smoothing)
     region = np.asarray(region, dtype=bool)
     scale = max(float(np.median(ref[region])) if region.any() else 1.0, 1e-6)
     mask = region & (img > 0.05 * scale) & (ref > 0.05 * scale)
@@ -98,9 +94,9 @@ def fit_log_ratio(image: np.ndarray, reference: np.ndarray, region: np.ndarray, 
     return np.exp(_evaluate(img.shape, exps, coef, degree)).astype(np.float32)
 
 
-def correct(image: np.ndarray, reference: np.ndarray, region: np.ndarray, degree: int = 3, smoothing: float = 0.0) -> np.ndarray:
+def correct(image: np.ndarray, reference: np.ndarray, region: np.ndarray, degree: int = 3) -> np.ndarray:
     """``image`` divided by its differential bias field relative to ``reference`` (unchanged when
     the region is too small to fit a field)."""
-    field = fit_log_ratio(image, reference, region, degree, smoothing)
+    field = fit_log_ratio(image, reference, region, degree)
     img = np.asarray(image, dtype=np.float32)
     return img if field is None else (img / np.clip(field, 0.25, 4.0)).astype(np.float32)

@@ -75,11 +75,10 @@ def print_summary(summary: dict, output: Path) -> None:
     from brainsynth_plugins.evaluate.report import _fmt
 
     console = Console(width=120)
-    titles = [("methods", f"evaluation per slice ({summary['rows']} rows, measure {summary['settings']['measure']})", "rows")]
+    tables = [(summary, f"evaluation per slice ({summary['rows']} rows, measure {summary['settings']['measure']})", "rows")]
     if summary.get("pairs"):
-        titles.append(("pairs", f"per pair: the pair's slices pooled ({summary['pairs']['rows']} pairs)", "pairs"))
-    for key, title, unit in titles:
-        source = summary[key] if key == "pairs" else summary
+        tables.append((summary["pairs"], f"per pair: the pair's slices pooled ({summary['pairs']['rows']} pairs)", "pairs"))
+    for source, title, unit in tables:
         table = Table(title=title)
         for col in ("method", unit, "PSNR", "SSIM", "MS-SSIM", "ACC", "MAE pp", "leak pp"):
             table.add_column(col)

@@ -116,11 +116,11 @@ def score_row(row: PairRow, prior: np.ndarray, target: np.ndarray, edited: np.nd
     """Image metrics and per-structure rates for the three methods of one row (two, the
     baselines, when ``edited`` is None)."""
     prior_areas = areas(prior_labels, rules)
-    truth = rates_between(prior_areas, areas(target_labels, rules))
+    target_areas = areas(target_labels, rules)
+    truth = rates_between(prior_areas, target_areas)
     base = group_sizes(measure.measure(prior, prior_labels, prior), rules)
     described = sorted(requested) if requested else []
     others = [s.name for s in rules.described() if s.name not in described] if row.kind == "disentangled" else []
-    target_areas = areas(target_labels, rules)
     named = described + others
     out: dict[str, Any] = {"row": row.number, "subject": row.subject, "sessions": list(row.data.get("sessions") or []), "kind": row.kind,
                            "prompt": row.prompt, "structure": row.data.get("structure"), "truth": {k: truth[k] for k in named},
@@ -135,16 +135,20 @@ def score_row(row: PairRow, prior: np.ndarray, target: np.ndarray, edited: np.nd
             "psnr": metrics.psnr(target, image, 1.0), "ssim": metrics.ssim(target, image, 1.0),
             "ms_ssim": metrics.ms_ssim(target, image, 1.0), "structures": {},
         }
-        for name in described:
-            iv = requested[name]
-            r = achieved[name]
-            m["structures"][name] = {"achieved": r, "interval": iv.name, "hit": bool(iv.contains(r)),
-                                     "abs_error": abs(r - truth[name]) if not math.isnan(truth[name]) else math.nan,
+        for name in named:
+            m["structures"][name] = {**scored(achieved[name], truth[name], requested.get(name) if requested else None),
                                      "change": measured[name] - base[name]}
-        for name in others:
-            m["structures"][name] = {"achieved": achieved[name], "leak": abs(achieved[name]), "change": measured[name] - base[name]}
         out["methods"][method] = m
     return out
+
+
+def scored(achieved: float, truth: float, interval: Any | None) -> dict[str, Any]:
+    """One structure's score: against the requested ``interval`` (hit, |error| vs ``truth``), or,
+    for a structure the prompt does not mention (None), its leak."""
+    if interval is None:
+        return {"achieved": achieved, "leak": abs(achieved)}
+    return {"achieved": achieved, "interval": interval.name, "hit": bool(interval.contains(achieved)),
+            "abs_error": abs(achieved - truth) if not math.isnan(truth) else math.nan}
 
 
 def pair_results(results: list[dict[str, Any]], parser: Any) -> list[dict[str, Any]]:
@@ -177,12 +181,7 @@ def pair_results(results: list[dict[str, Any]], parser: Any) -> list[dict[str, A
             for s in names:
                 change = sum(r["methods"][method]["structures"][s]["change"] for r in rows)
                 achieved = change / prior[s] * 100.0 if prior[s] > 0 else math.nan
-                if s in requested:
-                    iv = requested[s]
-                    m["structures"][s] = {"achieved": achieved, "interval": iv.name, "hit": bool(iv.contains(achieved)),
-                                          "abs_error": abs(achieved - truth[s]) if not math.isnan(truth[s]) else math.nan}
-                else:
-                    m["structures"][s] = {"achieved": achieved, "leak": abs(achieved)}
+                m["structures"][s] = scored(achieved, truth[s], requested.get(s))
             pooled["methods"][method] = m
         out.append(pooled)
     return out

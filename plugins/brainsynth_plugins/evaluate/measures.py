@@ -49,9 +49,11 @@ def bias_region(labels: np.ndarray, rules: Rules, spacing: tuple[float, ...]) ->
     return wm & ~near
 
 
-def tissue_anchors(image: np.ndarray, labels: np.ndarray, rules: Rules, spacing: tuple[float, ...]) -> list[float] | None:
+def tissue_anchors(image: np.ndarray, labels: np.ndarray, rules: Rules, spacing: tuple[float, ...],
+                   stable: np.ndarray | None = None) -> list[float] | None:
     """Median intensity of CSF (ventricle cores), grey matter (cortex) and stable white matter in
-    ``image``, using the reference's labels; None when a class is missing or out of T1 order."""
+    ``image``, using the reference's labels; None when a class is missing or out of T1 order.
+    ``stable``: :func:`stable_region` of these labels, when the caller has it already."""
     from scipy import ndimage
 
     structure = ndimage.generate_binary_structure(labels.ndim, 1)
@@ -59,7 +61,8 @@ def tissue_anchors(image: np.ndarray, labels: np.ndarray, rules: Rules, spacing:
     core = ndimage.binary_erosion(vent, structure)
     if core.sum() < 4:  # a thin cut through the ventricles: all of it (partial volume included)
         core = vent
-    masks = [core, np.isin(labels, rules["cortex"].labels), stable_region(labels, rules, spacing)]
+    stable = stable_region(labels, rules, spacing) if stable is None else stable
+    masks = [core, np.isin(labels, rules["cortex"].labels), stable]
     if any(m.sum() < 4 for m in masks):
         return None
     values = [float(np.median(image[m])) for m in masks]
@@ -74,8 +77,8 @@ def prepare(image: np.ndarray, reference: np.ndarray, labels: np.ndarray, rules:
     mapped piecewise-linearly so that its CSF, grey- and white-matter medians (measured in
     regions an edit leaves mostly alone: ventricle cores, the cortex ribbon, white matter away
     from the ventricles) land on the reference's. Histogram matching is avoided: an edit changes
-    the histogram itself. With ``bias=True`` a smooth differential bias field, estimated on the
-    stable white matter, is divided out first.
+    the histogram itself. With ``bias=True`` a differential bias field (a polynomial fitted on
+    :func:`bias_region`, see :mod:`brainsynth_plugins.bias_field`) is divided out first.
     """
     spacing = tuple(spacing) if spacing is not None else (1.0,) * np.ndim(image)
     img = np.asarray(image, dtype=np.float32)
@@ -84,7 +87,7 @@ def prepare(image: np.ndarray, reference: np.ndarray, labels: np.ndarray, rules:
     region = stable_region(labels, rules, spacing)
     if bias:
         img = bias_field.correct(img, ref, bias_region(labels, rules, spacing))
-    src, dst = tissue_anchors(img, labels, rules, spacing), tissue_anchors(ref, labels, rules, spacing)
+    src, dst = tissue_anchors(img, labels, rules, spacing, region), tissue_anchors(ref, labels, rules, spacing, region)
     if src is not None and dst is not None:
         top_s, top_d = max(src[2] * 2.0, float(img.max()), 1.0), max(dst[2] * 2.0, 1.0)
         return np.interp(img, [0.0, *src, top_s], [0.0, *dst, top_d]).astype(np.float32)

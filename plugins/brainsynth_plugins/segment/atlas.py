@@ -80,6 +80,7 @@ class AtlasSegmenter:
                  seed: int = 0, work_mm: float = 2.0, demons_iterations: Any = (60, 30), demons_sigma: float = 1.5,
                  atlas: str | None = None, followup_intensity: str = "power") -> None:
         self.refine = _bool(refine)
+        self._means_cache: tuple[Any, Any, np.ndarray | None] | None = None  # see _earlier_means
         self.followup_intensity = str(followup_intensity)
         if self.followup_intensity not in ("power", "piecewise", "none"):
             raise UserError("atlas segmenter: followup_intensity must be power, piecewise or none")
@@ -190,14 +191,22 @@ class AtlasSegmenter:
             # both scans, whereas means fitted per scan drift with the ventricles' size (more pure
             # CSF voxels pull the CSF mean down and the CSF threshold with it). The white matter
             # mean stays free: fixing it too made cortex rates worse (benchmarks/RESULTS.md).
-            means = None
-            if self.followup_intensity != "none":
-                means = class_means(prior_image.data, prior_labels.data, prior_image.voxel_size, self.refine_options)
-                if means is not None:
-                    means = np.array([means[0], means[1], np.nan])
+            means = self._earlier_means(prior_image, prior_labels) if self.followup_intensity != "none" else None
             out = refine(data, out, image.voxel_size, self.refine_options, rounds=self.refine_rounds, means=means)
         progress(2, 2, "done")
         return image.with_data(out.astype(np.int32))
+
+    def _earlier_means(self, prior_image: Volume, prior_labels: Volume) -> np.ndarray | None:
+        """The earlier scan's CSF and GM means (WM left free, NaN), fitted once per earlier scan:
+        every later session of a subject is labelled from the same first session."""
+        cached = self._means_cache
+        if cached is not None and cached[0] is prior_image and cached[1] is prior_labels:
+            return cached[2]
+        means = class_means(prior_image.data, prior_labels.data, prior_image.voxel_size, self.refine_options)
+        if means is not None:
+            means = np.array([means[0], means[1], np.nan])
+        self._means_cache = (prior_image, prior_labels, means)
+        return means
 
 
 #: aseg ids of the ventricles (lateral and inferior lateral), whose walls move between sessions.

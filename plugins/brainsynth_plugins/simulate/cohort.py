@@ -40,7 +40,7 @@ from brainsynth_plugins.simulate import template as tpl
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-SIMULATOR_VERSION = "1"
+SIMULATOR_VERSION = "2"  # 2: a subject's sessions share its gamma contrast (1 drew one per session)
 RESOLUTIONS = (1.0, 2.0, 3.0, 4.0)
 PATTERNS = ("both", "ventricle", "cortex")
 GROUPS = ("ventricle", "cortex", "white-matter", "csf", "brain")
