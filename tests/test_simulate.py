@@ -317,3 +317,25 @@ def test_unwritable_output_is_refused(tmp_path, capsys):
     assert run(["simulate", "-o", str(full), "--subjects", "1", "--sessions", "2"]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert sorted(p.name for p in full.iterdir()) == ["notes.txt"]
+
+
+def test_partial_volumes_follow_a_continuous_change():
+    """The partial-volume truth counts what the image shows: a ball of ventricle scaled by s
+    grows by s^3 within 1 % at every s, smoothly, whereas the nearest-neighbour count (what a
+    label map holds) jumps by whole lattice shells."""
+    n, r = 40, 7.0
+    grid = np.indices((n, n, n), dtype=np.float32)
+    c = 19.3  # off the lattice's symmetry
+    ref = np.where(((grid - c) ** 2).sum(axis=0) <= r * r, 4, 0).astype(np.int32)
+    pv, nn = [], []
+    scales = np.linspace(1.0, 1.12, 13)
+    for s in scales:
+        pos = c + (grid - c) / s  # a bigger ball: each voxel samples nearer the centre
+        pv.append(cohort.partial_volumes(ref, pos, 1.0)["ventricle"])
+        nn.append(float(np.isin(cohort.sample_labels(ref, pos), (4,)).sum()))
+    pv, nn = np.array(pv), np.array(nn)
+    np.testing.assert_allclose(pv / pv[0], scales ** 3, rtol=1e-2)
+    assert np.all(np.diff(pv) > 0)
+    nn_err = np.abs(nn / nn[0] - scales ** 3).max()
+    pv_err = np.abs(pv / pv[0] - scales ** 3).max()
+    assert nn_err > 3 * pv_err, (nn_err, pv_err)
