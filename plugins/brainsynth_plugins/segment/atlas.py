@@ -14,9 +14,11 @@ labels, refine them by the subject's intensities.
 
 :meth:`AtlasSegmenter.segment_followup` segments a later scan of the same subject consistently
 with an earlier one: a rigid registration of the earlier scan to the later one carries the
-earlier labels over, and the same refinement moves the boundaries to where this scan's
-intensities put them. Change rates then come from boundaries that moved between the scans,
-not from two independent registrations to the template.
+earlier labels over, the later scan is put on the earlier one's intensity scale, and the same
+refinement, with the earlier scan's class means and (near the ventricles) its bias field, moves
+the boundaries to where this scan's intensities put them. Change rates then come from
+boundaries that moved between the scans, not from two independent registrations to the
+template.
 
 SimpleITK runs with ``threads`` threads (default 1) and fixed sampling seeds: the same input
 gives the same labels.
@@ -35,7 +37,7 @@ from brainsynth_cli.interfaces import Progress
 
 from brainsynth_plugins.segment import itk
 from brainsynth_plugins.segment import register as reg
-from brainsynth_plugins.segment.refine import RefineOptions, class_means, refine
+from brainsynth_plugins.segment.refine import RefineOptions, class_model, refine
 
 
 def _noop(done: float, total: float, message: str = "") -> None:
@@ -80,7 +82,7 @@ class AtlasSegmenter:
                  seed: int = 0, work_mm: float = 2.0, demons_iterations: Any = (60, 30), demons_sigma: float = 1.5,
                  atlas: str | None = None, followup_intensity: str = "power") -> None:
         self.refine = _bool(refine)
-        self._means_cache: tuple[Any, Any, np.ndarray | None] | None = None  # see _earlier_means
+        self._model_cache: tuple[Any, Any, Any] | None = None  # see _earlier_model
         self.followup_intensity = str(followup_intensity)
         if self.followup_intensity not in ("power", "piecewise", "none"):
             raise UserError("atlas segmenter: followup_intensity must be power, piecewise or none")
@@ -166,10 +168,13 @@ class AtlasSegmenter:
         identity): all sessions then get the same refinement from the same labels, so a
         structure's volume changes only where a scan's tissue boundaries moved."""
         progress = progress or _noop
+        shared = self.refine and self.followup_intensity != "none"
+        model = self._earlier_model(prior_image, prior_labels) if shared else None
         if _same_scan(image, prior_image):
             out = np.asarray(prior_labels.data, dtype=np.int32)
             if self.refine:
-                out = refine(image.data, out, image.voxel_size, self.refine_options, rounds=self.refine_rounds)
+                out = refine(image.data, out, image.voxel_size, self.refine_options, rounds=self.refine_rounds,
+                             bias_field=None if model is None else model[1])
             progress(2, 2, "done")
             return image.with_data(out.astype(np.int32))
         with reg.itk_threads(self.threads):
@@ -184,29 +189,40 @@ class AtlasSegmenter:
             progress(1, 2, "labels")
             out = itk.to_array(itk.resample(itk.volume_to_sitk(prior_labels, np.int32), subject, rigid, labels=True))
             earlier = itk.to_array(itk.resample(itk.volume_to_sitk(prior_image), subject, rigid))
+            field = None
+            if model is not None:
+                field = itk.to_array(itk.resample(itk.volume_to_sitk(prior_image.with_data(model[1])), subject, rigid,
+                                                  default=1.0))  # outside the earlier scan's grid: no bias
         if self.refine:
             data = match_to_earlier(image.data, earlier, out, image.voxel_size, self.followup_intensity)
-            # The earlier scan's CSF and grey matter means (what its own refinement decides with):
-            # on the matched scale the same partial volume of ventricle then gets the same label in
-            # both scans, whereas means fitted per scan drift with the ventricles' size (more pure
-            # CSF voxels pull the CSF mean down and the CSF threshold with it). The white matter
-            # mean stays free: fixing it too made cortex rates worse (benchmarks/RESULTS.md).
-            means = self._earlier_means(prior_image, prior_labels) if self.followup_intensity != "none" else None
-            out = refine(data, out, image.voxel_size, self.refine_options, rounds=self.refine_rounds, means=means)
+            # On the matched scale the later scan is decided as the earlier one was:
+            # - with the earlier scan's CSF and grey matter means: means fitted per scan drift with
+            #   the ventricles' size (more pure CSF voxels pull the CSF mean down and the CSF
+            #   threshold with it); the white matter mean stays free (fixing it too made cortex
+            #   rates worse, benchmarks/RESULTS.md);
+            # - with the earlier scan's bias field (every session of the subject, the first
+            #   included, uses that one field): a field fitted per scan (10 mm smoothing) absorbs
+            #   part of a ventricle wall that moved, under-measuring large enlargements by 4-6 pp.
+            means = None if model is None else model[0]
+            if field is not None:
+                field = near_ventricles_field(data, out, image.voxel_size, field, self.refine_options)
+            out = refine(data, out, image.voxel_size, self.refine_options, rounds=self.refine_rounds, means=means,
+                         bias_field=field)
         progress(2, 2, "done")
         return image.with_data(out.astype(np.int32))
 
-    def _earlier_means(self, prior_image: Volume, prior_labels: Volume) -> np.ndarray | None:
-        """The earlier scan's CSF and GM means (WM left free, NaN), fitted once per earlier scan:
-        every later session of a subject is labelled from the same first session."""
-        cached = self._means_cache
+    def _earlier_model(self, prior_image: Volume, prior_labels: Volume) -> tuple[np.ndarray, np.ndarray] | None:
+        """The earlier scan's CSF and GM means (WM left free, NaN) and its bias field (its grid),
+        fitted once per earlier scan: every session of a subject is labelled from the same first
+        session."""
+        cached = self._model_cache
         if cached is not None and cached[0] is prior_image and cached[1] is prior_labels:
             return cached[2]
-        means = class_means(prior_image.data, prior_labels.data, prior_image.voxel_size, self.refine_options)
-        if means is not None:
-            means = np.array([means[0], means[1], np.nan])
-        self._means_cache = (prior_image, prior_labels, means)
-        return means
+        model = class_model(prior_image.data, prior_labels.data, prior_image.voxel_size, self.refine_options)
+        if model is not None:
+            model = (np.array([model[0][0], model[0][1], np.nan]), model[1])
+        self._model_cache = (prior_image, prior_labels, model)
+        return model
 
 
 #: aseg ids of the ventricles (lateral and inferior lateral), whose walls move between sessions.
@@ -231,6 +247,28 @@ def stable_regions(labels: np.ndarray, voxel_size: tuple[float, ...], margin_mm:
     far = ndi.distance_transform_edt(~np.isin(labels, VENTRICLE_IDS), sampling=voxel_size) >= margin_mm
     cls = tissue_classes(labels)
     return core, ndi.binary_erosion(cls == 1) & far, ndi.binary_erosion(cls == 2) & far
+
+
+def near_ventricles_field(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...], earlier: np.ndarray,
+                          options: RefineOptions, inner_mm: float = 8.0, outer_mm: float = 20.0) -> np.ndarray:
+    """The bias field to decide a later scan with: ``earlier`` (the first scan's field on this
+    grid) within ``inner_mm`` of the ventricles, this scan's own fitted field beyond
+    ``outer_mm``, blended linearly between. Near the ventricles a field fitted per scan absorbs
+    part of a wall that moved; at the cortex the earlier field would carry the residual of the
+    differential bias correction (fitted in deep white matter) that this scan's own field
+    removes."""
+    from scipy import ndimage as ndi
+
+    model = class_model(image, labels, voxel_size, options)
+    if model is None:
+        return earlier
+    own = model[1]
+    brain = labels > 0
+    dist = ndi.distance_transform_edt(~np.isin(labels, VENTRICLE_IDS), sampling=voxel_size)
+    w = np.clip((outer_mm - dist) / (outer_mm - inner_mm), 0.0, 1.0)
+    a = earlier / np.median(earlier[brain])
+    b = own / np.median(own[brain])
+    return (w * a + (1.0 - w) * b).astype(np.float32)
 
 
 def match_to_earlier(image: np.ndarray, earlier: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],

@@ -54,15 +54,17 @@ def _gauss(x: np.ndarray, mu: float, var: float) -> np.ndarray:
 
 def fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
         options: RefineOptions | None = None,
-        means: np.ndarray | None = None) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray] | None:
+        means: np.ndarray | None = None,
+        bias_field: np.ndarray | None = None) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray] | None:
     """Fit the mixture: ``(idx, cls, post)`` with ``idx`` the voxel indices of the three-class
     region, ``cls`` the propagated class of every voxel and ``post`` (3, len(idx[0])) the class
     posteriors; ``None`` when the labels hold (almost) no tissue.
 
     ``means`` (CSF, GM, WM in image units, as :func:`class_means` returns them) fixes the class
-    means instead of estimating them (NaN: that class's mean is estimated; variances and bias
-    field are always fitted)."""
-    fitted = _fit(image, labels, voxel_size, options, means)
+    means instead of estimating them (NaN: that class's mean is estimated; variances are always
+    fitted). ``bias_field`` (same grid as ``image``, multiplicative, as :func:`class_model`
+    returns it) fixes the bias field instead of estimating it."""
+    fitted = _fit(image, labels, voxel_size, options, means, bias_field)
     return None if fitted is None else fitted[:3]
 
 
@@ -70,12 +72,23 @@ def class_means(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, 
                 options: RefineOptions | None = None) -> np.ndarray | None:
     """The fitted CSF, GM and WM means (bias-corrected, image units) that the refinement of
     ``labels`` on ``image`` decides with; ``None`` when the labels hold (almost) no tissue."""
-    fitted = _fit(image, labels, voxel_size, options, None)
-    return None if fitted is None else fitted[3]
+    model = class_model(image, labels, voxel_size, options)
+    return None if model is None else model[0]
+
+
+def class_model(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
+                options: RefineOptions | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(means, bias_field)`` of the refinement of ``labels`` on ``image``: the CSF, GM and WM
+    means (bias-corrected, image units) and the multiplicative bias field (``image``'s grid, 1
+    where it was not estimated) it decides with; ``None`` when the labels hold (almost) no
+    tissue."""
+    fitted = _fit(image, labels, voxel_size, options, None, None)
+    return None if fitted is None else (fitted[3], fitted[4])
 
 
 def _fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...], options: RefineOptions | None,
-         means: np.ndarray | None) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray] | None:
+         means: np.ndarray | None, bias_field: np.ndarray | None = None
+         ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     opt = options or RefineOptions()
     labels = np.asarray(labels, dtype=np.int32)
     cls = tissue_classes(labels)
@@ -96,7 +109,9 @@ def _fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...], o
     y = np.maximum(y, 0.0)
     scale = float(np.percentile(y, 99)) or 1.0
     y = y / scale
-    bias = np.ones_like(y)
+    full_bias = np.ones(labels.shape, dtype=np.float32) if bias_field is None else np.asarray(bias_field, dtype=np.float32)
+    bias = np.clip(full_bias[idx].astype(np.float64), 0.5, 2.0)
+    bias /= np.median(bias)
     own = cls[idx]
     # Start: class statistics of the propagated labels.
     mu = np.array([np.median(y[own == c]) if np.any(own == c) else 0.0 for c in range(3)])
@@ -114,7 +129,7 @@ def _fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...], o
             w = post.sum(axis=1)
             mu = np.where(fixed, mu, (post * yc).sum(axis=1) / np.maximum(w, 1e-12))
             var = np.maximum((post * (yc - mu[:, None]) ** 2).sum(axis=1) / np.maximum(w, 1e-12), 1e-5)
-        if round_ == opt.bias_rounds - 1:
+        if round_ == opt.bias_rounds - 1 or bias_field is not None:
             break
         # Bias: smooth the ratio observed / expected, weighted by confidence (mostly WM and GM).
         expected = (post * mu[:, None]).sum(axis=0)
@@ -136,21 +151,22 @@ def _fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...], o
         hard = np.zeros_like(post)
         hard[np.argmin(dist, axis=0), np.arange(yc.size)] = 1.0
         post = hard
-    return idx, cls, post, mu * scale
+    return idx, cls, post, mu * scale, full_bias
 
 
 def refine(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
            options: RefineOptions | None = None, *, rounds: int = 1, tolerance: float = 1e-3,
-           means: np.ndarray | None = None) -> np.ndarray:
+           means: np.ndarray | None = None, bias_field: np.ndarray | None = None) -> np.ndarray:
     """Propagated ``labels`` adjusted to the intensities of ``image`` (same grid).
 
     With ``rounds`` > 1 the refinement is repeated until fewer than ``tolerance`` of the labelled
     voxels change (boundaries may then travel further than the 2 mm prior blur). ``means`` fixes
     the class means (see :func:`fit`): a later scan put on an earlier scan's intensity scale is
-    then decided with the earlier scan's thresholds."""
+    then decided with the earlier scan's thresholds; ``bias_field`` fixes the bias field (see
+    :func:`fit`), e.g. the earlier scan's, carried onto this grid."""
     out = np.asarray(labels, dtype=np.int32)
     for _ in range(max(1, rounds)):
-        new = refine_once(image, out, voxel_size, options, means=means)
+        new = refine_once(image, out, voxel_size, options, means=means, bias_field=bias_field)
         changed = int(np.count_nonzero(new != out))
         out = new
         if changed <= tolerance * max(1, int(np.count_nonzero(out))):
@@ -159,10 +175,11 @@ def refine(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
 
 
 def refine_once(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
-                options: RefineOptions | None = None, means: np.ndarray | None = None) -> np.ndarray:
+                options: RefineOptions | None = None, means: np.ndarray | None = None,
+                bias_field: np.ndarray | None = None) -> np.ndarray:
     """One refinement pass (see :func:`refine`)."""
     labels = np.asarray(labels, dtype=np.int32)
-    fitted = fit(image, labels, voxel_size, options, means)
+    fitted = fit(image, labels, voxel_size, options, means, bias_field)
     if fitted is None:
         return labels.copy()
     idx, cls, post = fitted
