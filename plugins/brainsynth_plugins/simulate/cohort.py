@@ -479,7 +479,7 @@ def partial_volumes(ref_lab: "np.ndarray", pos: "np.ndarray", voxel_volume: floa
     sessions that quantisation changes the count of a 2 mm ventricle by up to ~3 % of its volume
     at random (the lattice points that fall inside a moved wall), a change no image shows. The
     partial-volume count agrees with a 4 x 4 x 4 supersampling of the nearest-neighbour labels
-    within ~0.5 pp of rate (benchmarks/RESULTS.md, segment), so ``*_rate_pv`` is the truth to
+    within 0.6 pp of rate (benchmarks/RESULTS.md, segment), so ``*_rate_pv`` is the truth to
     measure an image-based method against; ``*_rate_realised`` stays the labels' own rate."""
     import numpy as np
     import scipy.ndimage as ndi
