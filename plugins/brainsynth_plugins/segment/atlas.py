@@ -200,9 +200,10 @@ class AtlasSegmenter:
             #   the ventricles' size (more pure CSF voxels pull the CSF mean down and the CSF
             #   threshold with it); the white matter mean stays free (fixing it too made cortex
             #   rates worse, benchmarks/RESULTS.md);
-            # - with the earlier scan's bias field (every session of the subject, the first
-            #   included, uses that one field): a field fitted per scan (10 mm smoothing) absorbs
-            #   part of a ventricle wall that moved, under-measuring large enlargements by 4-6 pp.
+            # - near the ventricles, with the earlier scan's bias field (the first session is
+            #   refined with it too): a field fitted per scan (10 mm smoothing) absorbs part of a
+            #   ventricle wall that moved (-3.8 pp on a +28 % enlargement); see
+            #   near_ventricles_field for why the cortex keeps this scan's own field.
             means = None if model is None else model[0]
             if field is not None:
                 field = near_ventricles_field(data, out, image.voxel_size, field, self.refine_options)

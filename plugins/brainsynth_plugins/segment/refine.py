@@ -60,20 +60,12 @@ def fit(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
     region, ``cls`` the propagated class of every voxel and ``post`` (3, len(idx[0])) the class
     posteriors; ``None`` when the labels hold (almost) no tissue.
 
-    ``means`` (CSF, GM, WM in image units, as :func:`class_means` returns them) fixes the class
+    ``means`` (CSF, GM, WM in image units, as :func:`class_model` returns them) fixes the class
     means instead of estimating them (NaN: that class's mean is estimated; variances are always
     fitted). ``bias_field`` (same grid as ``image``, multiplicative, as :func:`class_model`
     returns it) fixes the bias field instead of estimating it."""
     fitted = _fit(image, labels, voxel_size, options, means, bias_field)
     return None if fitted is None else fitted[:3]
-
-
-def class_means(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
-                options: RefineOptions | None = None) -> np.ndarray | None:
-    """The fitted CSF, GM and WM means (bias-corrected, image units) that the refinement of
-    ``labels`` on ``image`` decides with; ``None`` when the labels hold (almost) no tissue."""
-    model = class_model(image, labels, voxel_size, options)
-    return None if model is None else model[0]
 
 
 def class_model(image: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...],
