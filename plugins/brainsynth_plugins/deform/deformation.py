@@ -54,27 +54,33 @@ class Deformed:
     support: Any = field(default=None, repr=False)  # boolean mask of the resampled voxels
 
 
-def _check(image: Any, labels: Any, spacing: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+def _check_labels(labels: Any, spacing: Sequence[float] | None) -> tuple[np.ndarray, tuple[float, ...]]:
     import numpy as np
 
-    img = np.asarray(image)
     lab = np.asarray(labels)
-    if img.ndim not in (2, 3):
-        raise UserError(f"deform works on 2D slices and 3D volumes, got an image of shape {img.shape}")
-    if lab.shape != img.shape:
-        raise UserError(f"the label map has shape {lab.shape} but the image has shape {img.shape}; give labels on the image's grid")
+    if lab.ndim not in (2, 3):
+        raise UserError(f"deform works on 2D slices and 3D volumes, got a label map of shape {lab.shape}")
     if not np.issubdtype(lab.dtype, np.integer):
         if not np.array_equal(lab, np.round(lab)):
             raise UserError("the label map holds non-integer values; give integer label ids (FreeSurfer aseg)")
         lab = lab.astype(np.int32)
-    sp = (1.0,) * img.ndim if spacing is None else tuple(float(s) for s in spacing)
-    if len(sp) != img.ndim or not all(math.isfinite(s) and s > 0 for s in sp):
-        raise UserError(f"spacing {tuple(spacing or ())} must give one positive voxel size (mm) per axis of the {img.ndim}D image")
+    sp = (1.0,) * lab.ndim if spacing is None else tuple(float(s) for s in spacing)
+    if len(sp) != lab.ndim or not all(math.isfinite(s) and s > 0 for s in sp):
+        raise UserError(f"spacing {tuple(spacing or ())} must give one positive voxel size (mm) per axis of the {lab.ndim}D image")
+    return lab, sp
+
+
+def _check_image(image: Any, shape: tuple[int, ...]) -> np.ndarray:
+    import numpy as np
+
+    img = np.asarray(image)
+    if img.shape != shape:
+        raise UserError(f"the label map has shape {shape} but the image has shape {img.shape}; give labels on the image's grid")
     if not np.issubdtype(img.dtype, np.floating):
         img = img.astype(np.float32)
     if not np.all(np.isfinite(img)):
         raise UserError("the image holds NaN or infinite values; deform needs a finite image")
-    return img, lab, sp
+    return img
 
 
 def _check_targets(targets: Mapping[str, float], rules: Rules) -> dict[str, float]:
@@ -148,6 +154,101 @@ def _reach(name: str, f, limit: float, f_at: dict[float, float]) -> tuple[float,
     return lo, hi
 
 
+class Deformation:
+    """The deformations of one label map: its fields are computed once, then :meth:`apply`
+    deforms an image (and the labels) to any targets. :func:`deform` is one such call."""
+
+    def __init__(self, labels: Any, rules: Rules | None = None, spacing: Sequence[float] | None = None) -> None:
+        from brainsynth_cli.structures import default_rules
+        from brainsynth_plugins.deform.fields import velocity_fields
+
+        self.rules = rules or default_rules()
+        self.labels, self.spacing = _check_labels(labels, spacing)
+        self.fields = velocity_fields(self.labels, self.rules, self.spacing)
+        self.pv = _PartialVolumes(self.fields)
+        self.limit = max(LIMIT_MM, 3.0 * max(self.spacing))
+        self._flows: dict[tuple[str, ...], Flow] = {}
+
+    def flow(self, names: Sequence[str]) -> Flow:
+        from brainsynth_plugins.deform.flow import Flow
+
+        key = tuple(names)
+        if key not in self._flows:
+            self._flows[key] = Flow(self.fields, key)
+        return self._flows[key]
+
+    def solve(self, targets: Mapping[str, float]) -> tuple[Flow, dict[str, float]]:
+        """The flow and the magnitudes (mm per group of ``targets``) that reach ``targets``."""
+        from brainsynth_plugins.deform.solve import solve_joint, solve_magnitude
+
+        rules, pv, limit = self.rules, self.pv, self.limit
+        wanted = _check_targets(targets, rules)
+        for name in wanted:
+            if wanted[name] != 0.0 and name not in self.fields.velocity:
+                ids = ", ".join(str(i) for i in rules[name].labels)
+                raise UserError(f"{name}: the structure is absent from the label map (no voxel with label {ids}); "
+                                f"give labels that hold it, or do not ask to change the {name}")
+        active = [n for n in wanted if wanted[n] != 0.0]
+        magnitudes: dict[str, float] = {n: 0.0 for n in wanted}
+        reached: dict[str, float] = {}
+        for name in active:
+            flow = self.flow([name])
+            seen: dict[float, float] = {}
+
+            def f(m: float, flow: Flow = flow, name: str = name, seen: dict[float, float] = seen) -> float:
+                if m not in seen:
+                    seen[m] = pv.rates(flow, {name: m})[name]
+                return seen[m]
+
+            target = wanted[name]
+            at_limit = f(limit if target > 0 else -limit)
+            if (target > 0 and at_limit < target - TOLERANCE_PP) or (target < 0 and at_limit > target + TOLERANCE_PP):
+                lo, hi = _reach(name, f, limit, seen)
+                raise UserError(f"{name}: a change of {target:+g} % is out of reach of the deformation on these labels "
+                                f"(it reaches {lo:+.1f} % to {hi:+.1f} %); ask for a change within that range")
+            magnitudes[name], reached[name] = solve_magnitude(f, target, limit, SOLVE_TOLERANCE_PP, f_limit=at_limit)
+
+        flow = self.flow(active)
+        if len(active) > 1:
+            found, reached = solve_joint(lambda m: pv.rates(flow, m), {n: wanted[n] for n in active},
+                                         {n: magnitudes[n] for n in active}, limit, 2 * SOLVE_TOLERANCE_PP)
+            magnitudes.update(found)
+        for name in active:
+            if abs(reached[name] - wanted[name]) > TOLERANCE_PP:
+                others = ", ".join(f"{n} {wanted[n]:+g} %" for n in active if n != name)
+                raise UserError(f"{name}: the deformation reaches {reached[name]:+.2f} % instead of {wanted[name]:+g} % "
+                                f"on these labels (together with {others}); ask for smaller changes")
+        return flow, magnitudes
+
+    def apply(self, image: Any, targets: Mapping[str, float]) -> Deformed:
+        """``image`` (on the labels' grid) and the labels deformed to ``targets``."""
+        import numpy as np
+
+        from brainsynth_plugins.deform._linear_numba import linear
+        from brainsynth_plugins.deform.labels import warp_labels
+
+        lab, pv = self.labels, self.pv
+        img = _check_image(image, lab.shape)
+        flow, magnitudes = self.solve(targets)
+        out_img = img.copy()
+        out_lab = lab.copy()
+        support = np.zeros(lab.shape, dtype=bool)
+        if flow.index.size:
+            pos = flow.positions(magnitudes)
+            out_img.reshape(-1)[flow.index] = linear(img[None], pos, clamp=True)[0]
+            cover = pv.coverage(flow, magnitudes)
+            vols = pv.volumes(flow, cover)
+            out_lab.reshape(-1)[flow.index] = warp_labels(
+                lab, flow.index, pos, {n: cover[k] for k, n in enumerate(pv.names)},
+                {n: self.rules[n].labels for n in pv.names}, {n: round(vols[n]) for n in pv.names}, self.spacing)
+            support.reshape(-1)[flow.index] = True
+        return Deformed(
+            image=out_img, labels=out_lab, rates=_count_rates(lab, out_lab, self.rules), rates_pv=pv.rates(flow, magnitudes),
+            magnitudes={n: float(m) for n, m in magnitudes.items()},
+            min_jacobian=flow.min_jacobian(magnitudes), moved=int(flow.index.size), support=support,
+        )
+
+
 def deform(
     image: Any,
     labels: Any,
@@ -163,80 +264,13 @@ def deform(
     is the voxel size in mm per axis (default 1). Several targets are solved jointly. Raises a
     one-line :class:`UserError` for a group that cannot be deformed, a structure absent from
     the labels, or a rate beyond what the deformation reaches (naming the reachable range).
+    To deform one label map to several targets, :class:`Deformation` computes its fields once.
     """
-    import numpy as np
+    _check_targets(targets, rules or _default_rules())  # a wrong group fails before any work
+    return Deformation(labels, rules, spacing).apply(image, targets)
 
+
+def _default_rules() -> Rules:
     from brainsynth_cli.structures import default_rules
-    from brainsynth_plugins.deform._linear_numba import linear
-    from brainsynth_plugins.deform.fields import velocity_fields
-    from brainsynth_plugins.deform.flow import Flow
-    from brainsynth_plugins.deform.labels import warp_labels
-    from brainsynth_plugins.deform.solve import solve_joint, solve_magnitude
 
-    rules = rules or default_rules()
-    img, lab, sp = _check(image, labels, spacing)
-    wanted = _check_targets(targets, rules)
-    fields = velocity_fields(lab, rules, sp)
-    for name in wanted:
-        if wanted[name] != 0.0 and name not in fields.velocity:
-            ids = ", ".join(str(i) for i in rules[name].labels)
-            raise UserError(f"{name}: the structure is absent from the label map (no voxel with label {ids}); "
-                            f"give labels that hold it, or do not ask to change the {name}")
-    active = [n for n in wanted if wanted[n] != 0.0]
-    pv = _PartialVolumes(fields)
-    limit = max(LIMIT_MM, 3.0 * max(sp))
-
-    magnitudes: dict[str, float] = {n: 0.0 for n in wanted}
-    reached: dict[str, float] = {}
-    flows: dict[str, Flow] = {}
-    for name in active:
-        flow = flows[name] = Flow(fields, [name])
-        seen: dict[float, float] = {}
-
-        def f(m: float, flow=flow, name=name, seen=seen) -> float:
-            if m not in seen:
-                seen[m] = pv.rates(flow, {name: m})[name]
-            return seen[m]
-
-        target = wanted[name]
-        side = limit if target > 0 else -limit
-        at_limit = f(side)
-        if (target > 0 and at_limit < target - TOLERANCE_PP) or (target < 0 and at_limit > target + TOLERANCE_PP):
-            lo, hi = _reach(name, f, limit, seen)
-            raise UserError(f"{name}: a change of {target:+g} % is out of reach of the deformation on these labels "
-                            f"(it reaches {lo:+.1f} % to {hi:+.1f} %); ask for a change within that range")
-        magnitudes[name], reached[name] = solve_magnitude(f, target, limit, SOLVE_TOLERANCE_PP, f_limit=at_limit)
-
-    if len(active) > 1:
-        flow = Flow(fields, active)
-        magnitudes, reached = solve_joint(lambda m: pv.rates(flow, m), {n: wanted[n] for n in active},
-                                          {n: magnitudes[n] for n in active}, limit, 2 * SOLVE_TOLERANCE_PP)
-        magnitudes.update({n: 0.0 for n in wanted if n not in active})
-    elif active:
-        flow = flows[active[0]]
-    else:
-        flow = Flow(fields, [])
-    for name in active:
-        if abs(reached[name] - wanted[name]) > TOLERANCE_PP:
-            raise UserError(f"{name}: the deformation reaches {reached[name]:+.2f} % instead of {wanted[name]:+g} % "
-                            f"on these labels (together with {', '.join(f'{n} {wanted[n]:+g} %' for n in active if n != name)}); "
-                            "ask for smaller changes")
-
-    out_img = img.copy()
-    out_lab = lab.copy()
-    support = np.zeros(lab.shape, dtype=bool)
-    if flow.index.size:
-        pos = flow.positions(magnitudes)
-        out_img.reshape(-1)[flow.index] = linear(img[None], pos, clamp=True)[0]
-        cover = pv.coverage(flow, magnitudes)
-        vols = pv.volumes(flow, cover)
-        out_lab.reshape(-1)[flow.index] = warp_labels(
-            lab, flow.index, pos, {n: cover[k] for k, n in enumerate(pv.names)},
-            {n: rules[n].labels for n in pv.names}, {n: round(vols[n]) for n in pv.names}, sp)
-        support.reshape(-1)[flow.index] = True
-    rates_pv = pv.rates(flow, magnitudes)
-    return Deformed(
-        image=out_img, labels=out_lab, rates=_count_rates(lab, out_lab, rules), rates_pv=rates_pv,
-        magnitudes={n: float(magnitudes.get(n, 0.0)) for n in wanted},
-        min_jacobian=flow.min_jacobian(magnitudes), moved=int(flow.index.size), support=support,
-    )
+    return default_rules()

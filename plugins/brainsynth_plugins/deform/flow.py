@@ -61,7 +61,7 @@ class Flow:
                 flat[:, self.index] = u
                 u = u + linear(self._full, self.points + u)
             flat[:, self.index] = 0.0
-        if len(self._cache) > 64:
+        if len(self._cache) >= 4:
             self._cache.clear()
         self._cache[key] = u
         return u

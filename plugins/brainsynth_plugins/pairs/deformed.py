@@ -79,13 +79,6 @@ def tasks(rules: Rules, seed: int, pair_key: str) -> list[DeformTask]:
     return [DeformTask(s, iv, draw_rate(seed, pair_key, s.name, iv)) for s in deformable(rules) for iv in s.intervals]
 
 
-def deform_prior(image: Any, labels: Any, task: DeformTask, rules: Rules, spacing: tuple[float, ...]) -> Any:
-    """The prior deformed for ``task`` (a :class:`brainsynth_plugins.deform.deformation.Deformed`)."""
-    from brainsynth_plugins.deform.deformation import deform
-
-    return deform(image, labels, {task.structure.name: task.rate}, rules=rules, spacing=spacing)
-
-
 def deformed_outputs(pair: Any, options: Any, rules: Rules, builder: Any, prior: Any, prior_lab: Any, pn: Any,
                      vp: dict[str, float], base: dict[str, Any]) -> list[tuple[str, Any, Any, Any, dict[str, Any]]]:
     """make-pairs outputs ``(name, volume on [0, 1], normalisation, labels, row fields)`` of the
@@ -95,15 +88,18 @@ def deformed_outputs(pair: Any, options: Any, rules: Rules, builder: Any, prior:
     from brainsynth_cli.errors import UserError
     from brainsynth_cli.interfaces import Change
     from brainsynth_cli.slices import normalise
+    from brainsynth_plugins.deform.deformation import Deformation
     from brainsynth_plugins.pairs.engine import _rate, group_vols
 
     out = []
     p = pair.prior
     context = {"age": p.age, "sex": p.sex, "modality": "T1w", "interval_years": None}
-    for task in tasks(rules, options.seed, pair.key):
+    todo = tasks(rules, options.seed, pair.key)
+    deformation = Deformation(prior_lab.data, rules, tuple(prior.voxel_size)) if todo else None  # fields once per prior
+    for task in todo:
         s = task.structure
         try:
-            result = deform_prior(prior.data, prior_lab.data, task, rules, tuple(prior.voxel_size))
+            result = deformation.apply(prior.data, {s.name: task.rate})
         except UserError as exc:
             base.setdefault("deformed_failed", []).append(
                 {"structure": s.name, "interval": task.interval.name, "target": task.rate, "reason": str(exc)})
