@@ -82,10 +82,13 @@ def test_same_input_same_bytes(volume, slice64):
         assert a.image.tobytes() == b.image.tobytes() and a.labels.tobytes() == b.labels.tobytes()
 
 
-def test_zero_target_changes_nothing(slice64):
+def test_zero_target_changes_nothing_and_one_plane_volumes_are_slices(slice64):
     img, lab = slice64
     d = deform(img, lab, {"ventricle": 0.0}, spacing=(3.0, 3.0))
     assert np.array_equal(d.image, img) and np.array_equal(d.labels, lab) and d.moved == 0
+    flat = deform(img, lab, {"ventricle": 10.0}, spacing=(3.0, 3.0))
+    plane = deform(img[:, :, None], lab[:, :, None], {"ventricle": 10.0}, spacing=(3.0, 3.0, 3.0))
+    assert plane.image.shape == img.shape + (1,) and np.array_equal(plane.image[:, :, 0], flat.image)
 
 
 def test_unreachable_and_impossible_targets_are_one_line_errors(volume):

@@ -163,7 +163,13 @@ class Deformation:
         from brainsynth_plugins.deform.fields import velocity_fields
 
         self.rules = rules or default_rules()
-        self.labels, self.spacing = _check_labels(labels, spacing)
+        lab, sp = _check_labels(labels, spacing)
+        self.shape = lab.shape  # as given; a 3D array with one plane (X, Y, 1) is worked on as 2D
+        keep = [d for d, n in enumerate(lab.shape) if n > 1]
+        if len(keep) < 2:
+            raise UserError(f"deform needs an image with at least two axes longer than one voxel, got shape {lab.shape}")
+        self.labels = lab.reshape([lab.shape[d] for d in keep])
+        self.spacing = tuple(sp[d] for d in keep)
         self.fields = velocity_fields(self.labels, self.rules, self.spacing)
         self.pv = _PartialVolumes(self.fields)
         self.limit = max(LIMIT_MM, 3.0 * max(self.spacing))
@@ -228,7 +234,7 @@ class Deformation:
         from brainsynth_plugins.deform.labels import warp_labels
 
         lab, pv = self.labels, self.pv
-        img = _check_image(image, lab.shape)
+        img = _check_image(image, self.shape).reshape(lab.shape)
         flow, magnitudes = self.solve(targets)
         out_img = img.copy()
         out_lab = lab.copy()
@@ -243,9 +249,10 @@ class Deformation:
                 {n: self.rules[n].labels for n in pv.names}, {n: round(vols[n]) for n in pv.names}, self.spacing)
             support.reshape(-1)[flow.index] = True
         return Deformed(
-            image=out_img, labels=out_lab, rates=_count_rates(lab, out_lab, self.rules), rates_pv=pv.rates(flow, magnitudes),
+            image=out_img.reshape(self.shape), labels=out_lab.reshape(self.shape),
+            rates=_count_rates(lab, out_lab, self.rules), rates_pv=pv.rates(flow, magnitudes),
             magnitudes={n: float(m) for n, m in magnitudes.items()},
-            min_jacobian=flow.min_jacobian(magnitudes), moved=int(flow.index.size), support=support,
+            min_jacobian=flow.min_jacobian(magnitudes), moved=int(flow.index.size), support=support.reshape(self.shape),
         )
 
 

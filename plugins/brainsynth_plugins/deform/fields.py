@@ -69,7 +69,7 @@ def group_mask(labels: np.ndarray, rules: Rules, name: str) -> np.ndarray:
         ids = rules[name].labels
     except KeyError:
         return np.zeros(labels.shape, dtype=bool)
-    return np.isin(labels, np.asarray(ids, dtype=labels.dtype))
+    return np.isin(labels, np.asarray(ids, dtype=np.int64))
 
 
 def _sigma(mm: float, spacing: Sequence[float], at_least: float = 0.0) -> tuple[float, ...]:

@@ -52,10 +52,10 @@ def warp_labels(labels: np.ndarray, index: np.ndarray, positions: np.ndarray, co
     for d, n in enumerate(shape):
         np.clip(idx[d], 0, n - 1, out=idx[d])
     out = labels[tuple(idx)]
-    deformable_ids = np.asarray(sorted({i for ids in groups.values() for i in ids}), dtype=labels.dtype)
+    deformable_ids = np.asarray(sorted({i for ids in groups.values() for i in ids}), dtype=np.int64)
     flat = labels.reshape(-1)
     for name, cover in coverage.items():
-        ids = np.asarray(groups[name], dtype=labels.dtype)
+        ids = np.asarray(groups[name], dtype=np.int64)
         inside = np.isin(out, ids)
         total = int(np.isin(flat, ids).sum()) - int(np.isin(flat[index], ids).sum()) + int(inside.sum())
         change = int(counts[name]) - total
