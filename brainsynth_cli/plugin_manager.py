@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "brainsynth_plugins.text",
     "brainsynth_plugins.ip2p",
     "brainsynth_plugins.ldm",
+    "brainsynth_plugins.deform",
     "brainsynth_plugins.evaluate",
     "brainsynth_plugins.demo",
 )

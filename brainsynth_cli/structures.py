@@ -20,7 +20,12 @@ DEFAULT_RULES_PATH = Path(__file__).with_name("default_rules.toml")
 
 @dataclass(frozen=True)
 class Interval:
-    """A change-rate interval (percent) with the phrase that describes it."""
+    """A change-rate interval (percent) with the phrase that describes it.
+
+    ``target`` is the rate the ``deform`` editor and deformed pairs aim at for this interval;
+    when not given: the midpoint of a bounded interval, ``low + 5`` for ``(low, +inf)``,
+    ``high - 3`` for ``(-inf, high)`` (:func:`default_target`).
+    """
 
     name: str
     phrase: str
@@ -28,6 +33,13 @@ class Interval:
     high: float = math.inf
     low_closed: bool = False
     high_closed: bool = True
+    target: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            object.__setattr__(self, "target", default_target(self.low, self.high))
+        else:
+            object.__setattr__(self, "target", float(self.target))
 
     def contains(self, rate: float) -> bool:
         if math.isnan(rate):
@@ -43,7 +55,25 @@ class Interval:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "phrase": self.phrase, "interval": self.notation(),
-                "low": self.low, "high": self.high, "low_closed": self.low_closed, "high_closed": self.high_closed}
+                "low": self.low, "high": self.high, "low_closed": self.low_closed, "high_closed": self.high_closed,
+                "target": self.target}
+
+
+#: Distance of the default target from the bound of an interval open on one side (percent).
+OPEN_ABOVE_STEP = 5.0
+OPEN_BELOW_STEP = 3.0
+
+
+def default_target(low: float, high: float) -> float:
+    """The default target rate of an interval: its midpoint, ``low + 5`` when it has no upper
+    bound, ``high - 3`` when it has no lower bound, 0 when it has neither."""
+    if math.isfinite(low) and math.isfinite(high):
+        return (low + high) / 2.0
+    if math.isfinite(low):
+        return low + OPEN_ABOVE_STEP
+    if math.isfinite(high):
+        return high - OPEN_BELOW_STEP
+    return 0.0
 
 
 def _fmt(x: float) -> str:
@@ -106,6 +136,7 @@ class Rules:
                     lines.append(f"max = {iv.high!r}")
                 lines.append(f"min_closed = {'true' if iv.low_closed else 'false'}")
                 lines.append(f"max_closed = {'true' if iv.high_closed else 'false'}")
+                lines.append(f"target = {iv.target!r}")
         return "\n".join(lines) + "\n"
 
 
@@ -146,10 +177,15 @@ def _parse_structure(name: str, table: Any, path: Path | str) -> Structure:
         high = _number(iv["max"], f"{where}.max", path) if "max" in iv else math.inf
         if not low < high:
             raise InputError(path, f"{where} is empty (min {_fmt(low)} >= max {_fmt(high)})", "fix the bounds")
-        intervals.append(Interval(
+        target = _number(iv["target"], f"{where}.target", path) if "target" in iv else None
+        interval = Interval(
             name=str(iv.get("name", iv["phrase"])), phrase=iv["phrase"].strip(), low=low, high=high,
-            low_closed=bool(iv.get("min_closed", False)), high_closed=bool(iv.get("max_closed", True)),
-        ))
+            low_closed=bool(iv.get("min_closed", False)), high_closed=bool(iv.get("max_closed", True)), target=target,
+        )
+        if not (math.isfinite(interval.target) and interval.contains(interval.target)):
+            raise InputError(path, f"{where}.target {_fmt(interval.target)} lies outside the interval {interval.notation()}",
+                             "give a target inside the interval (or leave it out: midpoint, min + 5 or max - 3)")
+        intervals.append(interval)
     intervals.sort(key=lambda x: (x.low, not x.low_closed))
     check_intervals(name, intervals, path)
     return Structure(name=name, labels=tuple(labels), help=str(table.get("help", "")), intervals=tuple(intervals))

@@ -449,3 +449,73 @@ def test_blender_none_realises_no_change(cohort, tmp_path, cli):
     assert res.exit_code == 0, res.stderr
     rows = read_rows(out)
     assert rows and {r["kind"] for r in rows} == {"real"}
+
+
+def test_deformed_rows_cover_every_interval_with_exact_rates(tmp_path, cli):
+    """--deformed: per pair, the prior deformed in 3D to a rate drawn in each interval of the
+    rules; the recorded rates are those of the written label map."""
+    from brainsynth_cli.images import read_labels, read_png
+
+    root = tmp_path / "bids"
+    labels = write_bids(root, {"sub-01": [("ses-01", 70.0, {}), ("ses-02", 71.0, {"vent_scale": 1.03})]})
+    out = tmp_path / "def3d"
+    res = cli("make-pairs", root, "-o", out, "--labels", labels, "--dim", "3d", "--deformed", "--blender", "copy-paste")
+    assert res.exit_code == 0, res.stderr
+    rows = read_rows(out)
+    deformed = [r for r in rows if r["kind"] == "deformed"]
+    assert sorted((r["structure"], r["intervals"][r["structure"]]) for r in deformed) == [
+        ("cortex", "atrophy"), ("ventricle", "mild"), ("ventricle", "moderate"), ("ventricle", "severe")]
+    drawn = {"atrophy": (-5.4, -0.6), "mild": (2.0, 8.0), "moderate": (12.0, 18.0), "severe": (21.0, 29.0)}
+    real = next(r for r in rows if r["kind"] == "real")
+    prior = read_labels(out / real["input_labels_file_name"]).data
+    for r in deformed:
+        s = r["structure"]
+        lo, hi = drawn[r["intervals"][s]]
+        assert lo <= r["deform_target"] <= hi
+        lab = read_labels(out / r["edited_labels_file_name"]).data
+        for group, ids in (("ventricle", (4, 5, 43, 44)), ("cortex", (3, 42)), ("white-matter", (2, 41)), ("csf", (24,))):
+            before, after = np.isin(prior, ids).sum(), np.isin(lab, ids).sum()
+            assert r["rates"][group] == pytest.approx((after - before) / before * 100.0, abs=1e-5)
+        assert abs(r["rates_pv"][s] - r["deform_target"]) <= 0.25 and abs(r["rates"][s] - r["deform_target"]) <= 1.0
+        assert r["edit_prompt"] == ("cortex atrophy" if s == "cortex" else f"{r['intervals'][s]} ventricle enlargement")
+        assert r["blender"] is None and r["split"] == real["split"] and r["input_image_file_name"] == real["input_image_file_name"]
+        assert r["intervals"]["cortex" if s == "ventricle" else "ventricle"] is None
+    assert real["rates_pv"] is None and real["deform_target"] is None  # every row has the same columns
+    assert json.loads((out / "pairs.json").read_text())["deformed"] is True
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["deformed"] is True and summary["rows"]["deformed"] == 4 and summary["deformed_failed"] == 0
+    assert (out / "montage-deformed.png").is_file()
+
+    # 2D: label slices with every row; the severe row's slices hold more ventricle than the prior's
+    out2 = tmp_path / "def2d"
+    common = ["make-pairs", root, "-o", out2, "--labels", labels, "--slices", "3", "--size", "64", "--blender", "none"]
+    assert cli(*common, "--deformed").exit_code == 0
+    rows2 = [r for r in read_rows(out2) if r["kind"] == "deformed"]
+    assert len(rows2) == 4 * 3 and all(r["slice"] is not None for r in rows2)
+    severe = [r for r in rows2 if r["intervals"]["ventricle"] == "severe"]
+    def count(key: str) -> int:
+        return sum(int(np.isin(read_png(out2 / r[key])[0], (4, 43)).sum()) for r in severe)
+
+    assert count("edited_labels_file_name") > count("input_labels_file_name")
+    # resuming: the same options are resumed; without --deformed the folder is refused
+    again = cli(*common, "--deformed")
+    assert again.exit_code == 0 and "resuming: 1 of 1 pairs already made" in again.stdout
+    res = cli(*common)
+    assert res.exit_code == 2 and "other options" in res.stderr and "deformed" in res.stderr
+
+
+def test_pairs_folder_from_rules_without_targets_still_resumes(pairs2d, cohort, tmp_path, cli):
+    """A folder whose pairs.json rules were written before interval targets existed resumes
+    when the rules mean the same."""
+    import re
+    import shutil
+
+    root, labels = cohort
+    out = tmp_path / "old"
+    shutil.copytree(pairs2d, out)
+    cfg = json.loads((out / "pairs.json").read_text())
+    cfg["rules"] = re.sub(r"(?m)^target = .*\n", "", cfg["rules"])
+    (out / "pairs.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    res = cli("make-pairs", root, "-o", out, "--labels", labels, "--slices", "5", "--size", "64", "--seed", "3")
+    assert res.exit_code == 0, res.stderr
+    assert "resuming: 5 of 5 pairs already made" in res.stdout

@@ -91,6 +91,48 @@ def test_rules_round_trip_through_toml_text():
     assert again.structures == rules.structures and dict(again.labels) == dict(rules.labels)
 
 
+def test_interval_targets_default_round_trip_and_refuse_outside(tmp_path):
+    rules = default_rules()
+    assert [iv.target for iv in rules["ventricle"].intervals] == [5.0, 15.0, 25.0]
+    assert rules["cortex"].intervals[0].target == -3.0
+    assert rules["ventricle"].intervals[1].as_dict()["target"] == 15.0
+    # defaults when the key is absent: midpoint, low + 5, high - 3
+    p = write(tmp_path, """
+[structures.hippocampus]
+labels = [17, 53]
+[[structures.hippocampus.intervals]]
+name = "loss"
+max = -2
+phrase = "hippocampal atrophy"
+[[structures.hippocampus.intervals]]
+name = "stable"
+min = -2
+max = 4
+phrase = "stable hippocampus"
+[[structures.hippocampus.intervals]]
+name = "growth"
+min = 4
+phrase = "hippocampal growth"
+target = 7.5
+""")
+    hip = load_rules(p)["hippocampus"]
+    assert [iv.target for iv in hip.intervals] == [-5.0, 1.0, 7.5]
+    again = rules_from_text(load_rules(p).to_toml())
+    assert [iv.target for iv in again["hippocampus"].intervals] == [-5.0, 1.0, 7.5]
+    assert "target = 7.5" in load_rules(p).to_toml()
+    # a target outside its interval is refused with one line naming the file
+    bad = write(tmp_path, "[structures.ventricle]\nlabels = [4, 43]\n[[structures.ventricle.intervals]]\n"
+                          "name = 'mild'\nmin = 0\nmax = 10\nphrase = 'mild'\ntarget = 12\n")
+    with pytest.raises(InputError) as exc:
+        load_rules(bad)
+    msg = str(exc.value)
+    assert str(bad) in msg and "target 12 lies outside the interval (0, 10]" in msg and "\n" not in msg
+    edge = write(tmp_path, "[structures.cortex]\nlabels = [3, 42]\n[[structures.cortex.intervals]]\n"
+                           "name = 'atrophy'\nmax = 0\nmax_closed = false\nphrase = 'cortex atrophy'\ntarget = 0\n")
+    with pytest.raises(InputError, match="outside the interval"):
+        load_rules(edge)
+
+
 def test_volumes_and_change_rate():
     import numpy as np
 

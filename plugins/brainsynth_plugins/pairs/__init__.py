@@ -34,10 +34,12 @@ def register_commands(app: typer.Typer) -> None:
         merge: bool = typer.Option(False, "--merge", help="Make nothing; merge the finished pairs of all shards into metadata.jsonl."),
         margin: float = typer.Option(2.0, "--margin", help="Ω margin in mm: a structure's voxels (prior ∪ target) dilated by this much."),
         min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Skip pairs whose prior/target PSNR (dB, [0,1] volumes) is below this."),
-        montage: int = typer.Option(3, "--montage", help="Pairs shown per kind in montage-real.png / montage-disentangled.png."),
+        montage: int = typer.Option(3, "--montage", help="Pairs shown per kind in montage-real.png / montage-disentangled.png / montage-deformed.png."),
+        deformed: bool = typer.Option(False, "--deformed", help="Also add, per pair and per interval of the rules, the prior deformed to a rate in that interval (kind deformed)."),
     ) -> None:
         """Make prior/target training pairs with prompts from a longitudinal dataset, plus one
-        structure-disentangled pair per described structure (see docs/commands/make-pairs.md)."""
+        structure-disentangled pair per described structure, and with --deformed the prior
+        deformed to every interval (see docs/commands/make-pairs.md)."""
         from brainsynth_cli.errors import UserError
         from brainsynth_plugins.pairs.engine import Options, parse_shard
         from brainsynth_plugins.pairs.engine import make_pairs as run
@@ -48,6 +50,7 @@ def register_commands(app: typer.Typer) -> None:
             dataset=dataset, out=out, labels=labels, rules=rules, prompt_builder=prompt_builder, blender=blender,
             dim=dim.lower(), slices=slices, size=size, pairing=pairing, split=split, seed=seed, jobs=jobs,
             shard=parse_shard(shard), margin=margin, min_psnr=min_psnr, merge_only=merge, montage=montage,
+            deformed=deformed,
         )
         summary = run(options, echo=typer.echo)
         rows = ", ".join(f"{n} {k}" for k, n in sorted(summary.rows.items())) or "no"

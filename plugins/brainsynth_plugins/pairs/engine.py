@@ -58,6 +58,7 @@ class Options:
     min_psnr: float | None = None
     merge_only: bool = False
     montage: int = 3
+    deformed: bool = False  # add rows whose target is the prior deformed to a drawn rate per interval
 
 
 @dataclass
@@ -221,7 +222,7 @@ def check_inputs(pairs: Iterable[Pair]) -> None:
 def config(options: Options, rules) -> dict[str, Any]:
     from brainsynth_cli import __version__
 
-    return {
+    cfg = {
         "format": FORMAT, "version": VERSION, "dim": options.dim, "size": options.size if options.dim == "2d" else None,
         "slices": options.slices if options.dim == "2d" else None, "prompt_builder": options.prompt_builder,
         "blender": options.blender, "rules": rules.to_toml(), "seed": options.seed, "split": options.split,
@@ -230,10 +231,27 @@ def config(options: Options, rules) -> dict[str, Any]:
         "intensity": "each volume windowed to [0,1] (brainsynth_cli.slices.normalisation)",
         "brainsynth": __version__,
     }
+    if options.deformed:  # recorded only when on, so folders made without it compare equal
+        cfg["deformed"] = True
+    return cfg
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in ("brainsynth",)}
+
+
+def _same_rules(old: Any, new: Any) -> bool:
+    """Whether two rules texts mean the same rules (a folder written before a format addition,
+    such as interval targets, stays resumable when its rules are unchanged)."""
+    from brainsynth_cli.structures import rules_from_text
+
+    if not (isinstance(old, str) and isinstance(new, str)):
+        return False
+    try:
+        a, b = rules_from_text(old), rules_from_text(new)
+    except UserError:
+        return False
+    return a.structures == b.structures and dict(a.labels) == dict(b.labels)
 
 
 def check_or_write_config(out: Path, cfg: dict[str, Any], merge_only: bool) -> None:
@@ -249,6 +267,8 @@ def check_or_write_config(out: Path, cfg: dict[str, Any], merge_only: bool) -> N
             raise InputError(path, "is not a brainsynth pairs folder", "choose another -o folder")
         a, b = _comparable(old), _comparable(cfg)
         diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if "rules" in diff and _same_rules(a.get("rules"), b.get("rules")):
+            diff.remove("rules")
         if diff:
             shown = ", ".join(f"{k}: {b.get(k)!r} now, {a.get(k)!r} there" if k != "rules" else "rules differ" for k in diff[:3])
             raise InputError(out, f"holds pairs made with other options ({shown})",
@@ -467,6 +487,10 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
             "kind": "disentangled", "structure": s.name, "edit_prompt": prompt, "rates": realised,
             "intervals": intervals_of(realised, only=s.name), "blender": options.blender}))
         base.setdefault("omega_voxels", {})[s.name] = int(mask.sum())
+    if options.deformed:
+        from brainsynth_plugins.pairs.deformed import deformed_outputs
+
+        outputs += deformed_outputs(pair, options, rules, builder, prior, prior_lab, pn, vp, base)
     if len(outputs) == 1:
         base["skipped"] = "no described change"
         return base
@@ -496,7 +520,8 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
             for name, _, norm, _, fields in outputs[1:]:
                 for k in ks:
                     rows.append(_row(pair.folder, f"prior_z{k:03d}.png", f"{name}_z{k:03d}.png",
-                                     f"prior_dseg_z{k:03d}.png", f"{name}_dseg_z{k:03d}.png", fields, common, k, norm))
+                                     f"prior_dseg_z{k:03d}.png", f"{name}_dseg_z{k:03d}.png", fields, common, k, norm,
+                                     options.deformed))
         else:
             for name, vol, _, lab, _ in outputs:
                 write_volume(tmp / f"{name}.nii.gz", vol, prior.affine, prior.header)
@@ -504,7 +529,7 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
                 files += [f"{pair.folder}/{name}.nii.gz", f"{pair.folder}/{name}_dseg.nii.gz"]
             for name, _, norm, _, fields in outputs[1:]:
                 rows.append(_row(pair.folder, "prior.nii.gz", f"{name}.nii.gz", "prior_dseg.nii.gz", f"{name}_dseg.nii.gz",
-                                 fields, common, None, norm))
+                                 fields, common, None, norm, options.deformed))
         if final.exists():
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -534,14 +559,17 @@ def square_labels(labels2d, size: int):
 
 
 def _row(folder: str, prior: str, edited: str, prior_labels: str, edited_labels: str, fields: dict[str, Any],
-         common: dict[str, Any], k: int | None, norm) -> dict[str, Any]:
+         common: dict[str, Any], k: int | None, norm, deformed_columns: bool = False) -> dict[str, Any]:
     row = {"input_image_file_name": f"{folder}/{prior}", "edited_image_file_name": f"{folder}/{edited}",
            "edit_prompt": fields["edit_prompt"], "subject": common["subject"], "sessions": common["sessions"],
            "kind": fields["kind"], "structure": fields["structure"], "rates": fields["rates"],
-           "intervals": fields["intervals"], "interval_years": common["interval_years"], "blender": fields["blender"],
-           "slice": k, "split": None, "prior_normalisation": common["prior_normalisation"],
+           "intervals": fields["intervals"], "interval_years": fields.get("interval_years", common["interval_years"]),
+           "blender": fields["blender"], "slice": k, "split": None, "prior_normalisation": common["prior_normalisation"],
            "target_normalisation": norm.as_dict(),
            "input_labels_file_name": f"{folder}/{prior_labels}", "edited_labels_file_name": f"{folder}/{edited_labels}"}
+    if deformed_columns:  # every row of a --deformed folder has the same columns (datasets needs it)
+        row["rates_pv"] = fields.get("rates_pv")
+        row["deform_target"] = fields.get("deform_target")
     return row
 
 
@@ -649,13 +677,15 @@ def merge(pairs: list[Pair], splits: dict[str, str], options: Options, rules, su
     lines = []
     rows_by_kind: dict[str, int] = {}
     skipped: dict[str, int] = {}
-    montage_rows: dict[str, list[dict[str, Any]]] = {"real": [], "disentangled": []}
+    failed = 0
+    montage_rows: dict[str, list[dict[str, Any]]] = {"real": [], "disentangled": [], "deformed": []}
     for pair in pairs:
         part = read_part(out, pair)
         assert part is not None
         if part.get("skipped"):
             reason = part["skipped"].split(" ")[0] if part["skipped"].startswith("psnr") else part["skipped"]
             skipped[reason] = skipped.get(reason, 0) + 1
+        failed += len(part.get("deformed_failed", []))
         for row in part["rows"]:
             row["split"] = splits[pair.subject]
             lines.append(json.dumps(row))
@@ -671,10 +701,12 @@ def merge(pairs: list[Pair], splits: dict[str, str], options: Options, rules, su
             write_montage(path, pick_montage_rows(rows, options.montage), options)
         elif path.exists():
             path.unlink()
-    atomic_write_text(out / "summary.json", json.dumps({
-        "pairs": len(pairs), "skipped": skipped, "rows": rows_by_kind,
-        "subjects": {s: sum(1 for v in splits.values() if v == s) for s in SPLITS},
-    }, indent=2) + "\n")
+    doc = {"pairs": len(pairs), "skipped": skipped, "rows": rows_by_kind,
+           "subjects": {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}}
+    if options.deformed:
+        doc["deformed"] = True
+        doc["deformed_failed"] = failed
+    atomic_write_text(out / "summary.json", json.dumps(doc, indent=2) + "\n")
 
 
 def pick_montage_rows(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -682,7 +714,10 @@ def pick_montage_rows(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]
     middle exported slice."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["subject"], tuple(r["sessions"]), r["structure"]), []).append(r)
+        what = r["structure"]
+        if r["kind"] == "deformed":  # deformed rows: one group per interval, shown in turn
+            what = f"{what} {r['intervals'][r['structure']]}"
+        groups.setdefault((r["subject"], tuple(r["sessions"]), what), []).append(r)
     by_structure: dict[Any, list[list[dict[str, Any]]]] = {}
     for (_, _, s), g in groups.items():
         by_structure.setdefault(s, []).append(g)
@@ -722,6 +757,8 @@ def write_montage(path: Path, rows: list[dict[str, Any]], options: Options) -> N
         g = lambda x: (np.clip(x, 0, 1) * 255).astype(np.uint8)
         tiles.append([g(a), g(b), difference_map(a, b, limit=0.25)])
         what = r["structure"] or "real"
+        if r["kind"] == "deformed":
+            what = f"{what[:4]} {r['deform_target']:+.0f}%"
         titles.append(f"{r['subject']} {what}")
     size = max(t.shape[0] for row in tiles for t in row)
     scale = max(1, 160 // max(1, size))
@@ -745,6 +782,13 @@ def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -
     parse_split(options.split)
     rules = load_rules(options.rules)
     components(options.prompt_builder, options.blender, rules, options.seed)  # unknown names fail here
+    if options.deformed:
+        from brainsynth_plugins.pairs.deformed import deformable
+
+        able = {s.name for s in deformable(rules)}
+        for s in rules.described():
+            if s.name not in able:
+                warn(f"brainsynth: warning: --deformed makes no rows for '{s.name}' (the deform editor changes ventricle and cortex)")
     pairs, splits = plan(options, warn)
     mine = [p for p in pairs if in_shard(p, options.shard)]
     check_inputs(pairs if options.merge_only else mine)
