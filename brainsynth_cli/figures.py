@@ -47,13 +47,18 @@ def to_uint8(image: "np.ndarray", low: float | None = None, high: float | None =
 
 
 def display(slice2d: "np.ndarray") -> "np.ndarray":
-    """Orient a voxel-space slice (first axis = x) for display: x to the right, y up.
+    """Orient a canonical voxel-space axial slice (first axis = x) for display: the radiological
+    view of :func:`brainsynth_cli.slices.to_view` (anterior up, the patient's right on the left).
 
     Works on grey (x, y) and RGB (x, y, 3) arrays."""
     import numpy as np
 
     a = np.asarray(slice2d)
-    return np.flipud(a.transpose(1, 0, 2) if a.ndim == 3 else a.T)
+    if a.ndim == 3:
+        return np.ascontiguousarray(a[::-1, ::-1].transpose(1, 0, 2))
+    from brainsynth_cli.slices import to_view
+
+    return to_view(a)
 
 
 def outline(labels2d: "np.ndarray") -> "np.ndarray":

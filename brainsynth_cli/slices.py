@@ -1,11 +1,14 @@
 """The 2D slice convention shared by pair making, training and editing.
 
-A volume becomes model-ready axial slices in three invertible steps, and the parameters of
-each step are recorded so an edited slice can be put back on the input grid:
+A volume becomes model-ready axial slices in invertible steps, and the parameters of each step
+are recorded so an edited slice can be put back on the input grid:
 
 1. **Orientation**: the volume is viewed in the closest canonical RAS orientation, so the
    last voxel axis runs inferior -> superior and an axial slice is ``data[:, :, k]``
-   (:func:`to_canonical`, :func:`from_canonical`).
+   (:func:`to_canonical`, :func:`from_canonical`). The slice is then turned to the
+   radiological view that every picture uses: anterior up, the patient's right on the left
+   (:func:`to_view`, :func:`from_view`; convention "v2". Convention "v1", of older pairs
+   folders and models, kept the canonical array as it is.)
 2. **Intensity**: ``x -> clip((x - low) / (high - low), 0, 1)`` with ``low``/``high`` the
    0.5th/99.5th percentiles of the volume's non-zero voxels (:func:`normalisation`,
    :func:`normalise`, :func:`denormalise`). Stored as 16-bit PNG: ``round(x * 65535)``.
@@ -22,6 +25,30 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
 PNG_MAX = 65535
+#: The slice convention pairs folders and models record; "v1" slices are not turned to the view.
+CONVENTION = "brainsynth_cli.slices v2"
+CONVENTIONS = ("brainsynth_cli.slices v1", CONVENTION)
+
+
+def to_view(slice2d: "np.ndarray", convention: str = CONVENTION) -> "np.ndarray":
+    """A canonical axial slice (x: left->right, y: posterior->anterior) in the radiological view:
+    rows run anterior -> posterior, columns the patient's right -> left. "v1": unchanged."""
+    import numpy as np
+
+    a = np.asarray(slice2d)
+    if convention == CONVENTIONS[0]:
+        return a
+    return np.ascontiguousarray(a[::-1, ::-1].T)
+
+
+def from_view(view: "np.ndarray", convention: str = CONVENTION) -> "np.ndarray":
+    """Undo :func:`to_view`."""
+    import numpy as np
+
+    v = np.asarray(view)
+    if convention == CONVENTIONS[0]:
+        return v
+    return np.ascontiguousarray(v.T[::-1, ::-1])
 
 
 @dataclass(frozen=True)
@@ -140,3 +167,17 @@ def from_square(square: "np.ndarray", shape: tuple[int, int]) -> "np.ndarray":
     side = max(shape)
     full = _resize(square, (side, side))
     return full[x0 : side - x1, y0 : side - y1]
+
+
+def labels_to_square(labels2d: "np.ndarray", size: int) -> "np.ndarray":
+    """A label slice on the geometry of :func:`to_square` (centred square, resized to ``size``),
+    with nearest-neighbour sampling so ids stay ids."""
+    import numpy as np
+    from scipy import ndimage
+
+    a = np.asarray(labels2d)
+    x0, x1, y0, y1 = _pad_box(a.shape)
+    a = np.pad(a, ((x0, x1), (y0, y1)))
+    if a.shape != (size, size):
+        a = ndimage.zoom(a, (size / a.shape[0], size / a.shape[1]), order=0, mode="nearest", grid_mode=True)
+    return a

@@ -1,10 +1,12 @@
-"""brainsynth edit: NIfTI and PNG inputs on the input grid, same seed same bytes, equality with
-diffusers' StableDiffusionInstructPix2PixPipeline for a 3-channel model, one-line errors."""
+"""brainsynth edit: NIfTI and PNG inputs on the input grid, same seed same bytes, the input kept bit for
+bit outside the restricted region, residual decoding, equality with diffusers'
+StableDiffusionInstructPix2PixPipeline for a 3-channel model, trained intervals only, one-line errors."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from test_train_pairs import FAST, cached, make_pairs, one_thread, phantom, tiny_model, train_cli
+from test_train_pairs import FAST, cached, make_pairs, one_thread, phantom, phantom_labels, tiny_model, train_cli
 
 PROMPT = "moderate ventricle enlargement"
 
@@ -46,17 +48,24 @@ def edit_cli(*args):
 
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory):
-    """A small NIfTI volume in LAS orientation (x flipped), int16, with an empty first slice."""
+    """A small NIfTI volume in LAS orientation (x flipped), int16, with an empty first slice, and its labels."""
     import nibabel as nib
 
     d = tmp_path_factory.mktemp("vol")
     data = np.stack([phantom(40, 0.09 + 0.005 * k, seed=k) * 900 for k in range(5)], axis=2)[::-1]
+    labels = np.stack([phantom_labels(40, 0.09 + 0.005 * k) for k in range(5)], axis=2)[::-1]
     data[:, :, 0] = 0
+    labels[:, :, 0] = 0
     affine = np.array([[-2.0, 0, 0, 40], [0, 2.0, 0.1, -40], [0, 0, 3.0, -6], [0, 0, 0, 1]])
     img = nib.Nifti1Image(data.astype(np.int16), affine)
     img.header["descrip"] = b"phantom"
     nib.save(img, d / "t1.nii.gz")
+    nib.save(nib.Nifti1Image(labels.astype(np.int16), affine), d / "t1_dseg.nii.gz")
     return d / "t1.nii.gz"
+
+
+def labels_of(volume):
+    return volume.with_name("t1_dseg.nii.gz")
 
 
 def test_edit_nifti_keeps_grid_and_is_seeded(tiny, volume, tmp_path):
@@ -66,32 +75,115 @@ def test_edit_nifti_keeps_grid_and_is_seeded(tiny, volume, tmp_path):
     outs = []
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         code, _, err = edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / f"{name}.nii.gz", "--steps", "4",
-                                  "--seed", seed, "--device", "cpu")
+                                "--seed", seed, "--device", "cpu", "--labels", labels_of(volume))
         assert code == 0, err
         outs.append(nib.load(tmp_path / f"{name}.nii.gz"))
     src = nib.load(volume)
     a = outs[0].get_fdata(dtype=np.float32)
     assert outs[0].shape == src.shape and np.allclose(outs[0].affine, src.affine)
     assert outs[0].header["descrip"].item().startswith(b"phantom")
+    assert outs[0].get_data_dtype() == np.int16  # the input's data type
     assert np.isfinite(a).all()
     assert np.array_equal(a[:, :, 0], src.get_fdata()[:, :, 0])  # the empty slice is left alone
     assert not np.array_equal(a[:, :, 2], src.get_fdata()[:, :, 2])  # edited slices changed
     assert np.array_equal(a, outs[1].get_fdata(dtype=np.float32))  # same seed, same bytes
     assert not np.array_equal(a, outs[2].get_fdata(dtype=np.float32))  # another seed, another sample
     assert (tmp_path / "a_before_after.png").is_file()
+    side = json.loads((tmp_path / "a.json").read_text())
+    assert side["prompt"] == PROMPT and side["structures"] == ["ventricle"] and side["edit_path"]["blender"] == "poisson"
+    assert side["edit_path"]["residual"] is True and side["edit_path"]["region_voxels"] > 0
     # only the chosen slices change
-    code, _, err = edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "d.nii.gz", "--steps", "2", "--slices", "3:4")
+    code, _, err = edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "d.nii.gz", "--steps", "2", "--slices", "3:4",
+                            "--labels", labels_of(volume))
     assert code == 0, err
     d = nib.load(tmp_path / "d.nii.gz").get_fdata(dtype=np.float32)
     s = src.get_fdata(dtype=np.float32)
     assert np.array_equal(np.delete(d, 3, axis=2), np.delete(s, 3, axis=2)) and not np.array_equal(d[:, :, 3], s[:, :, 3])
 
 
+@pytest.mark.parametrize("margin", ["0", "3"])
+def test_outside_the_region_the_input_is_kept_bit_for_bit(tiny, volume, tmp_path, margin):
+    """The edit changes only the named structures (ventricles) dilated by --margin; every other voxel,
+    on disk, is the input's."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    _, model = tiny
+    out = tmp_path / "e.nii.gz"
+    code, _, err = edit_cli(model, volume, "--prompt", PROMPT, "-o", out, "--steps", "3", "--labels", labels_of(volume),
+                            "--margin", margin)
+    assert code == 0, err
+    raw_in = np.asarray(nib.load(volume).dataobj)
+    raw_out = np.asarray(nib.load(out).dataobj)
+    labels = np.asarray(nib.load(labels_of(volume)).dataobj)
+    vent = np.isin(labels, [4, 5, 43, 44])
+    # margin 3 mm on 2 x 2 x 3 mm voxels: one voxel in-plane and through-plane
+    region = vent if margin == "0" else ndimage.binary_dilation(vent, structure=_ball())
+    region[:, :, 0] = False  # the empty first slice is not edited, so the region stops at it
+    assert raw_out.dtype == raw_in.dtype
+    assert np.array_equal(raw_out[~region], raw_in[~region])
+    assert not np.array_equal(raw_out[region], raw_in[region])
+    side = json.loads((tmp_path / "e.json").read_text())
+    assert side["edit_path"]["region_voxels"] == int(region.sum())
+
+
+def _ball():
+    from brainsynth_cli.edit_path import ball
+
+    return ball(3.0, (2.0, 2.0, 3.0))
+
+
+def test_residual_decoding_adds_the_decoded_change(tiny):
+    """edit = x + (D(z_edit) - D(E(x))) / 2, where z_edit is what the diffusers pipeline denoises to."""
+    import torch
+
+    from brainsynth_plugins.ip2p.model import IP2PModel
+
+    _, model = tiny
+    m = IP2PModel(model, "cpu")
+    x = phantom(32, 0.1)
+    with one_thread():
+        res = m.edit([x], PROMPT, steps=3, seed=4)[0]
+        whole = m.edit([x], PROMPT, steps=3, seed=4, residual=False)[0]
+        from brainsynth_plugins.ip2p.model import scheduler_for
+
+        m.pipe.scheduler = scheduler_for("ddim", m._scheduler_config)
+        t = torch.from_numpy(x)[None, None]
+        torch.use_deterministic_algorithms(True)
+        try:
+            lat = m.pipe(prompt=[PROMPT], image=t, num_inference_steps=3, guidance_scale=7.5, image_guidance_scale=1.5,
+                         generator=torch.Generator().manual_seed(4), output_type="latent").images
+        finally:
+            torch.use_deterministic_algorithms(False)
+        with torch.no_grad():
+            dec = m.pipe.vae.decode(lat / m.pipe.vae.config.scaling_factor).sample[0, 0].numpy()
+            base = m.pipe.vae.decode(m.pipe.vae.encode(t * 2 - 1).latent_dist.mode()).sample[0, 0].numpy()
+    assert np.allclose(res, x + (dec - base) / 2, atol=1e-5)
+    assert np.allclose(whole, np.clip((dec + 1) / 2, 0, 1), atol=1e-5)
+
+
+def test_training_and_edit_condition_the_unet_identically(tiny):
+    """The prior latent the trainer feeds the UNet is the one the pipeline builds at inference."""
+    import torch
+
+    from brainsynth_plugins.ip2p.model import IP2PModel, image_conditioning
+
+    _, model = tiny
+    m = IP2PModel(model, "cpu")
+    x = torch.from_numpy(phantom(32, 0.12))[None, None]
+    with torch.no_grad():
+        ours = image_conditioning(m.pipe.vae, x * 2 - 1)
+        pre = m.pipe.image_processor.preprocess(x)
+        theirs = m.pipe.prepare_image_latents(pre, 1, 1, pre.dtype, torch.device("cpu"), False)
+    assert torch.allclose(ours, theirs)
+    assert m.pipe.vae.config.scaling_factor != 1.0  # the conditioning is not the scaled latent the targets are diffused on
+
+
 def test_edit_png_16bit_and_schedulers(tiny, tmp_path):
     from brainsynth_cli.images import read_png
 
     pairs, model = tiny
-    src = next((pairs / "images").glob("*_prior.png"))
+    src = next((pairs / "images").glob("*_prior.png"))  # its label slice *_prior_dseg.png lies beside it
     results = {}
     for sched in ("ddim", "dpm++", "euler-a"):
         for rep in (0, 1):
@@ -118,7 +210,7 @@ def test_diffusers_pipeline_gives_the_same_image(rgb_model, tmp_path):
     for sched, cls in (("ddim", None), ("euler-a", EulerAncestralDiscreteScheduler)):
         out = tmp_path / f"edit-{sched}.png"
         code, _, err = edit_cli(rgb_model, src, "--prompt", PROMPT, "-o", out, "--steps", "4", "--seed", 11, "--scheduler", sched,
-                                "--guidance-scale", "5", "--image-guidance-scale", "1.3", "--device", "cpu")
+                                "--guidance-scale", "5", "--image-guidance-scale", "1.3", "--device", "cpu", "--no-residual", "--no-restrict")
         assert code == 0, err
         ours, bits = read_png(out)
         with one_thread():
@@ -147,27 +239,50 @@ def _one_line(code, err, *words):
 
 def test_edit_errors(tiny, volume, tmp_path):
     _, model = tiny
-    # a prompt the model does not know: one line listing what it knows; --free-prompt passes
-    code, _, err = edit_cli(model, volume, "--prompt", "hippocampus growth", "-o", tmp_path / "x.nii.gz")
-    _one_line(code, err, "does not know", "mild ventricle enlargement", "cortex atrophy", "--free-prompt")
+    lab = ["--labels", labels_of(volume)]
+    # a prompt the model cannot read, and one it was not trained on: one line listing what it knows; --free-prompt passes
+    code, _, err = edit_cli(model, volume, "--prompt", "hippocampus growth", "-o", tmp_path / "x.nii.gz", *lab)
+    _one_line(code, err, "cannot read the prompt", "mild ventricle enlargement", "--free-prompt")
+    code, _, err = edit_cli(model, volume, "--prompt", "cortex atrophy", "-o", tmp_path / "x.nii.gz", *lab)
+    _one_line(code, err, "not trained on cortex atrophy", "'severe ventricle enlargement'", "--free-prompt")
     assert not (tmp_path / "x.nii.gz").exists()
     code, _, err = edit_cli(model, volume, "--prompt", "hippocampus growth", "-o", tmp_path / "x.nii.gz", "--free-prompt",
-                            "--steps", "1", "--slices", "center:1")
+                            "--steps", "1", "--slices", "center:1", "--no-restrict")
     assert code == 0 and (tmp_path / "x.nii.gz").is_file(), err
-    # phrases of the rules combine
-    code, _, err = edit_cli(model, volume, "--prompt", "cortex atrophy and mild ventricle enlargement", "-o", tmp_path / "y.nii.gz",
-                            "--steps", "1", "--slices", "center:1")
-    assert code == 0, err
+    # a free prompt names no structure: a restricted edit is refused
+    _one_line(*edit_cli(model, volume, "--prompt", "hippocampus growth", "-o", tmp_path / "w.nii.gz", "--free-prompt", *lab)[::2],
+              "names no structure", "--no-restrict")
+    # output = input (also through a symlink) is refused before anything is written
+    before = volume.read_bytes()
+    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", volume, *lab)[::2], "is also an input")
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(volume)
+    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", link, *lab)[::2], "is also an input")
+    assert volume.read_bytes() == before
+    # a figure that cannot be written: refused before the edit, nothing written
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "f.nii.gz", "--figure", blocker / "f.png", *lab)[::2],
+              "cannot be written")
+    assert not (tmp_path / "f.nii.gz").exists()
+    # labels that do not match the input
+    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "g.nii.gz", "--labels", tmp_path / "none.nii.gz")[::2],
+              "no such file")
     # a model folder missing parts
     broken = tmp_path / "broken"
     shutil.copytree(model, broken, ignore=shutil.ignore_patterns("checkpoints", "validation"))
     shutil.rmtree(broken / "unet")
-    _one_line(*edit_cli(broken, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz")[::2], "missing unet")
+    _one_line(*edit_cli(broken, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", *lab)[::2], "missing unet")
     (broken / "brainsynth.json").unlink()
-    _one_line(*edit_cli(broken, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz")[::2], "brainsynth.json")
-    # wrong output type, bad slices, missing input
+    _one_line(*edit_cli(broken, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", *lab)[::2], "brainsynth.json")
+    # not a model folder nor a training-free generator
+    _one_line(*edit_cli(tmp_path / "nothing", volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", *lab)[::2], "is not a model folder")
+    # wrong output type, bad slices, missing input, bad numbers
     _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.png")[::2], ".nii.gz")
-    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--slices", "3:99")[::2], "--slices")
+    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--slices", "3:99", *lab)[::2], "--slices")
     _one_line(*edit_cli(model, tmp_path / "none.nii.gz", "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz")[::2], "no such file")
-    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--scheduler", "plms")[::2], "unknown scheduler")
+    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--scheduler", "plms", *lab)[::2], "unknown scheduler")
+    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--image-guidance-scale", "nan")[::2], "--image-guidance-scale")
+    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--margin", "-1")[::2], "--margin")
+    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--blender", "posson")[::2], "did you mean 'poisson'")
     assert not (tmp_path / "z.nii.gz").exists()

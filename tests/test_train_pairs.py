@@ -30,7 +30,23 @@ def phantom(size: int, ventricle: float, *, shift: float = 0.0, squash: float = 
     return np.clip(img, 0, 1)
 
 
-def make_pairs(out: Path, *, size: int = 32, subjects: int = 4, slices: int = 2, seed: int = 0) -> Path:
+def phantom_labels(size: int, ventricle: float, *, shift: float = 0.0, squash: float = 1.0) -> np.ndarray:
+    """FreeSurfer aseg labels of :func:`phantom`: cortex 3/42, white matter 2/41, lateral ventricles
+    4/43 (left/right by the image's first half/second half of columns)."""
+    y, x = np.mgrid[0:size, 0:size] / (size - 1) * 2 - 1
+    x = x - shift
+    head = (x / 0.8) ** 2 + (y / (0.9 * squash)) ** 2
+    right = x > 0
+    lab = np.zeros((size, size), np.int32)
+    lab[head <= 1] = np.where(right, 42, 3)[head <= 1]
+    lab[head <= 0.75] = np.where(right, 41, 2)[head <= 0.75]
+    for cx, vid in ((-0.18, 4), (0.18, 43)):
+        v = ((x - cx) / ventricle) ** 2 + (y / (2.2 * ventricle)) ** 2
+        lab[v <= 1] = vid
+    return lab
+
+
+def make_pairs(out: Path, *, size: int = 32, subjects: int = 4, slices: int = 2, seed: int = 0, labels: bool = True) -> Path:
     """Write OUT/pairs.json, OUT/metadata.jsonl and 16-bit PNG slices (the make-pairs layout)."""
     from brainsynth_cli.images import write_png
     from brainsynth_cli.slices import to_png16
@@ -53,17 +69,21 @@ def make_pairs(out: Path, *, size: int = 32, subjects: int = 4, slices: int = 2,
                 b = f"images/sub-{s:02d}_slice-{k:03d}_{name}_target.png"
                 write_png(out / a, to_png16(prior))
                 write_png(out / b, to_png16(target))
+                la, lb = a.replace("_prior.png", "_prior_dseg.png"), b.replace("_target.png", "_target_dseg.png")
+                write_png(out / la, phantom_labels(size, base, shift=shift, squash=squash).astype(np.uint16))
+                write_png(out / lb, phantom_labels(size, base * np.sqrt(1 + g), shift=shift, squash=squash).astype(np.uint16))
                 norm = {"low": 0.0, "high": 1.0, "method": "percentile-0.5-99.5-nonzero"}
                 rows.append({
                     "input_image_file_name": a, "edited_image_file_name": b, "edit_prompt": PROMPTS[name],
                     "subject": f"sub-{s:02d}", "sessions": ["ses-01", f"ses-0{j + 2}"], "kind": "real", "structure": None,
                     "rates": {"ventricle": g * 100}, "intervals": {"ventricle": name}, "interval_years": 1.0 + j,
                     "blender": None, "slice": 10 + k, "split": split, "prior_normalisation": norm, "target_normalisation": norm,
+                    **({"input_labels_file_name": la, "edited_labels_file_name": lb} if labels else {}),
                 })
     (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     info = {"format": "brainsynth-pairs", "version": 1, "dim": "2d", "size": size, "slices": slices,
             "prompt_builder": "quantized", "blender": "poisson", "rules": default_rules().to_toml(), "seed": seed,
-            "split": "8:1:1", "slice_convention": "brainsynth_cli.slices v1", "brainsynth": "test"}
+            "split": "8:1:1", "slice_convention": "brainsynth_cli.slices v2", "brainsynth": "test"}
     (out / "pairs.json").write_text(json.dumps(info), encoding="utf-8")
     return out
 
@@ -90,8 +110,8 @@ def test_pairs_folder_layout(tmp_path):
 # ---------------------------------------------------------------------------------------------
 #: Even smaller than the tiny preset: 32x32 slices, 8x8 latents, one validation edit of 2 steps.
 FAST = ["--resolution", "32", "--batch-size", "4", "--device", "cpu",
-        "--set", "vae.block_out_channels=16,32,32", "--set", "vae.norm_num_groups=8",
-        "--set", "unet.block_out_channels=32,32", "--set", "unet.norm_num_groups=8",
+        "--set", "vae.block_out_channels=16", "--set", "vae.norm_num_groups=8",
+        "--set", "unet.block_out_channels=16,16,32", "--set", "unet.norm_num_groups=8",
         "--set", "validation_count=1", "--set", "validation_steps=2", "--set", "warmup_steps=2"]
 
 _CACHE: dict[str, Path] = {}

@@ -1,14 +1,20 @@
-"""``brainsynth edit``: apply a prompt to a NIfTI volume or a PNG slice with a trained model.
+"""``brainsynth edit``: apply a prompt to a NIfTI volume or a PNG slice.
 
-Generic: the model folder's ``brainsynth.json`` names its generator, which is picked from the
-registry and asked to load the model; the command does the slicing (``brainsynth_cli.slices``,
-the convention the model was trained with), checks the prompt against the model's rules, and
-writes the edited image on the input grid plus a before/after/difference figure.
+Generic over generators: MODEL is a model folder (its ``brainsynth.json`` names the generator,
+which the registry loads) or the name of a generator that needs no training (``deform``). The
+command checks the prompt against what the model was trained on, finds the labels of the
+structures the prompt names (``--labels`` or a segmenter), gives the model its view of the input
+(axial slices at its resolution, or the whole volume), and puts the predicted change into the
+input through the shared edit path (:mod:`brainsynth_cli.edit_path`): residual decoding,
+restriction to the named structures plus a margin, a blender. Outside that region the output
+is the input, bit for bit. Writes the output, a JSON sidecar saying how it was made, and a
+before/after figure.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,187 +22,256 @@ import typer
 
 from brainsynth_cli.errors import InputError, UserError
 
-NIFTI = (".nii", ".nii.gz")
-
-
-def _kind(path: Path) -> str | None:
-    name = path.name.lower()
-    if name.endswith(NIFTI):
-        return "nifti"
-    if name.endswith(".png"):
-        return "png"
-    return None
-
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().replace(",", " , ").split())
 
 
-def known_phrases(rules: Any, prompts: list[str]) -> list[str]:
-    """What a model understands: its training prompts and the interval phrases of its rules."""
-    phrases = [iv.phrase for s in rules.described() for iv in s.intervals] if rules is not None else []
-    return list(dict.fromkeys([*prompts, *phrases]))
+def known_prompts(info: dict[str, Any], rules: Any) -> str:
+    """What a model knows, in words: its trained intervals per structure, else its prompts."""
+    intervals = info.get("intervals")
+    if isinstance(intervals, dict) and intervals:
+        phrases = []
+        for s in rules.described():
+            for iv in s.intervals:
+                if iv.name in intervals.get(s.name, []):
+                    phrases.append(f"'{iv.phrase}'")
+        return ", ".join(phrases) + " (alone or joined by 'and')"
+    return "; ".join(info.get("prompts", [])) or "nothing"
 
 
-def check_prompt(prompt: str, rules: Any, prompts: list[str], model_dir: Path) -> None:
-    """Accept a training prompt, or phrases of the rules joined by "and" / ","; else a one-line error."""
-    known = known_phrases(rules, prompts)
-    norm_known = {_norm(k) for k in known}
+def check_prompt(prompt: str, info: dict[str, Any], rules: Any, parser: Any, where: Path | str) -> None:
+    """Accept a prompt whose every requested interval the model was trained on (or, for a model
+    without that record, one of its training prompts or phrases of its rules); else a one-line
+    error listing what it knows."""
     text = _norm(prompt)
     if not text:
         raise UserError("--prompt is empty; say what to change, e.g. 'mild ventricle enlargement'")
-    if text in norm_known:
-        return
-    parts = [p.strip() for chunk in text.split(" , ") for p in chunk.split(" and ")]
-    if parts and all(p in norm_known for p in parts if p):
-        return
-    raise InputError(model_dir, f"the model does not know the prompt {prompt!r}",
-                     f"it knows: {'; '.join(known) or 'nothing'} (or pass --free-prompt to use it anyway)")
-
-
-def parse_slices(spec: str, depth: int) -> list[int]:
-    """``all`` | ``center:N`` (N central slices) | ``A:B`` (A..B-1), canonical axial indices."""
-    s = spec.strip().lower()
-    if s == "all":
-        return list(range(depth))
-    head, sep, tail = s.partition(":")
+    trained = info.get("intervals")
     try:
-        if head == "center" and sep:
-            n = int(tail)
-            if n <= 0:
+        requested = parser.parse(prompt)
+    except UserError:
+        requested = None
+    fix = f"it knows {known_prompts(info, rules)} (or pass --free-prompt to use it anyway)"
+    if isinstance(trained, dict):
+        if requested is None:
+            if text in {_norm(p) for p in info.get("prompts", [])}:
+                return
+            raise InputError(where, f"the model cannot read the prompt {prompt!r}", fix)
+        missing = [f"{s} {iv.name}" for s, iv in requested.items() if iv.name not in trained.get(s, [])]
+        if missing:
+            raise InputError(where, f"the model was not trained on {', '.join(missing)} (prompt {prompt!r})", fix)
+        return
+    known = {_norm(p) for p in info.get("prompts", [])} | {_norm(iv.phrase) for s in rules.described() for iv in s.intervals}
+    parts = [p.strip() for chunk in text.split(" , ") for p in chunk.split(" and ")]
+    if text in known or (parts and all(p in known for p in parts if p)):
+        return
+    raise InputError(where, f"the model does not know the prompt {prompt!r}", fix)
+
+
+def _resolve_model(model: str) -> tuple[Path | None, str, dict[str, Any]]:
+    """(model folder or None, generator name, brainsynth.json) for MODEL."""
+    from brainsynth_cli.plugin_manager import registry
+
+    path = Path(model)
+    if path.is_dir():
+        info_file = path / "brainsynth.json"
+        if not info_file.is_file():
+            raise InputError(path, "is missing brainsynth.json", "give a complete model folder written by `brainsynth train`")
+        try:
+            info = json.loads(info_file.read_text(encoding="utf-8"))
+            if not isinstance(info, dict):
                 raise ValueError
-            start = max(0, depth // 2 - n // 2)
-            return list(range(start, min(depth, start + n)))
-        if sep:
-            a, b = int(head), int(tail)
-            if not 0 <= a < b <= depth:
-                raise UserError(f"--slices {spec}: the volume has axial slices 0..{depth - 1}; give A:B with 0 <= A < B <= {depth}")
-            return list(range(a, b))
-    except ValueError:
-        pass
-    raise UserError(f"--slices {spec!r}: use all, center:N or A:B")
+            return path, str(info.get("generator", "instruct-pix2pix")), info
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            raise InputError(info_file, "is not valid JSON", "re-run the training") from None
+    gens = registry("generator")
+    if model in gens:
+        gen = gens.create(model)
+        if getattr(gen, "needs_training", True) is False:
+            return None, model, {}
+        raise InputError(path, f"is the name of generator {model!r}, which needs a trained model folder",
+                         f"train one with `brainsynth train PAIRS --generator {model} -o MODEL` and give MODEL")
+    free = [n for n in gens.names() if getattr(gens.create(n), "needs_training", True) is False] if len(gens) else []
+    raise InputError(path, "is not a model folder", "give the folder written by `brainsynth train -o MODEL`"
+                     + (f", or a generator that needs no training ({', '.join(free)})" if free else ""))
+
+
+def _check_outputs(inputs: list[Path], outputs: list[Path]) -> None:
+    """Refuse outputs that are inputs (symlinks and relative paths resolved) or cannot be written."""
+    import os
+
+    real_in = {os.path.realpath(p) for p in inputs}
+    for out in outputs:
+        if os.path.realpath(out) in real_in:
+            raise InputError(out, "is also an input; writing it would replace your data", "choose another output name")
+        parent = out.parent if str(out.parent) else Path(".")
+        probe = parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if out.is_dir():
+            raise InputError(out, "is a folder", "give a file name")
+        if not probe.is_dir() or not os.access(probe, os.W_OK):
+            raise InputError(out, "cannot be written (its folder is not a writable folder)", "choose a writable location")
+    if len({os.path.realpath(o) for o in outputs}) != len(outputs):
+        raise InputError(outputs[-1], "is given for two outputs", "name the outputs differently")
 
 
 def register(app: typer.Typer) -> None:
     @app.command("edit")
     def edit(
-        model: Path = typer.Argument(..., help="Model folder written by `brainsynth train`."),
+        model: str = typer.Argument(..., help="Model folder written by `brainsynth train`, or a generator that needs no training (deform)."),
         input: Path = typer.Argument(..., help="NIfTI volume (.nii/.nii.gz) or PNG slice to edit."),
         prompt: str = typer.Option(..., "--prompt", "-p", help="What to change, e.g. 'mild ventricle enlargement'."),
-        output: Path = typer.Option(..., "-o", "--output", help="Edited image (same type as INPUT)."),
+        output: Path = typer.Option(..., "-o", "--output", help="Edited image (same type as INPUT); a JSON sidecar is written beside it."),
+        labels: Path | None = typer.Option(None, "--labels", help="Label map of INPUT (aseg ids, same grid); default: --segmenter on a volume, the make-pairs label slice beside a PNG."),
+        segmenter: str = typer.Option("atlas", "--segmenter", help="Segmenter that labels a NIfTI input when --labels is not given."),
+        restrict: bool = typer.Option(True, "--restrict/--no-restrict", help="Keep the change inside the structures the prompt names, dilated by --margin."),
+        margin: float = typer.Option(3.0, "--margin", help="Margin around the named structures, mm."),
+        blender: str = typer.Option("poisson", "--blender", help="How the change is merged into the input inside the region (see `brainsynth plugins`)."),
+        residual: bool = typer.Option(True, "--residual/--no-residual", help="Decode the change and add it to the input (a latent model's autoencoder then touches nothing else)."),
         steps: int = typer.Option(20, "--steps", help="Denoising steps."),
         scheduler: str = typer.Option("ddim", "--scheduler", help="ddim, dpm++ or euler-a."),
         guidance_scale: float = typer.Option(7.5, "--guidance-scale", help="Text guidance scale."),
         image_guidance_scale: float = typer.Option(1.5, "--image-guidance-scale", help="Image guidance scale (closeness to INPUT)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise."),
-        slices: str = typer.Option("all", "--slices", help="Axial slices of a volume to edit: all, center:N or A:B (empty slices are skipped)."),
+        slices: str = typer.Option("all", "--slices", help="2D models: axial slices of a volume to edit: all, center:N or A:B (empty slices are skipped)."),
         batch_size: int = typer.Option(4, "--batch-size", help="Slices per batch."),
+        pixel_size: float | None = typer.Option(None, "--pixel-size", help="PNG input: pixel size in mm for --margin (default: the model's training slices', else 1)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
-        free_prompt: bool = typer.Option(False, "--free-prompt", help="Use a prompt the model's rules do not describe."),
+        free_prompt: bool = typer.Option(False, "--free-prompt", help="Use a prompt the model was not trained on."),
         figure: Path | None = typer.Option(None, "--figure", help="Before/after/difference PNG (default: OUTPUT name + _before_after.png)."),
     ) -> None:
-        """Edit a scan or slice by a text prompt; the output keeps the input's grid, affine and header."""
-        from brainsynth_cli.plugin_manager import get_manager
-        from brainsynth_cli.progress import progress_bar
+        """Edit a scan or slice by a text prompt; the output keeps the input's grid, affine and header,
+        and equals the input outside the named structures (plus --margin)."""
+        import numpy as np
 
-        kind = _kind(input)
+        from brainsynth_cli import __version__, edit_io
+        from brainsynth_cli import edit_path as ep
+        from brainsynth_cli.plugin_manager import registry
+        from brainsynth_cli.progress import progress_bar
+        from brainsynth_cli.structures import default_rules, rules_from_text
+
+        kind = edit_io.kind_of(input)
         if not input.is_file():
             raise InputError(input, "no such file", "check the path")
         if kind is None:
             raise InputError(input, "is neither NIfTI (.nii, .nii.gz) nor PNG", "give a volume or a PNG slice")
-        if _kind(output) != kind:
+        if edit_io.kind_of(output) != kind:
             want = ".nii.gz" if kind == "nifti" else ".png"
             raise InputError(output, f"must be a {want} file like the input", f"name the output *{want}")
         if steps <= 0 or batch_size <= 0:
             raise UserError("--steps and --batch-size must be positive")
+        for name, value in (("--guidance-scale", guidance_scale), ("--image-guidance-scale", image_guidance_scale)):
+            if not math.isfinite(value) or not 0 <= value <= 100:
+                raise UserError(f"{name} {value}: give a number between 0 and 100")
+        if pixel_size is not None and not (math.isfinite(pixel_size) and 0 < pixel_size <= 20):
+            raise UserError(f"--pixel-size {pixel_size}: give a pixel size in mm between 0 and 20")
         if device not in ("auto", "cpu", "cuda", "mps"):
             raise UserError(f"--device must be auto, cpu, cuda or mps, got {device!r}")
-        info_file = model / "brainsynth.json"
-        if not model.is_dir():
-            raise InputError(model, "is not a model folder", "give the folder written by `brainsynth train -o MODEL`")
-        if not info_file.is_file():
-            raise InputError(model, "is missing brainsynth.json", "give a complete model folder written by `brainsynth train`")
-        try:
-            info = json.loads(info_file.read_text(encoding="utf-8"))
-            generator_name = str(info.get("generator", "instruct-pix2pix"))
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            raise InputError(info_file, "is not valid JSON", "re-run the training") from None
-        if not free_prompt:  # before anything heavy: the rules and prompts the model was trained with
-            from brainsynth_cli.structures import default_rules, rules_from_text
-
-            rules = rules_from_text(info["rules"], f"{info_file} rules") if info.get("rules") else default_rules()
-            check_prompt(prompt, rules, [str(p) for p in info.get("prompts", [])], model)
-        gen = get_manager().registry("generator").create(generator_name)
-        if hasattr(gen, "check"):
-            gen.check(model)  # missing parts -> one line, before anything heavy is loaded
-        image = _read_input(input, kind)  # bad input -> one line, before loading the model
-        loaded = gen.load(model, device)
-        res = int(loaded.resolution)
-        jobs, place = _prepare(image, kind, res, slices)
-        if not jobs:
-            raise InputError(input, "has no non-empty slice in the chosen range", "choose other --slices")
-        with progress_bar("edit", len(jobs)) as progress:
-            edited = loaded.edit(jobs, prompt, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
-                                 image_guidance_scale=image_guidance_scale, seed=seed, batch_size=batch_size, progress=progress)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        before, after = place(edited, output)
+        settings = ep.EditSettings(residual=residual, restrict=restrict, margin_mm=float(margin), blender=blender)
+        settings.check()
         fig = figure or output.with_name(output.name.split(".")[0] + "_before_after.png")
-        _figure(fig, before, after, prompt)
-        typer.echo(f"edited: {output} ({len(jobs)} slice{'s' if len(jobs) != 1 else ''})")
+        sidecar = edit_io.sidecar_path(output)
+        if labels is not None and not labels.is_file():
+            raise InputError(labels, "no such file", "check the path given to --labels")
+        _check_outputs([input] + ([labels] if labels is not None else []), [output, fig, sidecar])
+
+        model_dir, generator_name, info = _resolve_model(model)
+        rules = rules_from_text(info["rules"], f"{model_dir}/brainsynth.json rules") if info.get("rules") else default_rules()
+        builder = str((info.get("pairs") or {}).get("prompt_builder", "quantized"))
+        parser = registry("prompt-builder").create(builder, rules=rules)
+        if not free_prompt and model_dir is not None:
+            check_prompt(prompt, info, rules, parser, model_dir)
+        structures = ep.named_structures(prompt, rules, builder)
+        gen = registry("generator").create(generator_name)
+        if model_dir is not None and hasattr(gen, "check"):
+            gen.check(model_dir)  # missing parts -> one line, before anything heavy is loaded
+        needs_labels = bool(getattr(gen, "needs_labels", False))
+        if restrict and not structures:
+            raise UserError(f"the prompt {prompt!r} names no structure of the rules, so the edit cannot be restricted to one; "
+                            "use a prompt such as 'mild ventricle enlargement', or --no-restrict")
+        canvas = edit_io.read_canvas(input, kind, pixel_size or float(info.get("pixel_mm") or 1.0))
+        label_source = None
+        if restrict or needs_labels:
+            if labels is not None:
+                canvas.labels = edit_io.read_canvas_labels(canvas, labels)
+                label_source = str(labels)
+            elif kind == "png":
+                sibling = edit_io.png_label_sibling(input)
+                if sibling is None:
+                    raise InputError(input, "has no label slice beside it (X_z045.png -> X_dseg_z045.png)",
+                                     "give --labels LABELS.png (aseg ids, same size), or --no-restrict")
+                canvas.labels = edit_io.read_canvas_labels(canvas, sibling)
+                label_source = str(sibling)
+            else:
+                with progress_bar(f"segment ({segmenter})") as progress:
+                    canvas.labels = edit_io.segment_canvas(canvas, segmenter, progress)
+                label_source = f"segmenter {segmenter}"
+            present = [s.name for s in structures if np.isin(canvas.labels, s.labels).any()]
+            if restrict and not present:
+                raise InputError(labels or input, f"has no voxel of {', '.join(s.name for s in structures)} in its labels",
+                                 "check the label map (aseg ids), or --no-restrict")
+
+        loaded = gen.load(model_dir, device)
+        dims = tuple(getattr(loaded, "dims", ("2d",)))
+        resolution = getattr(loaded, "resolution", None)
+        convention = str((info.get("intensity_normalisation") or {}).get("slice_convention") or "brainsynth_cli.slices v1")
+        options = dict(steps=steps, scheduler=scheduler, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale,
+                       seed=seed, batch_size=batch_size, residual=residual)
+        within = None
+        if kind == "nifti" and "3d" in dims:
+            with progress_bar("edit (volume)", 1) as progress:
+                norm = canvas.meta["norm"]
+                volume01 = (canvas.data - np.float32(norm.low)) / np.float32(norm.high - norm.low)
+                out = loaded.edit([volume01], prompt, labels=[canvas.labels], spacing=canvas.spacing, progress=progress, **options)[0]
+            canvas.change = (np.asarray(out, np.float32) - volume01) * np.float32(norm.high - norm.low)
+            edited_slices = canvas.data.shape[2]
+        else:
+            jobs = edit_io.slice_jobs(canvas, int(resolution) if resolution else None, edit_io.chosen_slices(canvas, slices), convention)
+            if not jobs.squares:
+                raise InputError(input, "has no non-empty slice in the chosen range", "choose other --slices")
+            with progress_bar("edit", len(jobs.squares)) as progress:
+                edited = loaded.edit(jobs.squares, prompt, labels=jobs.labels, progress=progress, **options)
+            edit_io.put_back(canvas, jobs, edited)
+            edited_slices = len(jobs.squares)
+            if kind == "nifti":  # a slice-wise edit changes only the slices the model edited
+                within = np.zeros(canvas.data.shape, bool)
+                within[:, :, jobs.indices] = True
+        result, mask = ep.apply(canvas.data, canvas.change, canvas.labels, structures, canvas.spacing, settings, within)
+
+        edit_io.write_output(canvas, result, output)
+        record = {
+            "brainsynth": __version__, "input": str(input), "output": str(output), "model": str(model_dir) if model_dir else None,
+            "generator": generator_name, "prompt": prompt, "free_prompt": free_prompt,
+            "structures": [s.name for s in structures], "labels": label_source,
+            "edit_path": {**settings.as_dict(), "region_voxels": int(mask.sum()) if mask is not None else None,
+                          "description": settings.describe()},
+            "sampling": {k: v for k, v in options.items() if k != "residual"}, "edited_slices": edited_slices,
+            "slice_convention": convention if "3d" not in dims or kind == "png" else None,
+        }
+        edit_io.write_sidecar(sidecar, record)
+        _figure(fig, canvas, result, mask, prompt, settings)
+        typer.echo(f"edited: {output} ({settings.describe()})")
+        typer.echo(f"metadata: {sidecar}")
         typer.echo(f"figure: {fig}")
 
 
-def _read_input(path: Path, kind: str) -> Any:
-    from brainsynth_cli.images import read_png, read_volume
-
-    if kind == "png":
-        return read_png(path)
-    return read_volume(path)
-
-
-def _prepare(image: Any, kind: str, res: int, slices: str) -> tuple[list[Any], Any]:
-    """Model-ready [0, 1] squares and a function that puts edited squares back and writes the output."""
+def _figure(path: Path, canvas: Any, result: Any, mask: Any, prompt: str, settings: Any) -> None:
+    """Before/after/difference of the slice the edit changed most, the region outlined."""
     import numpy as np
 
     from brainsynth_cli import slices as sl
-    from brainsynth_cli.images import write_png, write_volume
+    from brainsynth_cli.edit_montage import EditRow, edit_montage
 
-    if kind == "png":
-        arr, bits = image
-        top = np.float32(65535 if bits == 16 else 255)
-        x = arr.astype(np.float32) / top
-        square = np.clip(sl.to_square(x, res), 0, 1) if x.shape != (res, res) else x
-
-        def place_png(edited: list[Any], out: Path) -> tuple[Any, Any]:
-            y = edited[0] if x.shape == (res, res) else np.clip(sl.from_square(edited[0], x.shape), 0, 1)
-            write_png(out, np.round(y.astype(np.float64) * float(top)).astype(np.uint16 if bits == 16 else np.uint8), bits=bits)
-            return x, y
-
-        return [square], place_png
-
-    vol = image
-    canon, ornt = sl.to_canonical(vol.data, vol.affine)
-    norm = sl.normalisation(canon)
-    chosen = [k for k in parse_slices(slices, canon.shape[2]) if np.any(canon[:, :, k] != 0)]
-    jobs = [sl.to_square(sl.normalise(canon[:, :, k], norm), res) for k in chosen]
-
-    def place_nifti(edited: list[Any], out: Path) -> tuple[Any, Any]:
-        result = canon.astype(np.float32).copy()
-        for k, y in zip(chosen, edited):
-            result[:, :, k] = sl.denormalise(sl.from_square(y, canon.shape[:2]), norm)
-        write_volume(out, sl.from_canonical(result, ornt), vol.affine, vol.header)
-        mid = chosen[len(chosen) // 2]
-        from brainsynth_cli.figures import display
-
-        return display(sl.normalise(canon[:, :, mid], norm)), display(sl.normalise(result[:, :, mid], norm))
-
-    return jobs, place_nifti
-
-
-def _figure(path: Path, before: Any, after: Any, prompt: str) -> None:
-    from brainsynth_cli.figures import difference_map, save_grid, to_uint8
-
-    scale = max(1, 256 // max(before.shape))
-    tiles = [to_uint8(before, 0.0, 1.0), to_uint8(after, 0.0, 1.0), difference_map(before, after)]
-    save_grid(path, [tiles], col_titles=["before", "after", "after - before"],
-              row_titles=[prompt[:18]], scale=scale)
+    before, after = canvas.data, np.asarray(result, np.float32)
+    if canvas.kind == "png":
+        rows = [EditRow(prompt, before, after, outline=mask)]
+    else:
+        norm = canvas.meta["norm"]
+        k = int(np.argmax(np.abs(after - before).sum(axis=(0, 1))))
+        if mask is not None and mask.any():
+            k = int(np.argmax(mask.sum(axis=(0, 1))))
+        rows = [EditRow(prompt, sl.to_view(sl.normalise(before[:, :, k], norm)), sl.to_view(sl.normalise(after[:, :, k], norm)),
+                        outline=None if mask is None else sl.to_view(mask[:, :, k]), note=f"axial slice {k}")]
+    edit_montage(path, rows, title=settings.describe())

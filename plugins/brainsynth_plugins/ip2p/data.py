@@ -8,7 +8,7 @@ from typing import Any
 from brainsynth_cli.errors import InputError
 from brainsynth_cli.pairs_folder import PairsFolder, read_pairs_folder
 
-__all__ = ["PairsFolder", "load_slice", "prompts_of", "read_pairs"]
+__all__ = ["PairsFolder", "load_slice", "read_pairs", "trained_intervals", "trained_prompts"]
 
 
 def read_pairs(root: str | Path) -> PairsFolder:
@@ -26,8 +26,19 @@ def read_pairs(root: str | Path) -> PairsFolder:
     return folder
 
 
-def prompts_of(folder: PairsFolder) -> list[str]:
-    return sorted({r.prompt for r in folder.rows})
+def trained_prompts(folder: PairsFolder) -> list[str]:
+    """The prompts of the training split: what a model trained on ``folder`` has seen."""
+    return sorted({r.prompt for r in folder.split("train")})
+
+
+def trained_intervals(folder: PairsFolder) -> dict[str, list[str]]:
+    """Per structure group, the intervals the training split's rows request (their ``intervals`` column)."""
+    seen: dict[str, set[str]] = {}
+    for r in folder.split("train"):
+        for structure, interval in (r.data.get("intervals") or {}).items():
+            if interval:
+                seen.setdefault(str(structure), set()).add(str(interval))
+    return {k: sorted(v) for k, v in sorted(seen.items())}
 
 
 def load_slice(path: Path, resolution: int) -> Any:

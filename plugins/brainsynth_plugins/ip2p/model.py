@@ -38,6 +38,42 @@ def check_model_dir(model_dir: Path) -> dict[str, Any]:
     return info
 
 
+def image_conditioning(vae: Any, x: Any) -> Any:
+    """The prior latent the UNet is conditioned on, from images ``x`` in [-1, 1].
+
+    The mode of the VAE's posterior, *not* multiplied by the scaling factor: what diffusers'
+    ``StableDiffusionInstructPix2PixPipeline.prepare_image_latents`` feeds the UNet at inference
+    and what diffusers' InstructPix2Pix training script trains with. Training and editing both
+    call this (a model trained on scaled prior latents sees them 1/scaling_factor times larger
+    at inference).
+    """
+    return vae.encode(x).latent_dist.mode()
+
+
+def residual_edit(pipe: Any, x: Any, prompts: list[str], *, steps: int, guidance_scale: float, image_guidance_scale: float,
+                  generator: Any, residual: bool = True) -> Any:
+    """Edit a batch ``x`` ([0, 1], N x C x H x W) with an InstructPix2Pix pipeline; returns N x H x W.
+
+    With ``residual`` the edit is decoded as a change and added to the input:
+    ``x + (D(z_edit) - D(E(x))) / 2`` (the VAE works on [-1, 1]), so what the autoencoder cannot
+    reconstruct is kept from the input instead of being re-drawn; the result is not clipped.
+    Without it, the pipeline's own decoded image ``D(z_edit)`` is returned, clipped to [0, 1].
+    """
+    import torch
+
+    out = pipe(prompt=prompts, image=x, num_inference_steps=int(steps), guidance_scale=float(guidance_scale),
+               image_guidance_scale=float(image_guidance_scale), generator=generator,
+               output_type="latent" if residual else "pt").images
+    if not residual:
+        return out.float().clamp(0, 1).mean(1)
+    vae = pipe.vae
+    with torch.no_grad():
+        z = out.to(vae.dtype) / vae.config.scaling_factor
+        edited = vae.decode(z).sample.float()
+        base = vae.decode(image_conditioning(vae, (x * 2 - 1).to(vae.dtype))).sample.float()
+    return x.float().mean(1) + (edited - base).mean(1) / 2
+
+
 def scheduler_for(name: str, config: Any) -> Any:
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 
@@ -63,6 +99,7 @@ class IP2PModel:
         self.resolution = int(self.info["resolution"])
         self.channels = int(self.info["channels"])
         self.prompts = list(self.info.get("prompts", []))
+        self.dims = ("2d",)  # edits axial slices at ``resolution``
         self.rules = rules_from_text(self.info["rules"], f"{self.path / 'brainsynth.json'} rules") if self.info.get("rules") else None
         quiet()
         from diffusers import StableDiffusionInstructPix2PixPipeline
@@ -79,9 +116,12 @@ class IP2PModel:
         self._scheduler_config = self.pipe.scheduler.config
 
     def edit(self, images: list[Any], prompt: str, *, steps: int = 20, scheduler: str = "ddim", guidance_scale: float = 7.5,
-             image_guidance_scale: float = 1.5, seed: int = 0, batch_size: int = 4, progress: Progress | None = None) -> list[Any]:
-        """Edit ``images`` (2D float arrays in [0, 1], ``resolution`` square) by ``prompt``; returns [0, 1] arrays.
+             image_guidance_scale: float = 1.5, seed: int = 0, batch_size: int = 4, residual: bool = True,
+             progress: Progress | None = None, **_: Any) -> list[Any]:
+        """Edit ``images`` (2D float arrays in [0, 1], ``resolution`` square) by ``prompt``.
 
+        With ``residual`` (the default) each result is the input plus the decoded change (see
+        :func:`residual_edit`; values may leave [0, 1] slightly); without it, the decoded image.
         One generator seeded with ``seed`` draws the noise of all batches in order: the same
         seed, settings and batch size give the same bytes.
         """
@@ -104,10 +144,9 @@ class IP2PModel:
                 if self.channels == 3:
                     x = x.repeat(1, 3, 1, 1)
                 with torch.no_grad():
-                    y = self.pipe(prompt=[prompt] * len(chunk), image=x.to(self.device), num_inference_steps=int(steps),
-                                  guidance_scale=float(guidance_scale), image_guidance_scale=float(image_guidance_scale),
-                                  generator=gen, output_type="pt").images
-                out.extend(np.clip(y.float().mean(1).cpu().numpy(), 0, 1).astype(np.float32))
+                    y = residual_edit(self.pipe, x.to(self.device), [prompt] * len(chunk), steps=steps, guidance_scale=guidance_scale,
+                                      image_guidance_scale=image_guidance_scale, generator=gen, residual=residual)
+                out.extend(y.cpu().numpy().astype(np.float32))
                 if progress is not None:
                     progress(len(out), len(images), "slices")
         finally:

@@ -5,14 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Trains both stages on 2 CPU cores in a few minutes at 64x64 (the demo and the tests).
+    # Trains both stages on 2 CPU cores in a few minutes at 64x64 (the demo and the tests). The
+    # autoencoder does not downsample (f=1): at 64 px every pixel carries detail, and the f=4 and
+    # f=2 autoencoders tried reconstructed held-out slices at 18-25 dB where this one reaches ~31.
     "tiny": {
         "resolution": 64, "channels": 1, "pretrained": None,
-        "vae": {"block_out_channels": [16, 32, 32], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8},
-        "unet": {"block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 16,
-                 "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-                 "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]},
-        "vae_steps": 600, "unet_steps": 400, "vae_lr": 1e-3, "unet_lr": 1e-3, "vae_batch_size": 8, "unet_batch_size": 16,
+        "vae": {"block_out_channels": [16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
+                "mid_block_attention": False},
+        "unet": {"block_out_channels": [16, 32, 64], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 8,
+                 "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+                 "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"]},
+        "vae_steps": 800, "unet_steps": 400, "vae_lr": 2e-3, "unet_lr": 1e-3, "vae_batch_size": 8, "unet_batch_size": 16,
+        "ssim_weight": 0.0, "vae_lr_scheduler": "cosine",
         "warmup_steps": 20, "validation_steps": 10, "checkpoint_every": 100,
     },
     # From scratch, sized for one GPU at 256x256 (latents 4x32x32).
@@ -38,6 +42,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 COMMON: dict[str, Any] = {
     "kl_weight": 1e-6, "ssim_weight": 0.5, "gan_weight": 0.0, "gan_start": 0,
     "conditioning_dropout": 0.05, "ema": False, "ema_decay": 0.999, "gradient_accumulation": 1,
-    "validation_count": 4, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup",
-    "mixed_precision": "no", "gradient_checkpointing": False, "guidance_scale": 7.5, "image_guidance_scale": 1.5,
+    "validation_count": 4, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup", "vae_lr_scheduler": None,
+    "mixed_precision": "no", "gradient_checkpointing": False, "prediction_type": "epsilon", "guidance_scale": 7.5, "image_guidance_scale": 1.5,
 }

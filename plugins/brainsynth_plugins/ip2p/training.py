@@ -18,7 +18,8 @@ from typing import Any
 from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress, TrainOptions
 from brainsynth_plugins.ip2p import state as ckpts
-from brainsynth_plugins.ip2p.data import PairsFolder, load_slice, prompts_of, read_pairs
+from brainsynth_plugins.ip2p.data import PairsFolder, load_slice, read_pairs, trained_intervals, trained_prompts
+from brainsynth_plugins.ip2p.model import image_conditioning, residual_edit
 from brainsynth_plugins.ip2p.presets import COMMON, PRESETS
 
 RUN_FILE = ckpts.RUN_FILE
@@ -74,6 +75,16 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
             cfg[head] = v
     if cfg["vae"] is None and not cfg["pretrained"]:
         raise UserError("a model without pretrained weights needs vae/unet sizes; use preset tiny or base")
+    for part in ("vae", "unet"):  # "--set vae.block_out_channels=16" means a one-level list
+        for key in ("block_out_channels", "down_block_types", "up_block_types"):
+            if isinstance(cfg.get(part), dict) and key in cfg[part] and not isinstance(cfg[part][key], list):
+                cfg[part][key] = [cfg[part][key]]
+    if cfg["prediction_type"] not in ("epsilon", "sample", "v_prediction"):
+        raise UserError(f"--set prediction_type={cfg['prediction_type']}: use epsilon, sample or v_prediction")
+    u = cfg.get("unet") or {}
+    if u and not (len(u["block_out_channels"]) == len(u["down_block_types"]) == len(u["up_block_types"])):
+        raise UserError(f"unet.block_out_channels has {len(u['block_out_channels'])} entries but the preset's UNet has "
+                        f"{len(u['down_block_types'])} levels; give as many (or set unet.down_block_types / unet.up_block_types too)")
     if int(cfg["resolution"]) < 8 or int(cfg["channels"]) not in (1, 3):
         raise UserError("--resolution must be >= 8 and --channels 1 or 3")
     if not 0 <= float(cfg["conditioning_dropout"]) < 1 / 3:
@@ -167,6 +178,20 @@ def ssim(a: Any, b: Any, window: int = 7, sigma: float = 1.5) -> Any:
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
     return s.mean()
+
+
+def diffusion_target(noise_sched: Any, latents: Any, noise: Any, t: Any) -> Any:
+    """What the UNet learns to predict under the scheduler's ``prediction_type``: the noise
+    (``epsilon``), the clean latent (``sample``: at high noise levels its optimum is the
+    conditional mean of the target, noise-free) or the velocity (``v_prediction``)."""
+    kind = noise_sched.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return latents
+    if kind == "v_prediction":
+        return noise_sched.get_velocity(latents, noise, t)
+    raise UserError(f"prediction_type {kind!r}: use epsilon, sample or v_prediction")
 
 
 def patch_discriminator(channels: int) -> Any:
@@ -288,10 +313,10 @@ class Trainer:
     def _set_rng(self, gen: Any, rng: dict[str, Any]) -> None:
         ckpts.set_rng_state(gen, rng)
 
-    def _scheduler(self, opt: Any, total: int, world: int) -> Any:
+    def _scheduler(self, opt: Any, total: int, world: int, name: str | None = None) -> Any:
         from diffusers.optimization import get_scheduler
 
-        return get_scheduler(self.cfg["lr_scheduler"], optimizer=opt, num_warmup_steps=int(self.cfg["warmup_steps"]) * world,
+        return get_scheduler(name or self.cfg["lr_scheduler"], optimizer=opt, num_warmup_steps=int(self.cfg["warmup_steps"]) * world,
                              num_training_steps=total * world)
 
     # -- run -----------------------------------------------------------------------------
@@ -334,7 +359,7 @@ class Trainer:
                              down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                              block_out_channels=tuple(v["block_out_channels"]), layers_per_block=int(v["layers_per_block"]),
                              latent_channels=int(v["latent_channels"]), norm_num_groups=int(v["norm_num_groups"]),
-                             sample_size=self.res)
+                             sample_size=self.res, mid_block_add_attention=bool(v.get("mid_block_attention", True)))
 
     def train_vae(self, start: ckpts.Checkpoint | None) -> None:
         import torch
@@ -351,7 +376,7 @@ class Trainer:
         opt = torch.optim.AdamW(vae.parameters(), lr=float(cfg["vae_lr"]))
         opt_d = torch.optim.AdamW(disc.parameters(), lr=float(cfg["vae_lr"]), betas=(0.5, 0.9)) if gan else None
         acc = self._accelerator()
-        sched = self._scheduler(opt, total, acc.num_processes)
+        sched = self._scheduler(opt, total, acc.num_processes, cfg.get("vae_lr_scheduler"))
         gen = torch.Generator(device=acc.device).manual_seed(int(cfg["seed"]) * 7 + 1 + acc.process_index)
         step = 0
         if start is not None:
@@ -480,7 +505,7 @@ class Trainer:
                     new.bias.copy_(old.bias)
                 unet.conv_in = new
                 unet.register_to_config(in_channels=2 * latent_channels)
-            noise = DDPMScheduler.from_pretrained(self.cfg["pretrained"], subfolder="scheduler")
+            noise = DDPMScheduler.from_pretrained(self.cfg["pretrained"], subfolder="scheduler", prediction_type=str(self.cfg["prediction_type"]))
             return unet, noise
         u = self.cfg["unet"]
         unet = UNet2DConditionModel(
@@ -491,7 +516,7 @@ class Trainer:
             cross_attention_dim=hidden,
         )
         noise = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              prediction_type="epsilon", clip_sample=False)
+                              prediction_type=str(self.cfg["prediction_type"]), clip_sample=False, timestep_spacing="trailing")
         return unet, noise
 
     def _embed(self, prompts: list[str], device: Any) -> dict[str, Any]:
@@ -528,15 +553,16 @@ class Trainer:
         unet, noise_sched = self._new_unet(hidden, lat_ch, self.res // factor)
         if cfg["gradient_checkpointing"]:
             unet.enable_gradient_checkpointing()
-        # latents once, in a fixed order (so a resumed run sees the same numbers)
+        # latents once, in a fixed order (so a resumed run sees the same numbers): the posterior
+        # mode, unscaled (the prior's conditioning, exactly as the diffusers pipeline computes it at
+        # inference); targets are diffused on mode x scaling_factor, as in diffusers' training script
         paths = sorted({p.prior for p in self.train_pairs + self.val_pairs} | {p.target for p in self.train_pairs})
         scale = float(vae.config.scaling_factor)
         latents: dict[Path, Any] = {}
         with torch.no_grad():
             for i in range(0, len(paths), 16):
                 chunk = paths[i : i + 16]
-                z = vae.encode(self._tensor(chunk).to(acc.device)).latent_dist.mode() * scale
-                latents.update(zip(chunk, z))
+                latents.update(zip(chunk, image_conditioning(vae, self._tensor(chunk).to(acc.device))))
         emb = self._embed(sorted({p.prompt for p in self.pairs.rows}) + [""], acc.device)
         null = emb[""]
         ema = ckpts.EMA(unet, float(cfg["ema_decay"])) if cfg["ema"] else None
@@ -563,7 +589,7 @@ class Trainer:
         while step < total:
             for micro in range(accum):
                 rows = [self.train_pairs[i] for i in batches(step * accum + micro)]
-                target = torch.stack([latents[r.target] for r in rows])
+                target = torch.stack([latents[r.target] for r in rows]) * scale
                 prior = torch.stack([latents[r.prior] for r in rows])
                 text = torch.stack([emb[r.prompt] for r in rows])
                 noise = torch.randn(target.shape, generator=gen, device=acc.device)
@@ -575,7 +601,7 @@ class Trainer:
                     prior = prior * (1 - ((u >= drop) & (u < 3 * drop)).float())[:, None, None, None]
                 with acc.accumulate(unet):
                     pred = unet(torch.cat([noisy, prior], 1), t, text).sample
-                    loss = F.mse_loss(pred.float(), noise.float())
+                    loss = F.mse_loss(pred.float(), diffusion_target(noise_sched, target, noise, t).float())
                     acc.backward(loss)
                     if acc.sync_gradients:
                         acc.clip_grad_norm_(unet.parameters(), 1.0)
@@ -622,7 +648,7 @@ class Trainer:
     def validate_unet(self, unet: Any, vae: Any, noise_sched: Any, ema: Any, step: int) -> None:
         import torch
 
-        from brainsynth_cli.figures import difference_map, save_grid, to_uint8
+        from brainsynth_cli.edit_montage import EditRow, edit_montage
 
         if not self.val_pairs:
             return
@@ -631,30 +657,60 @@ class Trainer:
         unet.eval()
         try:
             pipe = self._pipeline(unet, vae, noise_sched)
-            rows, titles = [], []
+            rows = []
             for i, p in enumerate(self.val_pairs):
                 x = (self._tensor([p.prior]) + 1) / 2
                 g = torch.Generator(device="cpu").manual_seed(int(self.cfg["seed"]) + i)
                 with torch.no_grad():
-                    y = pipe(prompt=[p.prompt], image=x.to(unet.device), num_inference_steps=int(self.cfg["validation_steps"]),
-                             guidance_scale=float(self.cfg["guidance_scale"]),
-                             image_guidance_scale=float(self.cfg["image_guidance_scale"]), generator=g, output_type="pt").images
-                a, b, t = self._image(p.prior), y.float().mean(1)[0].cpu().numpy(), self._image(p.target)
-                rows.append([to_uint8(a, 0.0, 1.0), to_uint8(b, 0.0, 1.0), to_uint8(t, 0.0, 1.0), difference_map(a, b)])
-                titles.append(p.prompt[:18])
+                    y = residual_edit(pipe, x.to(unet.device), [p.prompt], steps=int(self.cfg["validation_steps"]),
+                                      guidance_scale=float(self.cfg["guidance_scale"]),
+                                      image_guidance_scale=float(self.cfg["image_guidance_scale"]), generator=g)
+                rows.append(EditRow(title=p.prompt, prior=self._image(p.prior), edited=y[0].cpu().numpy(), target=self._image(p.target)))
         finally:
             unet.train(was)
             if backup is not None:
                 ckpts.EMA.restore(unet, backup)
         (self.out / "validation").mkdir(parents=True, exist_ok=True)
-        save_grid(self.out / "validation" / f"unet-{step:07d}.png", rows, row_titles=titles,
-                  col_titles=["before (prior)", "after (edit)", "target", "after - before"], scale=max(1, 128 // self.res))
+        edit_montage(self.out / "validation" / f"unet-{step:07d}.png", rows,
+                     title=f"validation edits after {step} UNet steps (residual decoding, no restriction)")
+
+    def pixel_mm(self) -> float | None:
+        """The training slices' median pixel size in mm (rows of make-pairs record it), or None."""
+        import statistics
+
+        values = [float(r.data["pixel_mm"]) for r in self.train_pairs if isinstance(r.data.get("pixel_mm"), (int, float))]
+        return round(statistics.median(values), 6) if values else None
+
+    def vae_reconstruction(self, vae: Any) -> dict[str, Any]:
+        """PSNR and SSIM of D(E(x)) against x on the validation split's slices (train split if it has none):
+        the ceiling of any edit that decodes whole images."""
+        import numpy as np
+        import torch
+
+        from brainsynth_plugins.evaluate import metrics
+
+        rows = self.pairs.split("validation")
+        split = "validation" if rows else "train"
+        paths = sorted({p.prior for p in (rows or self.train_pairs)} | {p.target for p in (rows or self.train_pairs)})[:256]
+        psnr, ssim_ = [], []
+        with torch.no_grad():
+            for i in range(0, len(paths), 16):
+                chunk = paths[i : i + 16]
+                x = self._tensor(chunk).to(vae.device)
+                rec = vae.decode(image_conditioning(vae, x.to(vae.dtype))).sample.float()
+                a = ((x + 1) / 2).clamp(0, 1).mean(1).cpu().numpy()
+                b = ((rec + 1) / 2).clamp(0, 1).mean(1).cpu().numpy()
+                for u, v in zip(a, b):
+                    psnr.append(metrics.psnr(u, v, 1.0))
+                    ssim_.append(metrics.ssim(u, v, 1.0))
+        return {"split": split, "slices": len(paths), "psnr": round(float(np.mean(psnr)), 3), "ssim": round(float(np.mean(ssim_)), 4)}
 
     def save_pipeline(self, unet: Any, vae: Any, noise_sched: Any) -> None:
         from brainsynth_cli import __version__
         from brainsynth_cli.slices import Normalisation
         from brainsynth_cli.structures import default_rules, rules_from_text
 
+        recon = self.vae_reconstruction(vae)
         pipe = self._pipeline(unet, vae, noise_sched)
         pipe.save_pretrained(self.out, safe_serialization=True)
         rules_text = self.pairs.info.get("rules") or default_rules().to_toml()
@@ -670,7 +726,8 @@ class Trainer:
             "intensity_normalisation": {"slice_convention": self.pairs.info.get("slice_convention", "brainsynth_cli.slices v1"),
                                         "method": Normalisation(0, 1).method, "model_range": [-1, 1], "png": "round(x * 65535)"},
             "structures": [s.name for s in rules.described()], "rules": rules_text,
-            "prompts": prompts_of(self.pairs),
+            "prompts": trained_prompts(self.pairs), "intervals": trained_intervals(self.pairs),
+            "vae_reconstruction": recon, "pixel_mm": self.pixel_mm(),
             "text_encoder": {"name": te["name"], "path": te["path"], "hidden_size": int(self.text_model.config.hidden_size),
                              "max_length": int(self.tokenizer.model_max_length)},
             "training": {k: self.cfg[k] for k in ("seed", "vae_steps", "unet_steps", "vae_lr", "unet_lr", "vae_batch_size",

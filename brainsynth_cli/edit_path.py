@@ -1,0 +1,139 @@
+"""The edit path shared by every editing model, 2D slices and 3D volumes alike.
+
+An edit is ``output = merge(input, input + change, region)``:
+
+- ``change`` is what the model predicts; a latent model decodes it as a difference
+  (``decode(edited latent) - decode(encoded input)``, its *residual decoding*), so the
+  autoencoder's own reconstruction error does not reach voxels the prompt does not touch;
+- ``region`` is the union of the structures the prompt names (from the rules), found in the
+  input's label map and dilated by a margin in millimetres;
+- ``merge`` is a blender from the registry (``poisson`` by default: Poisson image editing with
+  the edited image's Laplacian as guidance and the input on the region's boundary).
+
+Outside the region the output equals the input bit for bit. Each part can be turned off
+(:class:`EditSettings`); what was done is recorded with the output (:meth:`EditSettings.as_dict`).
+This module orchestrates; the algorithms are plugins (the blender, the prompt builder).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from brainsynth_cli.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from brainsynth_cli.structures import Rules, Structure
+
+DEFAULT_MARGIN_MM = 3.0
+DEFAULT_BLENDER = "poisson"
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """How an edit is put into the input: residual decoding, restriction, margin, blender."""
+
+    residual: bool = True
+    restrict: bool = True
+    margin_mm: float = DEFAULT_MARGIN_MM
+    blender: str = DEFAULT_BLENDER
+
+    def check(self) -> None:
+        if not math.isfinite(self.margin_mm) or not 0 <= self.margin_mm <= 50:
+            raise UserError(f"--margin {self.margin_mm:g}: give a margin between 0 and 50 mm")
+        if self.restrict:
+            from brainsynth_cli.plugin_manager import registry
+
+            registry("blender").get(self.blender)  # unknown name -> the registry's one-line error
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"residual": self.residual, "restrict": self.restrict, "margin_mm": self.margin_mm,
+                "blender": self.blender if self.restrict else None}
+
+    def describe(self) -> str:
+        parts = ["residual decoding" if self.residual else "whole-image decoding"]
+        if self.restrict:
+            parts.append(f"restricted to the named structures + {self.margin_mm:g} mm, merged by {self.blender}")
+        else:
+            parts.append("not restricted (the change may reach any voxel)")
+        return "; ".join(parts)
+
+
+def named_structures(prompt: str, rules: "Rules", builder: str = "quantized") -> list["Structure"]:
+    """The structure groups a prompt names, read back by the prompt builder ``builder``.
+
+    A prompt the builder cannot read names no structure: the caller decides whether that is an
+    error (a restricted edit needs at least one structure).
+    """
+    from brainsynth_cli.plugin_manager import registry
+
+    parser = registry("prompt-builder").create(builder, rules=rules)
+    try:
+        requested = parser.parse(prompt)
+    except UserError:
+        return []
+    return [rules[name] for name in requested]
+
+
+def ball(margin_mm: float, spacing: Sequence[float]) -> "np.ndarray":
+    """A boolean ellipsoid of radius ``margin_mm`` on a grid of ``spacing`` (at least one voxel per axis)."""
+    import numpy as np
+
+    radii = [max(1, int(math.floor(margin_mm / float(v) + 1e-6))) for v in spacing]
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    return sum(((g * float(v)) / max(margin_mm, float(v))) ** 2 for g, v in zip(grids, spacing)) <= 1.0 + 1e-9
+
+
+def region(labels: "np.ndarray", structures: Sequence["Structure"], spacing: Sequence[float] | None,
+           margin_mm: float = DEFAULT_MARGIN_MM) -> "np.ndarray":
+    """Voxels of the named structures in ``labels``, dilated by ``margin_mm`` (2D or 3D)."""
+    import numpy as np
+    from scipy import ndimage
+
+    lab = np.asarray(labels)
+    ids = sorted({int(i) for s in structures for i in s.labels})
+    core = np.isin(lab, ids)
+    if margin_mm <= 0 or not core.any():
+        return core
+    spacing = tuple(spacing) if spacing is not None else (1.0,) * lab.ndim
+    return ndimage.binary_dilation(core, structure=ball(margin_mm, spacing))
+
+
+def merge(image: "np.ndarray", edited: "np.ndarray", mask: "np.ndarray", blender: str = DEFAULT_BLENDER) -> "np.ndarray":
+    """``edited`` put into ``image`` inside ``mask`` by the named blender; ``image`` elsewhere, bit for bit."""
+    import numpy as np
+
+    from brainsynth_cli.plugin_manager import registry
+
+    image = np.asarray(image, dtype=np.float32)
+    edited = np.asarray(edited, dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return image.copy()
+    out = np.asarray(registry("blender").create(blender).blend(image, edited, mask), dtype=np.float32)
+    if out.shape != image.shape or not np.all(np.isfinite(out)):
+        raise UserError(f"blender {blender!r} returned an invalid image; report it to the plugin's author")
+    out[~mask] = image[~mask]  # bit for bit outside, whatever the blender did there
+    return out
+
+
+def apply(image: "np.ndarray", change: "np.ndarray", labels: "np.ndarray | None", structures: Sequence["Structure"],
+          spacing: Sequence[float] | None, settings: EditSettings, within: "np.ndarray | None" = None) -> tuple["np.ndarray", "np.ndarray | None"]:
+    """The edited image ``merge(image, image + change, region)`` and the region used (None when
+    the edit is not restricted). ``within``: voxels the region may hold at most (the slices a 2D
+    model edited), so the rest of the input stays as it is."""
+    import numpy as np
+
+    image = np.asarray(image, dtype=np.float32)
+    edited = image + np.asarray(change, dtype=np.float32)
+    if not settings.restrict:
+        return edited, None
+    if labels is None:
+        raise UserError("a restricted edit needs a label map of the input (give --labels, or --no-restrict)")
+    mask = region(labels, structures, spacing, settings.margin_mm)
+    if within is not None:
+        mask &= np.asarray(within, dtype=bool)
+    return merge(image, edited, mask, settings.blender), mask
