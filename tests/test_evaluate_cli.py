@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("diffusers")
@@ -37,21 +38,53 @@ def test_report_has_every_method_metric_and_picture(cli, trained):
     res = evaluate(cli, model, pairs, root / "report")
     assert res.exit_code == 0, res.stderr
     out = root / "report"
-    for name in ("report.md", "metrics.csv", "metrics-pairs.csv", "metrics.json", "montage.png", "rates.png", "rows.jsonl"):
+    for name in ("report.md", "metrics.csv", "metrics-pairs.csv", "metrics.json", "montage.png", "montage-deform.png", "rates.png",
+                 "rows.jsonl"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "metrics.json").read_text())
-    assert set(summary["pairs"]["methods"]) == {"model", "identity", "target"} and 1 <= summary["pairs"]["rows"] <= summary["rows"]
+    methods = {"model", "deform", "identity", "chance", "target"}
+    assert set(summary["pairs"]["methods"]) == methods and 1 <= summary["pairs"]["rows"] <= summary["rows"]
     assert summary["rows"] == len((out / "rows.jsonl").read_text().splitlines()) >= 1
-    assert set(summary["methods"]) == {"model", "identity", "target"}
+    assert set(summary["methods"]) == methods
     ident, target = summary["methods"]["identity"]["all"], summary["methods"]["target"]["all"]
     assert target["psnr"] is None  # the real target against itself: PSNR infinite, written as null
     assert target["ssim"] == pytest.approx(1.0) and ident["ssim"] < 1.0
+    assert ident["change_error"] == pytest.approx(1.0) and target["change_error"] == pytest.approx(0.0)
     if ident["structure_items"]:
         assert ident["acc"] == 0.0  # no change never falls in an enlargement/atrophy interval
-    assert "FID: not computed" in (out / "report.md").read_text()
-    assert "method" in res.stdout and "report.md" in res.stdout
+        lo, hi = summary["methods"]["model"]["all"]["acc_ci"]
+        assert 0.0 <= lo <= summary["methods"]["model"]["all"]["acc"] <= hi <= 1.0
+    # the first screen answers "does the model work?" with the verdict, its reasons and the per-pair table
+    report = (out / "report.md").read_text()
+    first = report.split("## How this was measured")[0]
+    assert "## Does the model work?" in first and ("**Yes" in first or "**Not yet" in first)
+    assert "chance (prior + faint noise)" in first and "deform (no training)" in first and "change error" in first.lower()
+    assert "FID: not computed" in report
+    assert "per pair" in res.stdout and "report.md" in res.stdout and ("Yes:" in res.stdout or "Not yet:" in res.stdout)
     header = (out / "metrics.csv").read_text().splitlines()[0]
-    assert header.startswith("row,subject,kind,prompt,method,psnr,ssim,ms_ssim,structure")
+    assert header.startswith("row,subject,kind,prompt,method,psnr,ssim,ms_ssim,change_error,structure")
+    # the edit path: outside the row's named structures (plus one pixel) the stored edit equals the prior
+    rows = [json.loads(line)["result"] for line in (out / "rows.jsonl").read_text().splitlines()]
+    from brainsynth_cli.pairs_folder import read_pairs_folder
+    from brainsynth_cli.slices import read_slice
+    from brainsynth_plugins.evaluate.engine import row_labels
+
+    folder = read_pairs_folder(pairs)
+    by_number = {r.number: r for r in folder.rows}
+    from scipy import ndimage
+
+    for r in rows:
+        named = [s for s, v in r["methods"]["model"]["structures"].items() if "interval" in v]
+        if not named:
+            continue
+        row = by_number[r["row"]]
+        labels = row_labels(row)[0]
+        from brainsynth_cli.structures import default_rules
+
+        ids = [i for s in named for i in default_rules()[s].labels]
+        region = ndimage.binary_dilation(np.isin(labels, ids), iterations=1)
+        edit = read_slice(out / "edits" / f"row-{row.number:05d}.png")
+        assert np.array_equal(edit[~region], read_slice(row.prior)[~region])
 
 
 def test_rerun_resumes_without_recomputing(cli, trained):
@@ -81,7 +114,7 @@ def test_missing_model_and_pairs_without_labels(cli, trained, tmp_path):
     root, pairs, model = trained
     res = evaluate(cli, tmp_path / "no-model", pairs, tmp_path / "r")
     assert res.exit_code == 2 and "model folder not found" in res.stderr
-    phantom_pairs = make_pairs(tmp_path / "phantom", size=32, subjects=3, slices=1)
+    phantom_pairs = make_pairs(tmp_path / "phantom", size=32, subjects=3, slices=1, labels=False)
     res = evaluate(cli, model, phantom_pairs, tmp_path / "r2", "--split", "train")
     assert res.exit_code == 2 and "no label slices" in res.stderr
 

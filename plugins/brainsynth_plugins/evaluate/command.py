@@ -30,6 +30,11 @@ def register(app: typer.Typer) -> None:
         segmenter: str = typer.Option("atlas", "--segmenter", help="--task generate, 3D: segmenter plugin that measures the samples."),
         data: Optional[Path] = typer.Option(None, "--data", help="--task generate: real images (default: the model's training data)."),
         baselines_only: bool = typer.Option(False, "--baselines-only", help="No model: `evaluate --baselines-only PAIRS -o REPORT` scores the identity and real-target baselines, i.e. the measurement's own error."),
+        residual: bool = typer.Option(True, "--residual/--no-residual", help="Edit path: decode the change and add it to the prior."),
+        restrict: bool = typer.Option(True, "--restrict/--no-restrict", help="Edit path: keep the change inside the named structures (row's prior labels) plus --margin."),
+        margin: float = typer.Option(3.0, "--margin", help="Edit path: margin around the named structures, mm."),
+        blender: str = typer.Option("poisson", "--blender", help="Edit path: how the change is merged into the prior."),
+        baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score the deform and chance rows."),
     ) -> None:
         """Edit every row of a split with its prompt and measure it like BrainEditor's Table 1:
         PSNR, SSIM, MS-SSIM against the real target; achieved change per structure (ACC, MAE), next to
@@ -62,7 +67,8 @@ def register(app: typer.Typer) -> None:
         if output.exists() and not output.is_dir():
             raise InputError(output, "exists and is not a folder", "choose another --output")
         settings = EvalSettings(split=split, measure=measure, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
-                                image_guidance_scale=image_guidance_scale, seed=seed, limit=limit)
+                                image_guidance_scale=image_guidance_scale, seed=seed, limit=limit, residual=residual, restrict=restrict,
+                                margin_mm=margin, blender=blender, baselines=baselines)
         with progress_bar("evaluate") as progress:
             summary = run_evaluation(model, pairs, output, settings, device=device, fid_weights=fid_weights, progress=progress)
         print_summary(summary, output)
@@ -72,22 +78,25 @@ def print_summary(summary: dict, output: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from brainsynth_plugins.evaluate.report import _fmt
+    from brainsynth_plugins.evaluate.verdict import LABELS, _f
 
     console = Console(width=120)
-    tables = [(summary, f"evaluation per slice ({summary['rows']} rows, measure {summary['settings']['measure']})", "rows")]
-    if summary.get("pairs"):
-        tables.append((summary["pairs"], f"per pair: the pair's slices pooled ({summary['pairs']['rows']} pairs)", "pairs"))
-    for source, title, unit in tables:
-        table = Table(title=title)
-        for col in ("method", unit, "PSNR", "SSIM", "MS-SSIM", "ACC", "MAE pp", "leak pp"):
+    first = summary.get("first_screen") or {}
+    if first:
+        console.print(first["headline"].replace("**", ""), style="bold")
+        for reason in first["reasons"]:
+            console.print(f"  - {reason}")
+        table = Table(title=f"per pair, {first['kinds']} pairs (slices pooled)")
+        for col in ("method", "pairs", "ACC (95 % interval, n)", "MAE pp", "leak pp", "change error", "PSNR", "SSIM"):
             table.add_column(col)
-        for method, groups in source["methods"].items():
-            for group, t in groups.items():
-                if group == "intervals":
-                    continue
-                table.add_row(f"{method} ({group})", str(t["rows"]), _fmt(t["psnr"], 2), _fmt(t["ssim"]), _fmt(t["ms_ssim"]),
-                              _fmt(t["acc"], 2), _fmt(t["mae"], 2), _fmt(t["leak"], 2))
+        for method, t in first["table"].items():
+            lo, hi = t["acc_ci"]
+            table.add_row(LABELS.get(method, method), str(t["pairs"]), f"{_f(t['acc'])} ({_f(lo)}–{_f(hi)}, n={t['n']})" if t["n"] else "n/a",
+                          _f(t["mae"]), _f(t["leak"]), _f(t["change_error"]), _f(t["psnr"]), _f(t["ssim"], 3))
         console.print(table)
-    for name in ("report.md", "metrics.csv", "metrics-pairs.csv", "metrics.json", "montage.png", "rates.png"):
-        console.print(f"  {output / name}")
+        if first.get("untrained"):
+            console.print(f"  intervals the model was not trained on: {', '.join(first['untrained'])}")
+    console.print(f"  per slice, per kind and per interval: {output / 'report.md'}")
+    for name in ("report.md", "metrics.csv", "metrics-pairs.csv", "metrics.json", "montage.png", "montage-deform.png", "rates.png"):
+        if (output / name).exists():
+            console.print(f"  {output / name}")

@@ -1,12 +1,17 @@
 """Evaluation of an editing model on the test rows of a pairs folder (BrainEditor's Table 1).
 
-For each row: edit the prior with the row's prompt, compare with the real target (PSNR, SSIM,
-MS-SSIM on the [0, 1] normalised slices, data range 1), measure the achieved change of each
-structure with a measurement plugin, and score it: ACC = the achieved rate lies in the interval
-the prompt requests; MAE = |achieved - target rate| in percentage points, where the target rate
-is computed from the row's label slices. The same is done for two baselines: ``identity``
-(edited = prior) and ``target`` (the real target measured as if it were an edit: the ceiling
-of the measurement itself).
+For each row: edit the prior with the row's prompt through the shared edit path (residual
+decoding, restriction to the named structures, blender; :mod:`brainsynth_cli.edit_path`),
+compare with the real target (PSNR, SSIM, MS-SSIM on the [0, 1] normalised slices, data range
+1), measure the achieved change of each structure with a measurement plugin, and score it:
+ACC = the achieved rate lies in the interval the prompt requests; MAE = |achieved - target
+rate| in percentage points, where the target rate is computed from the row's label slices;
+change error = sum|(edit - prior) - (target - prior)| / sum|target - prior| over the brain (0: the
+target's change exactly, 1: no change, as the identity row). The same is done for the
+baselines: ``deform`` (the model-free deformation editor, no training), ``identity`` (edited =
+prior), ``chance`` (the prior plus faint noise: an image that changes at random, so ACC reads
+against chance) and ``target`` (the real target measured as if it were an edit: the ceiling of
+the measurement itself).
 
 Per-row results are appended to ``REPORT_DIR/rows.jsonl`` as they are computed, so an
 interrupted evaluation resumes where it stopped (rows computed with other settings are redone).
@@ -29,7 +34,10 @@ from brainsynth_cli.structures import Rules, change_rate
 
 from brainsynth_plugins.evaluate import metrics
 
-METHODS = ("model", "identity", "target")
+METHODS = ("model", "deform", "identity", "chance", "target")
+#: Standard deviation of the ``chance`` row's noise ([0, 1] intensities): invisible, yet it moves
+#: every measured size a little, as an edit that does nothing in particular would.
+CHANCE_NOISE = 0.005
 
 
 @dataclass
@@ -42,7 +50,12 @@ class EvalSettings:
     image_guidance_scale: float = 1.5
     seed: int = 0
     limit: int | None = None
-    record: int = 2  # version of the per-row record in rows.jsonl: rows scored by an older version are redone
+    residual: bool = True
+    restrict: bool = True
+    margin_mm: float = 3.0
+    blender: str = "poisson"
+    baselines: bool = True  # the deform and chance rows
+    record: int = 3  # version of the per-row record in rows.jsonl: rows scored by an older version are redone
 
     def key(self, model_dir: Path | None) -> str:
         model = str(Path(model_dir).resolve()) if model_dir is not None else None
@@ -100,6 +113,19 @@ def from_model_size(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return img if img.shape == shape else from_square(img, shape)
 
 
+def pixel_spacing(row: PairRow, pairs: PairsFolder, margin_mm: float) -> tuple[float, float]:
+    """The row's pixel size in mm (its ``pixel_mm`` column, or the pairs folder's); for folders
+    that record none, a spacing that makes the edit path's margin one pixel."""
+    value = row.data.get("pixel_mm") or pairs.info.get("pixel_mm")
+    try:
+        mm = float(value)
+    except (TypeError, ValueError):
+        mm = math.nan
+    if not math.isfinite(mm) or mm <= 0:
+        mm = max(float(margin_mm), 1e-3)
+    return (mm, mm)
+
+
 def row_labels(row: PairRow) -> tuple[np.ndarray, np.ndarray]:
     a, b = row.path("input_labels_file_name"), row.path("edited_labels_file_name")
     if a is None or b is None:
@@ -111,29 +137,42 @@ def row_labels(row: PairRow) -> tuple[np.ndarray, np.ndarray]:
     return load_label_slice(a), load_label_slice(b)
 
 
-def score_row(row: PairRow, prior: np.ndarray, target: np.ndarray, edited: np.ndarray | None, prior_labels: np.ndarray,
+def change_error_terms(prior: np.ndarray, target: np.ndarray, image: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
+    """(sum|(image - prior) - (target - prior)|, sum|target - prior|) over ``brain``: the change error's
+    numerator and denominator, kept apart so pairs can pool them."""
+    d_t = np.asarray(target, np.float64)[brain] - np.asarray(prior, np.float64)[brain]
+    d_e = np.asarray(image, np.float64)[brain] - np.asarray(prior, np.float64)[brain]
+    return float(np.abs(d_e - d_t).sum()), float(np.abs(d_t).sum())
+
+
+def score_row(row: PairRow, prior: np.ndarray, target: np.ndarray, images: dict[str, np.ndarray | None], prior_labels: np.ndarray,
               target_labels: np.ndarray, requested: dict[str, Any] | None, measure: Any, rules: Rules) -> dict[str, Any]:
-    """Image metrics and per-structure rates for the three methods of one row (two, the
-    baselines, when ``edited`` is None)."""
+    """Image metrics, change error and per-structure rates of each method's image for one row
+    (``images``: method -> image; identity and target are added here)."""
     prior_areas = areas(prior_labels, rules)
     target_areas = areas(target_labels, rules)
     truth = rates_between(prior_areas, target_areas)
     base = group_sizes(measure.measure(prior, prior_labels, prior), rules)
     described = sorted(requested) if requested else []
-    others = [s.name for s in rules.described() if s.name not in described] if row.kind == "disentangled" else []
+    others = [s.name for s in rules.described() if s.name not in described] if row.kind in ("disentangled", "deformed") else []
     named = described + others
+    brain = np.asarray(prior_labels) > 0
     out: dict[str, Any] = {"row": row.number, "subject": row.subject, "sessions": list(row.data.get("sessions") or []), "kind": row.kind,
                            "prompt": row.prompt, "structure": row.data.get("structure"), "truth": {k: truth[k] for k in named},
                            "areas": {"prior": {k: prior_areas[k] for k in named}, "target": {k: target_areas[k] for k in named}},
                            "methods": {}}
-    for method, image in (("model", edited), ("identity", prior), ("target", target)):
+    candidates = {**images, "identity": prior, "target": target}
+    for method in METHODS:
+        image = candidates.get(method)
         if image is None:
             continue
         measured = group_sizes(measure.measure(prior, prior_labels, image), rules)
         achieved = measured_rates(base, measured, prior_areas)
+        num, den = change_error_terms(prior, target, image, brain)
         m: dict[str, Any] = {
             "psnr": metrics.psnr(target, image, 1.0), "ssim": metrics.ssim(target, image, 1.0),
-            "ms_ssim": metrics.ms_ssim(target, image, 1.0), "structures": {},
+            "ms_ssim": metrics.ms_ssim(target, image, 1.0), "change_error": num / den if den > 0 else math.nan,
+            "change_terms": [num, den], "structures": {},
         }
         for name in named:
             m["structures"][name] = {**scored(achieved[name], truth[name], requested.get(name) if requested else None),
@@ -177,6 +216,10 @@ def pair_results(results: list[dict[str, Any]], parser: Any) -> list[dict[str, A
                                   "prompt": key[4], "rows": len(rows), "truth": truth, "methods": {}}
         for method in methods_of(rows):
             m = {k: _mean([r["methods"][method][k] for r in rows]) for k in ("psnr", "ssim", "ms_ssim")}
+            num = sum(r["methods"][method]["change_terms"][0] for r in rows)
+            den = sum(r["methods"][method]["change_terms"][1] for r in rows)
+            m["change_error"] = num / den if den > 0 else math.nan
+            m["change_terms"] = [num, den]
             m["structures"] = {}
             for s in names:
                 change = sum(r["methods"][method]["structures"][s]["change"] for r in rows)
@@ -198,8 +241,18 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
+def wilson(hits: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``hits / n`` ((nan, nan) when n = 0)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means per method, overall / per kind / per requested interval."""
+    """Means per method, overall / per kind / per requested interval; ACC with its 95 % interval."""
     out: dict[str, Any] = {"rows": len(results), "methods": {}}
     for method in methods_of(results):
         groups: dict[str, list[dict[str, Any]]] = {"all": results}
@@ -209,12 +262,15 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         for gname, rows in groups.items():
             items = [(r, s, v) for r in rows for s, v in r["methods"][method]["structures"].items() if "hit" in v]
             leaks = [v["leak"] for r in rows for v in r["methods"][method]["structures"].values() if "leak" in v]
+            hits = sum(bool(v["hit"]) for _, _, v in items)
             table[gname] = {
                 "rows": len(rows),
                 "psnr": _mean([r["methods"][method]["psnr"] for r in rows]),
                 "ssim": _mean([r["methods"][method]["ssim"] for r in rows]),
                 "ms_ssim": _mean([r["methods"][method]["ms_ssim"] for r in rows]),
+                "change_error": _mean([r["methods"][method].get("change_error", math.nan) for r in rows]),
                 "acc": _mean([float(v["hit"]) for _, _, v in items]),
+                "acc_ci": list(wilson(hits, len(items))),
                 "mae": _mean([v["abs_error"] for _, _, v in items]),
                 "structure_items": len(items),
                 "leak": _mean(leaks),
@@ -224,7 +280,9 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             for s, v in r["methods"][method]["structures"].items():
                 if "hit" in v:
                     intervals.setdefault(f"{s}:{v['interval']}", []).append(v)
-        table["intervals"] = {k: {"n": len(v), "acc": _mean([float(x["hit"]) for x in v]), "mae": _mean([x["abs_error"] for x in v])}
+        table["intervals"] = {k: {"n": len(v), "acc": _mean([float(x["hit"]) for x in v]),
+                                  "acc_ci": list(wilson(sum(bool(x["hit"]) for x in v), len(v))),
+                                  "mae": _mean([x["abs_error"] for x in v]), "achieved": _mean([x["achieved"] for x in v])}
                               for k, v in sorted(intervals.items())}
         out["methods"][method] = table
     return out

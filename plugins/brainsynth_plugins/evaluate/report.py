@@ -16,8 +16,8 @@ from brainsynth_cli.pairs_folder import PairRow
 
 from brainsynth_plugins.evaluate import engine
 
-CSV_COLUMNS = ["row", "subject", "kind", "prompt", "method", "psnr", "ssim", "ms_ssim", "structure", "interval", "truth_rate",
-               "achieved_rate", "hit", "abs_error", "leak"]
+CSV_COLUMNS = ["row", "subject", "kind", "prompt", "method", "psnr", "ssim", "ms_ssim", "change_error", "structure", "interval",
+               "truth_rate", "achieved_rate", "hit", "abs_error", "leak"]
 
 
 def csv_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -25,7 +25,7 @@ def csv_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in results:
         for method, m in r["methods"].items():
             base = {"row": r["row"], "subject": r["subject"], "kind": r["kind"], "prompt": r["prompt"], "method": method,
-                    "psnr": m["psnr"], "ssim": m["ssim"], "ms_ssim": m["ms_ssim"]}
+                    "psnr": m["psnr"], "ssim": m["ssim"], "ms_ssim": m["ms_ssim"], "change_error": m.get("change_error")}
             if not m["structures"]:
                 out.append(base)
             for s, v in m["structures"].items():
@@ -42,49 +42,72 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def table_lines(summary: dict[str, Any], unit: str = "rows") -> list[str]:
-    lines = [f"| method | {unit} | PSNR | SSIM | MS-SSIM | ACC | MAE (pp) | leak (pp) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| method | {unit} | PSNR | SSIM | MS-SSIM | change error | ACC (95 % interval) | MAE (pp) | leak (pp) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for method, table in summary["methods"].items():
         for group, t in table.items():
             if group == "intervals":
                 continue
+            lo, hi = t.get("acc_ci", [math.nan, math.nan])
             lines.append(f"| {method} ({group}) | {t['rows']} | {_fmt(t['psnr'], 2)} | {_fmt(t['ssim'])} | {_fmt(t['ms_ssim'])} | "
-                         f"{_fmt(t['acc'], 2)} | {_fmt(t['mae'], 2)} | {_fmt(t['leak'], 2)} |")
+                         f"{_fmt(t.get('change_error', math.nan), 2)} | {_fmt(t['acc'], 2)} ({_fmt(lo, 2)}–{_fmt(hi, 2)}, n={t['structure_items']}) | "
+                         f"{_fmt(t['mae'], 2)} | {_fmt(t['leak'], 2)} |")
     return lines
 
 
 def interval_lines(summary: dict[str, Any]) -> list[str]:
-    lines = ["| method | structure:interval | n | ACC | MAE (pp) |", "|---|---|---|---|---|"]
+    lines = ["| method | structure:interval | n | ACC (95 % interval) | achieved rate, mean (%) | MAE (pp) |", "|---|---|---|---|---|---|"]
     for method, table in summary["methods"].items():
         for k, v in table["intervals"].items():
-            lines.append(f"| {method} | {k} | {v['n']} | {_fmt(v['acc'], 2)} | {_fmt(v['mae'], 2)} |")
+            lo, hi = v.get("acc_ci", [math.nan, math.nan])
+            lines.append(f"| {method} | {k} | {v['n']} | {_fmt(v['acc'], 2)} ({_fmt(lo, 2)}–{_fmt(hi, 2)}) | "
+                         f"{_fmt(v.get('achieved', math.nan), 2)} | {_fmt(v['mae'], 2)} |")
     return lines
 
 
 def markdown(summary: dict[str, Any]) -> str:
+    from brainsynth_plugins.evaluate import verdict as vd
+
     s = summary["settings"]
     fid = summary["fid"]
-    parts = [
-        "# brainsynth evaluation", "",
+    first = summary.get("first_screen") or {}
+    parts = ["# brainsynth evaluation", ""]
+    if first:
+        parts += ["## Does the model work?", "", first["headline"], ""]
+        parts += [f"- {r}" for r in first["reasons"]] + [""]
+        parts += [f"Per pair, over the {first['kinds']} pairs (the pair's slices pooled):", "", *vd.table_lines(first["table"]), ""]
+        if first.get("deformed"):
+            parts += ["Pairs whose target is the prior deformed to a known rate (`deformed`), scored apart:", "",
+                      *vd.table_lines(first["deformed"]), ""]
+        if first.get("untrained"):
+            parts += [f"Intervals the model was not trained on (its answer there is a guess): {', '.join(first['untrained'])}.", ""]
+    parts += [
+        "## How this was measured", "",
         f"- model: `{s['model']}`" if s["model"] is not None else "- model: none (`--baselines-only`)",
         f"- pairs: `{s['pairs']}` (split `{s['split']}`, {summary['rows']} rows)",
         f"- measurement: `{s['measure']}`: {s['measure_help']}",
         (f"- editing: {s['steps']} steps, scheduler {s['scheduler']}, guidance {s['guidance_scale']}, image guidance "
-         f"{s['image_guidance_scale']}, seed {s['seed']}") if s["model"] is not None else "- editing: none",
+         f"{s['image_guidance_scale']}, seed {s['seed']}; edit path: {s.get('edit_path', 'n/a')}") if s["model"] is not None else "- editing: none",
         f"- prompts read back with prompt builder `{s['prompt_builder']}`", "",
         ("Baselines only (`--baselines-only`): no model; the rows show the measurement's own error on real targets. "
          if s["model"] is None else "")
-        + "Methods: `model` = the edit; `identity` = edited image equals the prior (a floor); `target` = the real target "
-        "measured as if it were an edit (the ceiling of the measurement itself). PSNR/SSIM (scikit-image definitions) and "
-        "MS-SSIM compare with the real target on [0, 1] normalised slices (data range 1). ACC: the achieved change rate "
-        "lies in the interval the prompt requests. MAE: |achieved - target rate| in percentage points, the target rate "
-        "from the row's label slices. Leak: |achieved rate| of the structures a disentangled prompt does not mention.", "",
+        + "Methods: `model` = the edit; `deform` = the model-free deformation editor (no training) to the middle of the "
+        "requested interval; `identity` = edited image equals the prior; `chance` = the prior plus faint noise (an image "
+        "that changes at random: ACC is read against it); `target` = the real target measured as if it were an edit (the "
+        "ceiling of the measurement itself). PSNR/SSIM (scikit-image definitions) and MS-SSIM compare with the real target "
+        "on [0, 1] normalised slices (data range 1); they reward copying the prior. Change error: "
+        "sum|(edit - prior) - (target - prior)| / sum|target - prior| over the brain (0 = the target's change, 1 = no "
+        "change). ACC: the achieved change rate lies in the interval the prompt requests, with its 95 % Wilson interval and "
+        "the number of structure changes behind it. MAE: |achieved - target rate| in percentage points, the target rate "
+        "from the row's label slices. Leak: |achieved rate| of the structures a disentangled or deformed prompt does not "
+        "mention.", "",
         "## Per slice (as BrainEditor's Table 1)", "",
         *table_lines(summary), "", "### Per requested interval", "", *interval_lines(summary), "",
         *pair_section(summary),
         f"FID: {_fmt(fid['value'], 2) if fid.get('value') is not None else 'not computed: ' + fid['reason']}", "",
-        "Pictures: `montage.png` (prior, edited, target, edited - prior, target - prior; without a model: prior, target, "
-        "target - prior), `rates.png` (achieved vs target rate; "
-        "small marks: slices, large marks: pairs).", "",
+        "Pictures: `montage.png` (per requested interval: prior, edit, target, edit − prior, target − prior on one colour "
+        "scale, the named structures outlined), `montage-deform.png` (the same for the deform baseline), `rates.png` "
+        "(achieved vs target rate; small marks: slices, large marks: pairs).", "",
     ]
     return "\n".join(parts)
 
@@ -112,27 +135,50 @@ def write_csv(path: Path, results: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def montage(path: Path, rows: list[PairRow], results: list[dict[str, Any]], out_dir: Path, n: int = 4) -> None:
-    from brainsynth_cli.figures import difference_map, display, save_grid
+def montage(path: Path, rows: list[PairRow], results: list[dict[str, Any]], out_dir: Path, method: str = "model",
+            rules: Any = None, n: int = 6) -> bool:
+    """One row per (kind, requested interval): the slice of that kind and interval whose named
+    structures are largest, with ``method``'s edit. False (nothing written) when no row has one."""
+    from brainsynth_cli.edit_montage import EditRow, edit_montage
+    from brainsynth_cli.structures import default_rules
 
+    rules = rules or default_rules()
     by_number = {r.number: r for r in rows}
-    chosen = [r for r in results if r["kind"] == "real"][: n // 2] + [r for r in results if r["kind"] == "disentangled"][: n - n // 2]
-    chosen = chosen or results[:n]
-    edits = bool(results) and "model" in results[0]["methods"]
-    tiles, titles = [], []
+    best: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+    for res in results:
+        if method not in res["methods"] and method != "identity":
+            continue
+        named = [s for s, v in res["methods"].get(method, res["methods"]["identity"])["structures"].items() if "interval" in v]
+        if not named:
+            continue
+        key = (res["kind"], res["prompt"])
+        size = sum(res["areas"]["prior"].get(s, 0.0) for s in named)
+        if key not in best or size > best[key][0]:
+            best[key] = (size, res)
+    if not best:
+        return False
+    order = {"real": 0, "disentangled": 1, "deformed": 2}
+    chosen = [res for _, res in sorted(best.values(), key=lambda t: (order.get(t[1]["kind"], 3), t[1]["prompt"]))][:n]
+    tiles = []
     for res in chosen:
         row = by_number[res["row"]]
         prior, target = engine.load_slice(row.prior), engine.load_slice(row.target)
-        lim = max(float(np.abs(target - prior).max()), 1e-3)
-        if edits:
+        labels = engine.row_labels(row)[0]
+        named = [s for s, v in res["methods"].get(method, res["methods"]["identity"])["structures"].items() if "interval" in v]
+        outline = np.isin(labels, [i for s in named for i in rules[s].labels])
+        if method == "model":
             edited = engine.load_slice(out_dir / "edits" / f"row-{row.number:05d}.png")
-            tiles.append([display(prior), display(edited), display(target),
-                          display(difference_map(prior, edited, lim)), display(difference_map(prior, target, lim))])
+        elif method == "deform":
+            edited = engine.load_slice(out_dir / "edits" / f"deform-{row.number:05d}.png")
         else:
-            tiles.append([display(prior), display(target), display(difference_map(prior, target, lim))])
-        titles.append(res["prompt"][:18])
-    columns = ["prior", "edited", "target", "edited-prior", "target-prior"] if edits else ["prior", "target", "target-prior"]
-    save_grid(path, tiles, row_titles=titles, col_titles=columns, scale=2)
+            edited = prior
+        truth = ", ".join(f"{s} {res['truth'][s]:+.1f} %" for s in named if s in res["truth"])
+        got = ", ".join(f"{res['methods'][method]['structures'][s]['achieved']:+.1f} %" for s in named) if method in res["methods"] else ""
+        tiles.append(EditRow(title=res["prompt"], prior=prior, edited=edited, target=target, outline=outline,
+                             note=f"{res['kind']} · {res['subject']} · target {truth}; edit measured {got}"))
+    title = {"model": "model edits", "deform": "deform baseline (no training)"}.get(method, method)
+    edit_montage(path, tiles, title=f"{title}: one slice per prompt (named structures outlined in yellow)")
+    return True
 
 
 def rates_plot(path: Path, results: list[dict[str, Any]], pooled: list[dict[str, Any]] | None = None) -> None:
@@ -217,10 +263,12 @@ def _finite(obj: Any) -> Any:
 
 
 def write_all(out_dir: Path, rows: list[PairRow], results: list[dict[str, Any]], summary: dict[str, Any],
-              pooled: list[dict[str, Any]] | None = None) -> None:
+              pooled: list[dict[str, Any]] | None = None, rules: Any = None) -> None:
     write_csv(out_dir / "metrics.csv", results)
     write_csv(out_dir / "metrics-pairs.csv", pooled or [])
     atomic_write_text(out_dir / "metrics.json", json.dumps(_finite(summary), indent=2, default=str) + "\n")
     atomic_write_text(out_dir / "report.md", markdown(summary))
-    montage(out_dir / "montage.png", rows, results, out_dir)
+    if not montage(out_dir / "montage.png", rows, results, out_dir, "model", rules):
+        montage(out_dir / "montage.png", rows, results, out_dir, "identity", rules)
+    montage(out_dir / "montage-deform.png", rows, results, out_dir, "deform", rules)
     rates_plot(out_dir / "rates.png", results, pooled)

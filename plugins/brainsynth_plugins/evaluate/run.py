@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from brainsynth_cli.edit_path import EditSettings
+from brainsynth_cli.edit_path import apply as apply_edit
 from brainsynth_cli.errors import InputError
 from brainsynth_cli.interfaces import Progress
 from brainsynth_cli.pairs_folder import read_pairs_folder
@@ -26,6 +28,27 @@ def model_generator(model_dir: Path) -> str:
         raise InputError(info, f"is not valid JSON ({exc.msg})", "re-run the training") from None
 
 
+def first_screen(pooled: list[dict[str, Any]], model_info: dict[str, Any]) -> dict[str, Any]:
+    """The verdict, its reasons and the per-pair table of the measured pairs; deformed pairs apart."""
+    from brainsynth_plugins.evaluate import verdict
+
+    table = verdict.pooled_table(pooled, verdict.MEASURED_KINDS)
+    head, reasons = verdict.verdict(table, model_info.get("vae_reconstruction"))
+    trained = model_info.get("intervals")
+    untrained = sorted({f"{s} {v['interval']}" for p in pooled for m in p["methods"].values() for s, v in m["structures"].items()
+                        if "interval" in v and isinstance(trained, dict) and v["interval"] not in trained.get(s, [])})
+    deformed = verdict.pooled_table(pooled, ("deformed",))
+    return {"headline": head, "reasons": reasons, "table": table, "kinds": " and ".join(verdict.MEASURED_KINDS),
+            "deformed": deformed, "untrained": untrained}
+
+
+def edited_slice(prior: np.ndarray, change: np.ndarray, labels: np.ndarray, structures: list[Any], spacing: tuple[float, float],
+                 settings: EditSettings) -> np.ndarray:
+    """The prior with ``change`` put in through the edit path, clipped to [0, 1] as stored slices are."""
+    out, _ = apply_edit(prior, change, labels, structures, spacing, settings)
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
 def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, settings: engine.EvalSettings, *, device: str = "auto",
                    fid_weights: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
     from brainsynth_cli.plugin_manager import registry
@@ -42,9 +65,17 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
     if fid_weights is not None and not Path(fid_weights).is_file():
         raise InputError(fid_weights, "FID feature extractor not found", "give a TorchScript file (torch.jit.save) or leave --fid-weights out")
     model = None
+    model_info: dict[str, Any] = {}
     if model_dir is not None:  # None: only the baselines (the measurement's own error on real targets)
         generator = registry("generator").create(model_generator(Path(model_dir)))
         model = generator.load(Path(model_dir), device)
+        model_info = dict(getattr(model, "info", {}) or {})
+    deform = None
+    if settings.baselines and "deform" in registry("generator"):
+        deform = registry("generator").create("deform").load(None, device)
+    path_settings = EditSettings(residual=settings.residual, restrict=settings.restrict, margin_mm=settings.margin_mm,
+                                 blender=settings.blender)
+    path_settings.check()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "edits").mkdir(exist_ok=True)
@@ -60,14 +91,25 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
             prior, target = engine.load_slice(row.prior), engine.load_slice(row.target)
             prior_labels, target_labels = engine.row_labels(row)
             requested = engine.requested_intervals(parser, row.prompt)
-            edited = None
+            structures = [rules[name] for name in (requested or {})]
+            spacing = engine.pixel_spacing(row, pairs, settings.margin_mm)
+            images: dict[str, Any] = {}
             if model is not None:
-                edited = model.edit([engine.to_model_size(prior, model.resolution)], row.prompt, steps=settings.steps,
-                                    scheduler=settings.scheduler, guidance_scale=settings.guidance_scale,
-                                    image_guidance_scale=settings.image_guidance_scale, seed=settings.seed + row.number, batch_size=1)[0]
-                edited = np.clip(engine.from_model_size(np.asarray(edited, dtype=np.float32), prior.shape), 0, 1)
-                write_png(out_dir / "edits" / f"row-{row.number:05d}.png", to_png16(edited))
-            result = engine.score_row(row, prior, target, edited, prior_labels, target_labels, requested, measure, rules)
+                square = engine.to_model_size(prior, model.resolution)
+                edited = model.edit([square], row.prompt, steps=settings.steps, scheduler=settings.scheduler,
+                                    guidance_scale=settings.guidance_scale, image_guidance_scale=settings.image_guidance_scale,
+                                    seed=settings.seed + row.number, batch_size=1, residual=settings.residual)[0]
+                change = engine.from_model_size(np.asarray(edited, dtype=np.float32) - square, prior.shape)
+                images["model"] = edited_slice(prior, change, prior_labels, structures, spacing, path_settings)
+                write_png(out_dir / "edits" / f"row-{row.number:05d}.png", to_png16(images["model"]))
+            if deform is not None and structures:
+                moved = deform.edit([prior], row.prompt, labels=[prior_labels], spacing=spacing, strict=False)[0]
+                images["deform"] = edited_slice(prior, np.asarray(moved, np.float32) - prior, prior_labels, structures, spacing, path_settings)
+                write_png(out_dir / "edits" / f"deform-{row.number:05d}.png", to_png16(images["deform"]))
+            if settings.baselines:
+                noise = np.random.default_rng([settings.seed, row.number]).normal(0.0, engine.CHANCE_NOISE, prior.shape)
+                images["chance"] = np.clip(prior + noise.astype(np.float32), 0, 1)
+            result = engine.score_row(row, prior, target, images, prior_labels, target_labels, requested, measure, rules)
             result["requested_known"] = requested is not None
             fh.write(json.dumps({"key": key, "result": result}) + "\n")
             fh.flush()
@@ -78,9 +120,12 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
     pairs_pooled = engine.pair_results(results, parser)
     summary["pairs"] = engine.summarise(pairs_pooled)
     summary["settings"] = {**settings.__dict__, "model": str(model_dir) if model_dir is not None else None, "pairs": str(pairs_dir), "device": device,
+                           "edit_path": path_settings.describe(), "vae_reconstruction": model_info.get("vae_reconstruction"),
+                           "trained_intervals": model_info.get("intervals"),
                            "measure_help": registry("measure").get(settings.measure).help,
                            "prompt_builder": str(pairs.info.get("prompt_builder", "quantized"))}
     summary["fid"] = report.fid(out_dir, rows, fid_weights) if model is not None else {
         "value": None, "reason": "--baselines-only: no edits to compare"}
-    report.write_all(out_dir, rows, results, summary, pairs_pooled)
+    summary["first_screen"] = first_screen(pairs_pooled, model_info)
+    report.write_all(out_dir, rows, results, summary, pairs_pooled, rules)
     return summary

@@ -1,0 +1,91 @@
+"""Sweep the edit's sampling settings of a trained model on a pairs folder's validation split.
+
+    python benchmarks/edit_sweep.py MODEL PAIRS [--split validation] [--limit 96] [--out DIR]
+
+Text guidance x image guidance at 20 DDIM steps first, then steps and scheduler at the best pair;
+each setting is scored by `brainsynth evaluate`'s own engine (registration measure, edit path
+as `edit` uses it), per pair: ACC, MAE, change error, PSNR/SSIM, with the identity row of the same
+run beside it. The best setting maximises ACC, then minimises MAE, among those within 1 dB of
+the identity row's PSNR. Prints a markdown table for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+
+
+def score(model: Path, pairs: Path, out: Path, split: str, limit: int, **kw) -> dict:
+    from brainsynth_plugins.evaluate.engine import EvalSettings
+    from brainsynth_plugins.evaluate.run import run_evaluation
+    from brainsynth_plugins.evaluate.verdict import MEASURED_KINDS, pooled_table
+
+    settings = EvalSettings(split=split, limit=limit, baselines=False, **kw)
+    tag = "-".join(f"{k}{v}" for k, v in sorted(kw.items()))
+    t0 = time.perf_counter()
+    run_evaluation(model, pairs, out / tag, settings, device="cpu")
+    from brainsynth_plugins.evaluate import engine
+    from brainsynth_cli.pairs_folder import read_pairs_folder
+
+    results = list(engine.read_done(out / tag / "rows.jsonl", settings.key(model)).values())
+    parser = engine.prompt_parser(read_pairs_folder(pairs), _rules(pairs))
+    table = pooled_table(engine.pair_results(results, parser), MEASURED_KINDS + ("deformed",))
+    return {"settings": kw, "seconds": time.perf_counter() - t0, "model": table["model"], "identity": table["identity"]}
+
+
+def _rules(pairs: Path):
+    import json
+
+    from brainsynth_cli.structures import default_rules, rules_from_text
+
+    info = json.loads((pairs / "pairs.json").read_text())
+    return rules_from_text(info["rules"]) if info.get("rules") else default_rules()
+
+
+def line(r: dict) -> str:
+    m, i = r["model"], r["identity"]
+    s = r["settings"]
+    return (f"| {s.get('guidance_scale')} | {s.get('image_guidance_scale')} | {s.get('steps')} | {s.get('scheduler')} | "
+            f"{m['acc']:.2f} (n={m['n']}) | {m['mae']:.2f} | {m['change_error']:.3f} | {m['psnr']:.2f} ({m['psnr'] - i['psnr']:+.2f}) | "
+            f"{m['ssim']:.3f} | {r['seconds']:.0f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", type=Path)
+    ap.add_argument("pairs", type=Path)
+    ap.add_argument("--split", default="validation")
+    ap.add_argument("--limit", type=int, default=96)
+    ap.add_argument("--out", type=Path, default=Path("sweep-out"))
+    a = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    runs = []
+    for g in (1.0, 3.0, 7.5):
+        for ig in (1.0, 1.5, 2.5):
+            runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=g, image_guidance_scale=ig, steps=20, scheduler="ddim"))
+            print(line(runs[-1]), flush=True)
+
+    def key(r: dict) -> tuple:
+        ok = r["model"]["psnr"] >= r["identity"]["psnr"] - 1.0
+        return (ok, r["model"]["acc"], -r["model"]["mae"] if math.isfinite(r["model"]["mae"]) else -1e9)
+
+    best = max(runs, key=key)["settings"]
+    for steps, sched in ((10, "ddim"), (50, "ddim"), (20, "dpm++")):
+        runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=best["guidance_scale"],
+                          image_guidance_scale=best["image_guidance_scale"], steps=steps, scheduler=sched))
+        print(line(runs[-1]), flush=True)
+    print("\n| guidance | image guidance | steps | scheduler | pair ACC | MAE pp | change error | PSNR (vs identity) | SSIM | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        print(line(r))
+    print(f"\nbest: {max(runs, key=key)['settings']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The first screen of an evaluation: does the model work, in plain words and one table.
+
+Everything is read per pair (a pair's slices pooled, so a rate is the change of a slab of the
+structure, not of one cut through it) over the rows that have a real target, real or
+disentangled; deformed rows (targets made by a known deformation) are reported apart. The
+model is judged against the rows beside it:
+
+- ACC against the ``chance`` row (the prior plus faint noise): intervals open at 0 are hit about
+  half the time by an image that changes at random;
+- the change error against the ``identity`` row (1 by construction) and the ``deform`` row;
+- PSNR/SSIM against the identity row, which wins them by copying the prior: an edit that keeps the
+  scan stays within 1 dB and 0.01 of it;
+- everything against the ``target`` row, the measurement's own ceiling on these pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: Labels of the methods in reports.
+LABELS = {
+    "model": "model",
+    "deform": "deform (no training)",
+    "identity": "identity (no edit)",
+    "chance": "chance (prior + faint noise)",
+    "target": "real target, measured (ceiling)",
+}
+MEASURED_KINDS = ("real", "disentangled")
+
+
+def _f(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def pooled_table(pairs: list[dict[str, Any]], kinds: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Per method: pairs, ACC with 95 % interval and its n, MAE, leak, change error, PSNR, SSIM,
+    over the pooled pairs of ``kinds``."""
+    from brainsynth_plugins.evaluate.engine import METHODS, wilson
+
+    chosen = [p for p in pairs if p["kind"] in kinds]
+    out: dict[str, dict[str, Any]] = {}
+    for method in METHODS:
+        rows = [p for p in chosen if method in p["methods"]]
+        if not rows:
+            continue
+        items = [v for p in rows for v in p["methods"][method]["structures"].values() if "hit" in v]
+        leaks = [v["leak"] for p in rows for v in p["methods"][method]["structures"].values() if "leak" in v]
+        hits = sum(bool(v["hit"]) for v in items)
+        num = sum(p["methods"][method]["change_terms"][0] for p in rows)
+        den = sum(p["methods"][method]["change_terms"][1] for p in rows)
+
+        def mean(values: list[float]) -> float:
+            vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            return float(sum(vals) / len(vals)) if vals else math.nan
+
+        out[method] = {
+            "pairs": len(rows), "n": len(items), "hits": hits, "acc": hits / len(items) if items else math.nan,
+            "acc_ci": list(wilson(hits, len(items))), "mae": mean([v["abs_error"] for v in items]), "leak": mean(leaks),
+            "change_error": num / den if den > 0 else math.nan,
+            "psnr": mean([p["methods"][method]["psnr"] for p in rows if math.isfinite(p["methods"][method]["psnr"])]),
+            "ssim": mean([p["methods"][method]["ssim"] for p in rows]),
+        }
+    return out
+
+
+def table_lines(table: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| method | pairs | ACC (95 % interval, n items) | MAE pp | leak pp | change error | PSNR | SSIM |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method, t in table.items():
+        lo, hi = t["acc_ci"]
+        acc = f"{_f(t['acc'])} ({_f(lo)}–{_f(hi)}, n={t['n']})" if t["n"] else "n/a"
+        lines.append(f"| {LABELS.get(method, method)} | {t['pairs']} | {acc} | {_f(t['mae'])} | {_f(t['leak'])} | "
+                     f"{_f(t['change_error'])} | {_f(t['psnr'])} | {_f(t['ssim'], 3)} |")
+    return lines
+
+
+def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None) -> tuple[str, list[str]]:
+    """(headline, reasons): whether the model does what the prompts say and keeps the scan."""
+    m = table.get("model")
+    if m is None:
+        head = "No model was evaluated: the rows below are the baselines (the measurement's own error on real targets)."
+        return head, []
+    reasons: list[str] = []
+    ok = True
+    chance, ident, deform, target = (table.get(k) for k in ("chance", "identity", "deform", "target"))
+    lo, hi = m["acc_ci"]
+    line = (f"The edits land in the requested interval for {m['hits']} of {m['n']} structure changes "
+            f"(ACC {_f(m['acc'])}, 95 % interval {_f(lo)}–{_f(hi)})")
+    if chance is not None and chance["n"]:
+        beats = lo > chance["acc"]
+        ok &= beats
+        line += f"; an image that changes at random scores {_f(chance['acc'])}" + (" — the model is above chance." if beats else
+                                                                                   " — the model is not clearly above chance.")
+    reasons.append(line + ("" if chance else "."))
+    if target is not None:
+        reasons.append(f"The measurement itself, applied to the real targets, reaches ACC {_f(target['acc'])} and MAE "
+                       f"{_f(target['mae'])} pp: that is the ceiling; the model's MAE is {_f(m['mae'])} pp.")
+    if ident is not None:
+        dp = m["psnr"] - ident["psnr"]
+        keeps = dp >= -1.0 and m["ssim"] >= ident["ssim"] - 0.01
+        ok &= keeps
+        reasons.append(f"Image quality against the real target: PSNR {_f(m['psnr'])} dB vs {_f(ident['psnr'])} for no edit "
+                       f"({dp:+.2f} dB), SSIM {_f(m['ssim'], 3)} vs {_f(ident['ssim'], 3)}: "
+                       + ("the edit keeps the scan." if keeps else "the edit degrades the scan."))
+    ce = m["change_error"]
+    better = math.isfinite(ce) and ce < 1.0
+    ok &= better
+    text = (f"Change error (0 = the target's change exactly, 1 = no change) {_f(ce)}: "
+            + ("closer to the real change than doing nothing" if better else "no closer to the real change than doing nothing"))
+    if deform is not None:
+        text += f"; the model-free deform baseline scores {_f(deform['change_error'])} with ACC {_f(deform['acc'])}, MAE {_f(deform['mae'])} pp"
+    reasons.append(text + ".")
+    if math.isfinite(m["leak"]):
+        reasons.append(f"Leak into structures a disentangled prompt does not name: {_f(m['leak'])} pp.")
+    if vae:
+        reasons.append(f"The model's autoencoder reconstructs {vae.get('split', 'validation')} slices at PSNR {_f(vae.get('psnr'))} dB, "
+                       f"SSIM {_f(vae.get('ssim'), 3)} ({vae.get('slices')} slices): the ceiling of any edit that decodes whole images.")
+    if deform is not None and ok:
+        if m["acc"] < deform["acc"] and m["mae"] > deform["mae"]:
+            reasons.append("The model works, but the model-free deform baseline is still more accurate on these pairs.")
+    head = ("**Yes: the model does what the prompts say and keeps the scan.**" if ok
+            else "**Not yet: the model does not both follow the prompts and keep the scan (reasons below).**")
+    return head, reasons
