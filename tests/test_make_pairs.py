@@ -183,9 +183,10 @@ def test_split_by_subject_and_files(pairs2d):
 
 
 def test_png_matches_slice_convention(pairs2d, cohort):
-    """The prior PNG is the canonical slice of the prior volume, windowed and squared."""
+    """The prior PNG is the canonical slice of the prior volume, windowed, turned to the radiological
+    view (anterior up, the patient's right on the left) and squared; the row records its pixel size."""
     from brainsynth_cli.images import read_png, read_volume
-    from brainsynth_cli.slices import normalisation, normalise, to_canonical, to_png16, to_square
+    from brainsynth_cli.slices import normalisation, normalise, to_canonical, to_png16, to_square, to_view
 
     root, _ = cohort
     row = next(r for r in read_rows(pairs2d) if r["subject"] == "sub-02")
@@ -193,9 +194,13 @@ def test_png_matches_slice_convention(pairs2d, cohort):
     norm = normalisation(vol.data)
     assert row["prior_normalisation"]["low"] == pytest.approx(norm.low)
     canon, _ = to_canonical(normalise(vol.data, norm), vol.affine)
-    expected = to_png16(to_square(canon[:, :, row["slice"]], 64))
+    a = canon[:, :, row["slice"]]
+    expected = to_png16(to_square(to_view(a), 64))
     got, _ = read_png(pairs2d / row["input_image_file_name"])
     assert np.array_equal(got, expected)
+    # the view: row 0 is the most anterior line, column 0 the patient's rightmost one
+    assert np.array_equal(to_view(a)[0], a[::-1, -1]) and np.array_equal(to_view(a)[:, 0], a[-1, ::-1])
+    assert row["pixel_mm"] == pytest.approx(max(canon.shape[0], canon.shape[1]) * vol.voxel_size[0] / 64, rel=1e-4)
 
 
 def test_datasets_imagefolder_reads_the_folder(pairs2d):

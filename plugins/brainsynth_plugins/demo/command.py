@@ -16,22 +16,31 @@ STEPS = ("simulate", "segment", "make-pairs", "train", "evaluate")
 
 
 def plan(out: Path, subjects: int, seed: int) -> list[tuple[str, list[str]]]:
-    """The commands of the demo, in order (train's --resume is added when a run is under way)."""
+    """The commands of the demo, in order (train's --resume is added when a run is under way).
+
+    The cohort is drawn so that, at the default size and seed, every interval of the default
+    rules (ventricle mild, moderate, severe; cortex atrophy) has real training and test pairs:
+    ventricles enlarge by 3-12 % a year over 1-4 years, four subjects train, three are tested.
+    Training pairs also get deformed targets in every interval (``--deformed``).
+    """
     cohort, labels, pairs, model, report = (out / n for n in ("cohort", "labels", "pairs", "model", "report"))
     return [
-        ("simulate", ["simulate", "-o", str(cohort), "--subjects", str(subjects), "--sessions", "3", "--resolution", "2", "--seed", str(seed)]),
+        ("simulate", ["simulate", "-o", str(cohort), "--subjects", str(subjects), "--sessions", "3", "--resolution", "2",
+                      "--ventricle-rate", "3", "12", "--seed", str(seed)]),
         ("segment", ["segment", str(cohort), "--bids", "-o", str(labels), "--segmenter", "atlas"]),
-        ("make-pairs", ["make-pairs", str(cohort), "-o", str(pairs), "--labels", str(labels), "--slices", "8", "--size", "64",
-                        "--pairing", "all", "--split", "3:1:2", "--seed", str(seed)]),
+        ("make-pairs", ["make-pairs", str(cohort), "-o", str(pairs), "--labels", str(labels), "--slices", "6", "--size", "64",
+                        "--pairing", "all", "--split", "4:1:3", "--deformed", "--deformed-splits", "train,validation",
+                        "--seed", str(seed)]),
         ("train", ["train", str(pairs), "-o", str(model), "--preset", "tiny", "--seed", str(seed)]),
-        ("evaluate", ["evaluate", str(model), str(pairs), "-o", str(report), "--split", "test", "--limit", "64", "--seed", str(seed)]),
+        ("evaluate", ["evaluate", str(model), str(pairs), "-o", str(report), "--split", "test", "--seed", str(seed)]),
     ]
 
 
 def pictures(out: Path) -> list[Path]:
     found: list[Path] = []
     for pattern in ("cohort/derivatives/brainsynth-truth/*/figures/*montage*.png", "labels/sub-*/ses-01/anat/*_qc.png",
-                    "pairs/montage-*.png", "model/validation/*.png", "report/montage.png", "report/rates.png"):
+                    "pairs/montage-*.png", "model/validation/*.png", "report/montage.png", "report/montage-deform.png",
+                    "report/rates.png"):
         hits = sorted(out.glob(pattern))
         found.extend(hits[-2:] if pattern.startswith("model/") else hits[:3])
     return found
@@ -41,7 +50,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         output: Path = typer.Option(Path("brainsynth-demo"), "-o", "--output", help="Folder for all outputs (re-running resumes)."),
-        subjects: int = typer.Option(6, min=3, help="Simulated subjects (3 sessions each; 3:1:2 split by subject)."),
+        subjects: int = typer.Option(8, min=3, help="Simulated subjects (3 sessions each; 4:1:3 split by subject)."),
         seed: int = typer.Option(0, help="Seed of every step."),
     ) -> None:
         """Run the whole chain on built-in data, offline: simulate a cohort from the MNI152 template,

@@ -36,6 +36,7 @@ def register_commands(app: typer.Typer) -> None:
         min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Skip pairs whose prior/target PSNR (dB, [0,1] volumes) is below this."),
         montage: int = typer.Option(3, "--montage", help="Pairs shown per kind in montage-real.png / montage-disentangled.png / montage-deformed.png."),
         deformed: bool = typer.Option(False, "--deformed", help="Also add, per pair and per interval of the rules, the prior deformed to a rate in that interval (kind deformed)."),
+        deformed_splits: str = typer.Option("train,validation,test", "--deformed-splits", help="With --deformed: the splits whose pairs get deformed rows (comma-separated)."),
     ) -> None:
         """Make prior/target training pairs with prompts from a longitudinal dataset, plus one
         structure-disentangled pair per described structure, and with --deformed the prior
@@ -46,11 +47,14 @@ def register_commands(app: typer.Typer) -> None:
 
         if jobs < 1:
             raise UserError("--jobs must be at least 1")
+        chosen = tuple(x.strip() for x in deformed_splits.split(",") if x.strip())
+        if not chosen or any(x not in ("train", "validation", "test") for x in chosen):
+            raise UserError(f"--deformed-splits {deformed_splits!r}: give splits from train, validation, test, separated by commas")
         options = Options(
             dataset=dataset, out=out, labels=labels, rules=rules, prompt_builder=prompt_builder, blender=blender,
             dim=dim.lower(), slices=slices, size=size, pairing=pairing, split=split, seed=seed, jobs=jobs,
             shard=parse_shard(shard), margin=margin, min_psnr=min_psnr, merge_only=merge, montage=montage,
-            deformed=deformed,
+            deformed=deformed, deformed_splits=tuple(x for x in ("train", "validation", "test") if x in chosen),
         )
         summary = run(options, echo=typer.echo)
         rows = ", ".join(f"{n} {k}" for k, n in sorted(summary.rows.items())) or "no"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from brainsynth_cli.errors import InputError, UserError
+from brainsynth_cli.slices import CONVENTION
 
 FORMAT = "brainsynth-pairs"
 VERSION = 1
@@ -59,6 +60,7 @@ class Options:
     merge_only: bool = False
     montage: int = 3
     deformed: bool = False  # add rows whose target is the prior deformed to a drawn rate per interval
+    deformed_splits: tuple[str, ...] = SPLITS  # ... for the subjects of these splits
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Pair:
     prior: Any  # brainsynth_cli.datasets.Session
     target: Any
     index: int  # subject index among subjects with >= 2 sessions (for sharding)
+    split: str | None = None
 
     @property
     def key(self) -> str:
@@ -177,7 +180,10 @@ def plan(options: Options, warn=lambda msg: None) -> tuple[list[Pair], dict[str,
         else:
             combos = [(sessions[i], sessions[j]) for i in range(len(sessions)) for j in range(i + 1, len(sessions))]
         pairs += [Pair(subject, p, t, index) for p, t in combos]
-    return pairs, assign_splits(eligible, parse_split(options.split), options.seed)
+    splits = assign_splits(eligible, parse_split(options.split), options.seed)
+    for pair in pairs:
+        pair.split = splits[pair.subject]
+    return pairs, splits
 
 
 def in_shard(pair: Pair, shard: tuple[int, int] | None) -> bool:
@@ -226,13 +232,15 @@ def config(options: Options, rules) -> dict[str, Any]:
         "format": FORMAT, "version": VERSION, "dim": options.dim, "size": options.size if options.dim == "2d" else None,
         "slices": options.slices if options.dim == "2d" else None, "prompt_builder": options.prompt_builder,
         "blender": options.blender, "rules": rules.to_toml(), "seed": options.seed, "split": options.split,
-        "slice_convention": "brainsynth_cli.slices v1", "pairing": options.pairing, "margin_mm": options.margin,
+        "slice_convention": CONVENTION, "pairing": options.pairing, "margin_mm": options.margin,
         "min_psnr": options.min_psnr, "slice_centre": "lateral-ventricle centroid" if options.dim == "2d" else None,
         "intensity": "each volume windowed to [0,1] (brainsynth_cli.slices.normalisation)",
         "brainsynth": __version__,
     }
     if options.deformed:  # recorded only when on, so folders made without it compare equal
         cfg["deformed"] = True
+        if tuple(options.deformed_splits) != SPLITS:
+            cfg["deformed_splits"] = list(options.deformed_splits)
     return cfg
 
 
@@ -400,7 +408,7 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
 
     from brainsynth_cli.images import read_labels, read_volume, write_labels, write_png, write_volume
     from brainsynth_cli.interfaces import Change
-    from brainsynth_cli.slices import normalisation, normalise, to_canonical, to_png16, to_square
+    from brainsynth_cli.slices import normalisation, normalise, to_canonical, to_png16, to_square, to_view
     from brainsynth_plugins.pairs.align import align_to
 
     builder, blender = components(options.prompt_builder, options.blender, rules, options.seed)
@@ -487,7 +495,7 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
             "kind": "disentangled", "structure": s.name, "edit_prompt": prompt, "rates": realised,
             "intervals": intervals_of(realised, only=s.name), "blender": options.blender}))
         base.setdefault("omega_voxels", {})[s.name] = int(mask.sum())
-    if options.deformed:
+    if options.deformed and (pair.split is None or pair.split in options.deformed_splits):
         from brainsynth_plugins.pairs.deformed import deformed_outputs
 
         outputs += deformed_outputs(pair, options, rules, builder, prior, prior_lab, pn, vp, base)
@@ -508,14 +516,17 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
               "prior_normalisation": pn.as_dict()}
     try:
         if options.dim == "2d":
-            prior_c, _ = to_canonical(prior_lab.data, prior.affine)
+            prior_c, ornt = to_canonical(prior_lab.data, prior.affine)
             ks = slice_range(centre_slice(prior_c, rules), options.slices, prior_c.shape[2])
+            # one pixel of the stored square: the in-plane field of view (the padded square's side) / size
+            spacing = [prior.voxel_size[int(ax)] for ax in ornt[:, 0]]
+            common["pixel_mm"] = round(max(prior_c.shape[0] * spacing[0], prior_c.shape[1] * spacing[1]) / options.size, 6)
             for name, vol, _, lab, _ in outputs:
                 canon, _ = to_canonical(vol, prior.affine)
                 lab_c, _ = to_canonical(lab, prior.affine)
                 for k in ks:
-                    write_png(tmp / f"{name}_z{k:03d}.png", to_png16(to_square(canon[:, :, k], options.size)), bits=16)
-                    write_png(tmp / f"{name}_dseg_z{k:03d}.png", square_labels(lab_c[:, :, k], options.size), bits=16)
+                    write_png(tmp / f"{name}_z{k:03d}.png", to_png16(to_square(to_view(canon[:, :, k]), options.size)), bits=16)
+                    write_png(tmp / f"{name}_dseg_z{k:03d}.png", square_labels(to_view(lab_c[:, :, k]), options.size), bits=16)
                     files += [f"{pair.folder}/{name}_z{k:03d}.png", f"{pair.folder}/{name}_dseg_z{k:03d}.png"]
             for name, _, norm, _, fields in outputs[1:]:
                 for k in ks:
@@ -545,14 +556,10 @@ def square_labels(labels2d, size: int):
     """A label slice padded to a centred square and resized to ``size`` with nearest neighbour,
     on the same geometry as :func:`brainsynth_cli.slices.to_square` gives the image."""
     import numpy as np
-    from scipy import ndimage
 
-    a = np.asarray(labels2d)
-    side = max(a.shape)
-    px, py = side - a.shape[0], side - a.shape[1]
-    a = np.pad(a, ((px // 2, px - px // 2), (py // 2, py - py // 2)))
-    if a.shape != (size, size):
-        a = ndimage.zoom(a, (size / side, size / side), order=0, mode="nearest", grid_mode=True)
+    from brainsynth_cli.slices import labels_to_square
+
+    a = labels_to_square(labels2d, size)
     if a.size and (a.min() < 0 or a.max() > 65535):
         raise UserError("label ids above 65535 cannot be stored in 16-bit PNG label slices; use --dim 3d")
     return a.astype(np.uint16)
@@ -567,6 +574,8 @@ def _row(folder: str, prior: str, edited: str, prior_labels: str, edited_labels:
            "blender": fields["blender"], "slice": k, "split": None, "prior_normalisation": common["prior_normalisation"],
            "target_normalisation": norm.as_dict(),
            "input_labels_file_name": f"{folder}/{prior_labels}", "edited_labels_file_name": f"{folder}/{edited_labels}"}
+    if "pixel_mm" in common:
+        row["pixel_mm"] = common["pixel_mm"]
     if deformed_columns:  # every row of a --deformed folder has the same columns (datasets needs it)
         row["rates_pv"] = fields.get("rates_pv")
         row["deform_target"] = fields.get("deform_target")
@@ -739,7 +748,7 @@ def _montage_image(path: Path, dim: str):
 
     if dim == "2d":
         a, _ = read_png(path)
-        return display(from_png16(a))
+        return from_png16(a)  # stored in the radiological view already
     vol = read_volume(path)
     canon, _ = to_canonical(vol.data, vol.affine)
     return display(canon[:, :, canon.shape[2] // 2]).astype(np.float32)
