@@ -336,7 +336,6 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
                     longitudinal: bool = True, rules: "Rules", overwrite: bool = False) -> None:
     """Segment every session of a dataset into a BIDS derivatives folder (resumable)."""
     from brainsynth_cli.datasets import read_dataset
-
     from brainsynth_cli.outputs import check_inside, locked_output, on_interrupt, refuse_overwriting_inputs
 
     if out_dir.exists() and not out_dir.is_dir():
@@ -420,7 +419,6 @@ def _check_header(path: Path) -> None:
     import numpy as np
 
     from brainsynth_cli.images import Volume
-
     from brainsynth_cli.images.nifti import READ_SUFFIXES, has_suffix
     from brainsynth_cli.limits import check_image_size
 

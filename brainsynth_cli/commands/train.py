@@ -14,7 +14,6 @@ import typer
 
 from brainsynth_cli.errors import InputError, UserError
 
-
 #: The most optimiser steps a stage may ask for.
 MAX_STEPS = 10_000_000
 

@@ -139,7 +139,7 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _check_sizes(trainer: "Trainer", out: Path) -> None:
+def _check_sizes(trainer: Trainer, out: Path) -> None:
     """Build the networks the run will train on torch's ``meta`` device (no memory, no weights):
     sizes that do not fit together (``--set vae.*``/``unet.*``) fail here in one line."""
     cfg = trainer.cfg

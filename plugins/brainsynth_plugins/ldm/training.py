@@ -146,7 +146,7 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _check_sizes(trainer: "Trainer") -> None:
+def _check_sizes(trainer: Trainer) -> None:
     """Build both networks on torch's ``meta`` device (no memory): sizes that do not fit together
     (``--set vae.*``/``unet.*``) fail here, in one line, before anything is written."""
     import torch

@@ -744,10 +744,9 @@ def write_montage(path: Path, rows: list[dict[str, Any]], options: Options) -> N
 
 # -- entry point ---------------------------------------------------------------------------
 def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -> Summary:
-    from brainsynth_cli.structures import load_rules
-
     from brainsynth_cli.limits import check_number, check_seed
     from brainsynth_cli.outputs import check_inside, locked_output, on_interrupt
+    from brainsynth_cli.structures import load_rules
 
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     if options.dim not in ("2d", "3d"):
@@ -772,8 +771,8 @@ def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -
     out = options.out
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder", "choose another -o")
-    pairs, splits = plan(options, warn)
     check_not_into_inputs(options)
+    pairs, splits = plan(options, warn)
     mine = [p for p in pairs if in_shard(p, options.shard)]
     check_inputs(pairs if options.merge_only else mine)
     for pair in pairs:
