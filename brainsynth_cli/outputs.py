@@ -359,6 +359,14 @@ class FolderLock:
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise InputError(self.folder, f"is in use by another brainsynth run ({_describe_holders(self.folder, holders)})",
                                      "wait for it to finish, or write to another folder") from None
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    import sys
+
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    print(f"brainsynth: warning: {self.folder}: this file system cannot lock files; make sure no other run "
+                          "writes into this folder", file=sys.stderr)
+                    return
                 raise
             try:
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
