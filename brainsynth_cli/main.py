@@ -16,7 +16,7 @@ from typing import Sequence
 import typer
 
 from brainsynth_cli import __version__
-from brainsynth_cli.errors import UserError
+from brainsynth_cli.errors import UserError, caused_by_interrupt
 from brainsynth_cli.plugin_manager import get_manager
 
 #: Kernel commands, one module each under ``brainsynth_cli.commands``.
@@ -111,7 +111,7 @@ def _run(args: Sequence[str], *, nested: bool) -> int:
         return 0
     except SystemExit as exc:
         code = exc.code
-        if code == 130 and _interrupted(exc):
+        if code == 130 and caused_by_interrupt(exc):
             if nested:
                 raise KeyboardInterrupt from None
             print(f"brainsynth: interrupted; {interrupt_note()}", file=sys.stderr)
@@ -140,19 +140,12 @@ def _run(args: Sequence[str], *, nested: bool) -> int:
               file=sys.stderr)
         return 2
     except Exception as exc:
+        if caused_by_interrupt(exc):
+            if nested:
+                raise KeyboardInterrupt from None
+            print(f"brainsynth: interrupted; {interrupt_note()}", file=sys.stderr)
+            return 130
         return _internal(exc, debug)
-
-
-def _interrupted(exc: BaseException) -> bool:
-    """True when ``exc`` was raised while handling a KeyboardInterrupt."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, KeyboardInterrupt):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
 
 
 def _internal(exc: BaseException, debug: bool) -> int:

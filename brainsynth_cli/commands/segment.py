@@ -360,7 +360,8 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
 
     with locked_output(out_dir, command="segment --bids", keep=finished_any):
         _check_description(out_dir, description, overwrite)
-        on_interrupt(f"finished sessions in {out_dir} are kept; run the same command again to resume")
+        on_interrupt(lambda: f"the finished sessions in {out_dir} are kept; run the same command again to resume"
+                     if finished_any() else "no session was finished, nothing was kept; run the command again")
         _segment_sessions(out_dir, subjects, description, segmenter, options, jobs=jobs, longitudinal=longitudinal,
                           rules=rules, overwrite=overwrite)
 

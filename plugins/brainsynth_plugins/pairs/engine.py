@@ -603,6 +603,10 @@ def _work(pair: Pair, options: Options, rules) -> tuple[str, Any]:
     except UserError as exc:
         return "error", str(exc)
     except Exception as exc:  # an internal error: keep the traceback for --debug
+        from brainsynth_cli.errors import caused_by_interrupt
+
+        if caused_by_interrupt(exc):  # Ctrl-C inside compiled code (numba) comes back as SystemError
+            raise KeyboardInterrupt from None
         return "crash", f"{pair.subject} {pair.prior.session}->{pair.target.session}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
 
 
@@ -781,7 +785,8 @@ def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -
     with locked_output(out, command="make-pairs" + (f" --shard {shard[0]}/{shard[1]}" if shard else ""),
                        keep=lambda: any((out / PARTS).glob("*.json")), shared=shard is not None,
                        slot=f"shard-{shard[0]}-of-{shard[1]}" if shard else None):
-        on_interrupt(f"the finished pairs in {out} are kept; run the same command again to resume")
+        on_interrupt(lambda: f"the finished pairs in {out} are kept; run the same command again to resume"
+                     if any((out / PARTS).glob("*.json")) else "no pair was finished, nothing was kept; run the command again")
         return _make_pairs_locked(options, pairs, splits, mine, rules, progress_factory, echo)
 
 

@@ -821,7 +821,8 @@ def simulate_cohort(
         return any(root.glob("sub-*/sub-*_sessions.tsv"))
 
     with locked_output(root, command="simulate", keep=finished_any):
-        on_interrupt(f"the finished subjects in {root} are kept; run the same command again to resume")
+        on_interrupt(lambda: f"the finished subjects in {root} are kept; run the same command again to resume"
+                     if finished_any() else "no subject was finished, nothing was kept; run the command again")
         return _simulate_into(root, opts, subjects, started, progress)
 
 
