@@ -260,7 +260,7 @@ for _name, _opts in {"size-absurd": ("--size", "100000"), "slices-0": ("--slices
     CASES[f"make-pairs/{_name}"] = _make_pairs_opts(*_opts)
 # train
 CASES["train/absolute-path-row"] = _train_rows(lambda x: [(str(x.c.good_png), "images/b.png")])
-CASES["train/dotdot-path-row"] = _train_rows(lambda x: [("images/../../../good/slice.png", "images/b.png")])
+CASES["train/dotdot-path-row"] = _train_rows(lambda x: [("images/../../../../good/slice.png", "images/b.png")])  # corpus/good
 CASES["train/symlink-escape-row"] = _train_rows(lambda x: [(_symlink(x, x.c.good_png, "pairs/images/link.png").relative_to(x.d / "pairs").as_posix(),
                                                             "images/b.png")])
 for _k in PNG_CASES:
