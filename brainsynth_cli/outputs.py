@@ -478,13 +478,11 @@ def _safe(fn: Callable[[], bool]) -> bool:
 
 
 def _remove_made(made: list[Path]) -> None:
-    for d in made:  # deepest first
+    """Remove the folders this run made, deepest first, as long as they are empty (a lock file
+    of another run that started meanwhile keeps its folder)."""
+    for d in made:
         try:
-            if d.is_dir() and is_empty_folder(d):
-                for child in d.iterdir():
-                    with contextlib.suppress(OSError):
-                        child.unlink()
-                d.rmdir()
+            d.rmdir()
         except OSError:
             return
 

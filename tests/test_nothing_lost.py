@@ -134,7 +134,7 @@ def test_two_runs_into_one_folder(tmp_path):
     env = subprocess_env(OMP_NUM_THREADS="1")
 
     def simulate(out, seed):
-        return [sys.executable, "-m", "brainsynth_cli.main", "simulate", "-o", str(out), "--subjects", "4",
+        return [sys.executable, "-m", "brainsynth_cli.main", "simulate", "-o", str(out), "--subjects", "6",
                 "--sessions", "2", "--resolution", "4", "--seed", str(seed)]
 
     first = subprocess.Popen(simulate(tmp_path / "x", 0), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
