@@ -71,8 +71,11 @@ def order_sessions(sessions: list[Session]) -> list[Session]:
 def _read_tsv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh, delimiter="\t"))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"is not a readable TSV file ({type(exc).__name__})", "save it as UTF-8, tab-separated") from None
 
 
 def _float(value: str | None) -> float | None:
@@ -87,6 +90,23 @@ def _float(value: str | None) -> float | None:
 def _prefixed(value: str, prefix: str) -> str:
     value = value.strip()
     return value if value.startswith(prefix) else f"{prefix}{value}"
+
+
+_LABEL = re.compile(r"[A-Za-z0-9]+")
+
+
+def bids_entity(value: str, prefix: str, where: Path, context: str = "") -> str:
+    """``value`` as a BIDS entity (``sub-LABEL``, ``ses-LABEL``), refusing a label that is not
+    letters and digits only (the BIDS specification): ids become folder and file names, so
+    ``sub-x/../../tmp`` must never reach a path."""
+    entity = _prefixed(str(value), prefix)
+    label = entity[len(prefix):]
+    if not _LABEL.fullmatch(label):
+        kind = {"sub-": "subject", "ses-": "session"}.get(prefix, "entity")
+        shown = entity if len(entity) <= 60 else entity[:57] + "..."
+        raise InputError(where, f"{context}{kind} id {shown!r} is not a BIDS label (letters and digits only)",
+                         f"rename it, e.g. {prefix}{re.sub(r'[^A-Za-z0-9]', '', label)[:20] or '01'}")
+    return entity
 
 
 def find_labels(labels_dir: Path, subject: str, session: str) -> Path | None:
@@ -104,11 +124,13 @@ def read_bids(root: Path, labels_dir: Path | None = None) -> Dataset:
     for sub_dir in sorted(root.glob("sub-*")):
         if not sub_dir.is_dir():
             continue
-        subject = sub_dir.name
+        subject = bids_entity(sub_dir.name, "sub-", sub_dir)
         info = {(_prefixed(r.get("session_id", ""), "ses-")): r for r in _read_tsv(sub_dir / f"{subject}_sessions.tsv")}
         sex = (participants.get(subject) or {}).get("sex") or None
         for ses_dir in sorted(sub_dir.glob("ses-*")):
-            session = ses_dir.name
+            if not ses_dir.is_dir():
+                continue
+            session = bids_entity(ses_dir.name, "ses-", ses_dir)
             images = sorted(p for p in (ses_dir / "anat").glob(f"{subject}_{session}*_T1w.nii*") if p.name.endswith((".nii", ".nii.gz")))
             if not images:
                 continue
@@ -124,19 +146,25 @@ def read_bids(root: Path, labels_dir: Path | None = None) -> Dataset:
 
 
 def read_manifest(path: Path, labels_dir: Path | None = None) -> Dataset:
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"subject", "session", "image"} - set(reader.fieldnames or [])
-        if missing:
-            raise InputError(path, f"manifest lacks column(s) {', '.join(sorted(missing))}", "columns: subject, session, image[, labels, age, date, sex]")
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = {"subject", "session", "image"} - set(reader.fieldnames or [])
+            if missing:
+                raise InputError(path, f"manifest lacks column(s) {', '.join(sorted(missing))}", "columns: subject, session, image[, labels, age, date, sex]")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"is not a readable CSV manifest ({type(exc).__name__})", "save it as UTF-8 CSV with columns subject, session, image") from None
     ds = Dataset(root=path.parent, kind="csv")
     seen: set[tuple[str, str]] = set()
     for i, row in enumerate(rows, start=2):
-        subject, session = _prefixed(row["subject"], "sub-"), _prefixed(row["session"], "ses-")
+        subject = bids_entity(row["subject"] or "", "sub-", path, f"line {i}: ")
+        session = bids_entity(row["session"] or "", "ses-", path, f"line {i}: ")
         if (subject, session) in seen:
             raise InputError(path, f"line {i}: {subject} {session} appears twice", "one row per session")
         seen.add((subject, session))
+        if not (row.get("image") or "").strip():
+            raise InputError(path, f"line {i}: {subject} {session} has no image", "give the image path of every session")
         image = Path(row["image"].strip())
         image = image if image.is_absolute() else path.parent / image
         labels = (row.get("labels") or "").strip()

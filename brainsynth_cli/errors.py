@@ -29,3 +29,16 @@ class InputError(UserError):
 
 class PluginError(BrainsynthError):
     """A plugin failed to import or registered something invalid."""
+
+
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """True when ``exc`` is, or was raised while handling, a KeyboardInterrupt (Ctrl-C arriving
+    inside compiled code such as numba comes back as another exception)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False

@@ -6,6 +6,7 @@ their bodies, so ``brainsynth --help`` stays fast.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -15,7 +16,7 @@ from typing import Sequence
 import typer
 
 from brainsynth_cli import __version__
-from brainsynth_cli.errors import UserError
+from brainsynth_cli.errors import UserError, caused_by_interrupt
 from brainsynth_cli.plugin_manager import get_manager
 
 #: Kernel commands, one module each under ``brainsynth_cli.commands``.
@@ -62,38 +63,102 @@ def _debug(args: Sequence[str]) -> bool:
     return "--debug" in args or os.environ.get("BRAINSYNTH_DEBUG", "") not in ("", "0")
 
 
+#: Errors of the machine or the file system, not of brainsynth: reported in one line (exit 2).
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST,
+                       errno.EISDIR, errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE}
+
+_depth = 0
+
+
 def run(args: Sequence[str]) -> int:
-    """Run the CLI on ``args`` and return the exit status (no ``sys.exit``)."""
+    """Run the CLI on ``args`` and return the exit status (no ``sys.exit``).
+
+    Ctrl-C prints one line saying what the command kept and how to resume (exit status 130).
+    A ``run`` inside a running command (the demo's steps) lets an interruption through to it.
+    """
+    from brainsynth_cli import outputs
+
+    global _depth
+    _depth += 1
+    saved = list(outputs._interrupt_note)  # a nested run's note is its own, not its caller's
+    try:
+        return _run(args, nested=_depth > 1)
+    finally:
+        _depth -= 1
+        if _depth:
+            outputs._interrupt_note[:] = saved
+
+
+def _run(args: Sequence[str], *, nested: bool) -> int:
+    from brainsynth_cli.outputs import clear_interrupt_note, interrupt_note
+
     debug = _debug(args)
-    app = build_app()
+    if not nested:
+        clear_interrupt_note()
+    try:
+        app = build_app()
+    except KeyboardInterrupt:
+        if nested:
+            raise
+        print("brainsynth: interrupted while loading plugins; nothing was written", file=sys.stderr)
+        return 130
     get_manager().flush_messages()
     command = typer.main.get_command(app)
     try:
-        # standalone mode: typer/click handle their own usage errors (exit 2) and --help.
+        # standalone mode: typer/click handle their own usage errors (exit 2) and --help; typer
+        # turns Ctrl-C into a silent exit 130, which gets its line here.
         command.main(args=list(args), prog_name="brainsynth", standalone_mode=True)
         return 0
     except SystemExit as exc:
         code = exc.code
+        if code == 130 and caused_by_interrupt(exc):
+            if nested:
+                raise KeyboardInterrupt from None
+            print(f"brainsynth: interrupted; {interrupt_note()}", file=sys.stderr)
         return code if isinstance(code, int) else (0 if code is None else 1)
     except KeyboardInterrupt:
-        print("brainsynth: interrupted", file=sys.stderr)
+        if nested:
+            raise
+        print(f"brainsynth: interrupted; {interrupt_note()}", file=sys.stderr)
         return 130
     except UserError as exc:
         if debug:
             traceback.print_exc()
         print(f"brainsynth: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:
+    except MemoryError:
         if debug:
             traceback.print_exc()
-        else:
-            first = str(exc).strip().splitlines()
-            print(
-                f"brainsynth: internal error: {type(exc).__name__}: {first[0] if first else ''} "
-                "(run with --debug for the traceback; please report it)",
-                file=sys.stderr,
-            )
-        return 1
+        print("brainsynth: error: out of memory; use smaller images, fewer --jobs or a smaller --batch-size", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS or not exc.filename:
+            return _internal(exc, debug)
+        if debug:
+            traceback.print_exc()
+        print(f"brainsynth: error: {exc.filename}: {exc.strerror}; check the path, its permissions and the free space",
+              file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if caused_by_interrupt(exc):
+            if nested:
+                raise KeyboardInterrupt from None
+            print(f"brainsynth: interrupted; {interrupt_note()}", file=sys.stderr)
+            return 130
+        return _internal(exc, debug)
+
+
+def _internal(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    else:
+        first = str(exc).strip().splitlines()
+        print(
+            f"brainsynth: internal error: {type(exc).__name__}: {first[0] if first else ''} "
+            "(run with --debug for the traceback; please report it)",
+            file=sys.stderr,
+        )
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -31,9 +31,10 @@ class PairRow:
     data: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def path(self, column: str) -> Path | None:
-        """The file a ``*_file_name`` column names, or None when the row has none."""
+        """The file a ``*_file_name`` column names, or None when the row has none. A path that
+        leaves the pairs folder is refused (one line)."""
         value = self.data.get(column)
-        return self.root / value if value else None
+        return inside_folder(self.root, value, self.number, column) if value else None
 
     @property
     def subject(self) -> str:
@@ -58,6 +59,23 @@ class PairsFolder:
         return str(self.info.get("dim", "2d"))
 
 
+def inside_folder(root: Path, value: Any, line: int, column: str) -> Path:
+    """``root / value`` for a path column of metadata.jsonl, refusing one that is absolute, has
+    ``..`` or leads (through a link) outside the pairs folder."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from brainsynth_cli.outputs import is_inside
+
+    text = str(value)
+    parts = PurePosixPath(text.replace("\\", "/")).parts
+    if (not isinstance(value, str) or text.startswith(("/", "\\")) or PureWindowsPath(text).drive or ".." in parts
+            or not is_inside(root / text, root)):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise InputError(root / "metadata.jsonl", f"line {line}: {column} {shown!r} leaves the pairs folder",
+                         "image paths must be relative to the pairs folder and stay inside it (no '..', no absolute paths)")
+    return root / text
+
+
 def read_pairs_folder(root: str | os.PathLike[str]) -> PairsFolder:
     """Validate and read a pairs folder; every referenced image must exist. One-line errors."""
     root = Path(root)
@@ -72,20 +90,32 @@ def read_pairs_folder(root: str | os.PathLike[str]) -> PairsFolder:
             info = json.loads((root / "pairs.json").read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(root / "pairs.json", f"is not valid JSON ({exc})", "re-run make-pairs") from None
+        if not isinstance(info, dict):
+            raise InputError(root / "pairs.json", "is not a JSON object", "re-run make-pairs")
         if info.get("format", "brainsynth-pairs") != "brainsynth-pairs":
             raise InputError(root / "pairs.json", f"has format {info.get('format')!r}", "expected brainsynth-pairs")
     rows: list[PairRow] = []
-    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = meta.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(meta, "is not UTF-8 text", "re-run make-pairs") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(meta, f"line {n} is not JSON ({exc.msg})", "re-run make-pairs") from None
+        if not isinstance(row, dict):
+            raise InputError(meta, f"line {n} is not a JSON object", "re-run make-pairs")
         missing = [k for k in REQUIRED if not row.get(k)]
         if missing:
             raise InputError(meta, f"line {n} lacks {', '.join(missing)}", "each row needs " + ", ".join(REQUIRED))
-        prior, target = root / row["input_image_file_name"], root / row["edited_image_file_name"]
+        for column in row:
+            if column.endswith("_file_name") and row[column]:
+                inside_folder(root, row[column], n, column)
+        prior = inside_folder(root, row["input_image_file_name"], n, "input_image_file_name")
+        target = inside_folder(root, row["edited_image_file_name"], n, "edited_image_file_name")
         for f in (prior, target):
             if not f.is_file():
                 raise InputError(f, f"is listed on line {n} of metadata.jsonl but missing", "re-run make-pairs")

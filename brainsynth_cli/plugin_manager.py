@@ -143,7 +143,9 @@ class PluginManager:
         try:
             obj = loader()
             self._register_checked(obj, record.name)
-        except Exception as exc:  # guarded: a broken plugin must not break the tool
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # guarded: a broken plugin (even one calling sys.exit) must not break the tool
             record.status, record.error = "failed", _describe(exc)
             self._fail(record, exc)
 
@@ -158,6 +160,8 @@ class PluginManager:
 
     def _fail(self, record: PluginRecord, exc: BaseException) -> None:
         if strict():
+            if not isinstance(exc, Exception):  # SystemExit and the like: fail as a plugin error
+                raise PluginError(f"plugin {record.name!r} failed to load ({record.error})") from exc
             raise exc
         self._messages.append(
             f"brainsynth: plugin {record.name!r} failed to load and is left out ({record.error})"
@@ -209,7 +213,9 @@ class PluginManager:
                     impl.function(register=register)
                     for spec in collected:
                         spec.validate()
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:
                     if strict():
                         raise
                     problem = f"{hookname} raised {_describe(exc)}"
@@ -229,27 +235,57 @@ class PluginManager:
         return registries
 
     def register_commands(self, app: Any) -> None:
-        """Let every loaded plugin add its commands to ``app`` (guarded like loading)."""
+        """Let every loaded plugin add its commands to ``app`` (guarded like loading).
+
+        Commands already on ``app`` belong to the kernel. A plugin that registers a command
+        under a name already taken (by the kernel or an earlier plugin) does not replace it:
+        its command is left out and the clash is reported in one line naming both plugins.
+        """
         for record in self.records.values():
             record.provides.pop("command", None)
             record.problems = [p for p in record.problems if not p.startswith("register_commands")]
+        owners: dict[str, str] = {_command_name(info): "kernel" for info in (*app.registered_commands, *app.registered_groups)}
         for impl in self.pm.hook.register_commands.get_hookimpls():
             record = self.records.get(impl.plugin_name)
             if record is None or record.status != "loaded":
                 continue
-            before = len(app.registered_commands) + len(app.registered_groups)
+            before_cmds, before_groups = list(app.registered_commands), list(app.registered_groups)
             try:
                 impl.function(app=app)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                app.registered_commands[:], app.registered_groups[:] = before_cmds, before_groups
                 if strict():
                     raise
                 problem = f"register_commands raised {_describe(exc)}"
-                if record is not None:
-                    record.problems.append(problem)
+                record.problems.append(problem)
                 self._messages.append(f"brainsynth: plugin {impl.plugin_name!r}: {problem}; its commands are left out")
                 continue
-            added = (app.registered_commands + app.registered_groups)[before:]
-            names = [_command_name(info) for info in added]
+            kept_cmds: list[Any] = []
+            kept_groups: list[Any] = []
+            names: list[str] = []
+            for kind, before, kept in (("command", before_cmds, kept_cmds), ("group", before_groups, kept_groups)):
+                current = app.registered_commands if kind == "command" else app.registered_groups
+                for info in current[len(before):]:
+                    name = _command_name(info)
+                    owner = owners.get(name)
+                    if owner is not None:
+                        first = "the kernel (built-in)" if owner == "kernel" else f"plugin {owner!r}"
+                        problem = (f"register_commands: command {name!r} is registered by both {first} and plugin "
+                                   f"{impl.plugin_name!r}; the first is kept")
+                        if strict():
+                            raise PluginError(problem)
+                        record.problems.append(problem)
+                        self._messages.append(f"brainsynth: command {name!r} is registered by both {first} and plugin "
+                                              f"{impl.plugin_name!r}; plugin {impl.plugin_name!r}'s is left out "
+                                              "(disable one with BRAINSYNTH_DISABLE_PLUGINS)")
+                        continue
+                    owners[name] = impl.plugin_name
+                    kept.append(info)
+                    names.append(name)
+            app.registered_commands[:] = before_cmds + kept_cmds
+            app.registered_groups[:] = before_groups + kept_groups
             record.provides.setdefault("command", []).extend(names)
 
     # -- reporting -----------------------------------------------------------------------

@@ -254,10 +254,10 @@ def test_edit_errors(tiny, volume, tmp_path):
               "names no structure", "--no-restrict")
     # output = input (also through a symlink) is refused before anything is written
     before = volume.read_bytes()
-    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", volume, *lab)[::2], "is also an input")
+    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", volume, *lab)[::2], "brainsynth never writes over its inputs")
     link = tmp_path / "link.nii.gz"
     link.symlink_to(volume)
-    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", link, *lab)[::2], "is also an input")
+    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", link, *lab)[::2], "brainsynth never writes over its inputs")
     assert volume.read_bytes() == before
     # a figure that cannot be written: refused before the edit, nothing written
     blocker = tmp_path / "file"

@@ -51,6 +51,11 @@ def register(app: typer.Typer) -> None:
         if out_kind != kind:
             want = ".nii or .nii.gz" if kind == "nifti" else ".png"
             raise InputError(output, f"output must end in {want} for {kind.upper()} inputs", "rename the output")
+        from brainsynth_cli.outputs import check_writable, on_interrupt, refuse_overwriting_inputs
+
+        refuse_overwriting_inputs([output], [prior, target, mask])
+        check_writable([output])
+        on_interrupt("nothing was written; run the command again")
         options: dict[str, Any] = {}
         if rtol is not None or maxiter is not None:
             if blender != "poisson":
@@ -60,8 +65,8 @@ def register(app: typer.Typer) -> None:
                     raise UserError(f"--rtol must lie in (0, 1), got {rtol}; e.g. --rtol 1e-6")
                 options["rtol"] = rtol
             if maxiter is not None:
-                if maxiter < 1:
-                    raise UserError(f"--maxiter must be at least 1, got {maxiter}")
+                if not 1 <= maxiter <= 1_000_000:
+                    raise UserError(f"--maxiter must lie in [1, 1000000], got {maxiter}")
                 options["maxiter"] = maxiter
         component = get_manager().registry("blender").create(blender, **options)
 

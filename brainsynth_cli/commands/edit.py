@@ -14,7 +14,6 @@ before/after figure.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -97,26 +96,6 @@ def _resolve_model(model: str) -> tuple[Path | None, str, dict[str, Any]]:
                      + (f", or a generator that needs no training ({', '.join(free)})" if free else ""))
 
 
-def _check_outputs(inputs: list[Path], outputs: list[Path]) -> None:
-    """Refuse outputs that are inputs (symlinks and relative paths resolved) or cannot be written."""
-    import os
-
-    real_in = {os.path.realpath(p) for p in inputs}
-    for out in outputs:
-        if os.path.realpath(out) in real_in:
-            raise InputError(out, "is also an input; writing it would replace your data", "choose another output name")
-        parent = out.parent if str(out.parent) else Path(".")
-        probe = parent
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if out.is_dir():
-            raise InputError(out, "is a folder", "give a file name")
-        if not probe.is_dir() or not os.access(probe, os.W_OK):
-            raise InputError(out, "cannot be written (its folder is not a writable folder)", "choose a writable location")
-    if len({os.path.realpath(o) for o in outputs}) != len(outputs):
-        raise InputError(outputs[-1], "is given for two outputs", "name the outputs differently")
-
-
 def register(app: typer.Typer) -> None:
     @app.command("edit")
     def edit(
@@ -148,6 +127,8 @@ def register(app: typer.Typer) -> None:
 
         from brainsynth_cli import __version__, edit_io
         from brainsynth_cli import edit_path as ep
+        from brainsynth_cli.limits import check_number, check_seed
+        from brainsynth_cli.outputs import check_writable, on_interrupt, refuse_overwriting_inputs, staged_outputs
         from brainsynth_cli.plugin_manager import registry
         from brainsynth_cli.progress import progress_bar
         from brainsynth_cli.structures import default_rules, rules_from_text
@@ -160,13 +141,13 @@ def register(app: typer.Typer) -> None:
         if edit_io.kind_of(output) != kind:
             want = ".nii.gz" if kind == "nifti" else ".png"
             raise InputError(output, f"must be a {want} file like the input", f"name the output *{want}")
-        if steps <= 0 or batch_size <= 0:
-            raise UserError("--steps and --batch-size must be positive")
-        for name, value in (("--guidance-scale", guidance_scale), ("--image-guidance-scale", image_guidance_scale)):
-            if not math.isfinite(value) or not 0 <= value <= 100:
-                raise UserError(f"{name} {value}: give a number between 0 and 100")
-        if pixel_size is not None and not (math.isfinite(pixel_size) and 0 < pixel_size <= 20):
-            raise UserError(f"--pixel-size {pixel_size}: give a pixel size in mm between 0 and 20")
+        check_number("--steps", steps, low=1, high=1000, integer=True)
+        check_number("--batch-size", batch_size, low=1, high=1024, integer=True)
+        check_number("--guidance-scale", guidance_scale, low=0, high=100)
+        check_number("--image-guidance-scale", image_guidance_scale, low=0, high=100)
+        check_seed(seed)
+        if pixel_size is not None:
+            check_number("--pixel-size", pixel_size, low=1e-3, high=20)
         if device not in ("auto", "cpu", "cuda", "mps"):
             raise UserError(f"--device must be auto, cpu, cuda or mps, got {device!r}")
         settings = ep.EditSettings(residual=residual, restrict=restrict, margin_mm=float(margin), blender=blender)
@@ -175,7 +156,12 @@ def register(app: typer.Typer) -> None:
         sidecar = edit_io.sidecar_path(output)
         if labels is not None and not labels.is_file():
             raise InputError(labels, "no such file", "check the path given to --labels")
-        _check_outputs([input] + ([labels] if labels is not None else []), [output, fig, sidecar])
+        if not fig.name.lower().endswith(".png"):
+            raise InputError(fig, "the figure must end in .png", "rename it")
+        refuse_overwriting_inputs([output, fig, sidecar], [input] + ([labels] if labels is not None else []))
+        check_writable([output, fig, sidecar])
+        on_interrupt("nothing was written (the edited image, its sidecar and the figure are written together at the end); "
+                     "run the command again")
 
         model_dir, generator_name, info = _resolve_model(model)
         rules = rules_from_text(info["rules"], f"{model_dir}/brainsynth.json rules") if info.get("rules") else default_rules()
@@ -240,7 +226,6 @@ def register(app: typer.Typer) -> None:
                 within[:, :, jobs.indices] = True
         result, mask = ep.apply(canvas.data, canvas.change, canvas.labels, structures, canvas.spacing, settings, within)
 
-        edit_io.write_output(canvas, result, output)
         record = {
             "brainsynth": __version__, "input": str(input), "output": str(output), "model": str(model_dir) if model_dir else None,
             "generator": generator_name, "prompt": prompt, "free_prompt": free_prompt,
@@ -250,8 +235,10 @@ def register(app: typer.Typer) -> None:
             "sampling": {k: v for k, v in options.items() if k != "residual"}, "edited_slices": edited_slices,
             "slice_convention": convention if "3d" not in dims or kind == "png" else None,
         }
-        edit_io.write_sidecar(sidecar, record)
-        _figure(fig, canvas, result, mask, prompt, settings)
+        with staged_outputs([output, sidecar, fig]) as staged:  # all three or none
+            edit_io.write_output(canvas, result, staged[output])
+            edit_io.write_sidecar(staged[sidecar], record)
+            _figure(staged[fig], canvas, result, mask, prompt, settings)
         typer.echo(f"edited: {output} ({settings.describe()})")
         typer.echo(f"metadata: {sidecar}")
         typer.echo(f"figure: {fig}")

@@ -35,6 +35,9 @@ MIN_FOREGROUND_ML = 150.0
 
 DERIVATIVE_NAME = "brainsynth-segment"
 
+#: The most worker processes ``--jobs`` may ask for.
+MAX_JOBS = 256
+
 
 def register(app: typer.Typer) -> None:
     @app.command("segment")
@@ -53,8 +56,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Segment a T1w image (or every session of a dataset) into FreeSurfer aseg labels on the
         input grid, with structure volumes and a QC picture."""
+        from brainsynth_cli.limits import check_number
+        from brainsynth_cli.outputs import check_writable, on_interrupt, refuse_overwriting_inputs
         from brainsynth_cli.structures import load_rules
 
+        check_number("--jobs", jobs, low=1, high=MAX_JOBS, integer=True)
         options = parse_options(option)
         the_rules = load_rules(rules)
         spec = _spec(segmenter)
@@ -67,6 +73,10 @@ def register(app: typer.Typer) -> None:
         if source.is_dir():
             raise InputError(source, "is a folder", "add --bids to segment a dataset, or give one image file")
         check_output(output, volumes, qc)
+        outputs = [output, volumes, qc]
+        refuse_overwriting_inputs(outputs, [source, rules, *option_files(options)])
+        check_writable(outputs)  # every output location, before any work
+        on_interrupt("nothing was written (the outputs are written together at the end); run the command again")
         seg = create_segmenter(spec, options)
         from brainsynth_cli.images import read_volume
         from brainsynth_cli.progress import progress_bar
@@ -119,6 +129,18 @@ def create_segmenter(spec: Any, options: dict[str, str]) -> Any:
         return factory(**options)
     except (ValueError, TypeError) as exc:
         raise UserError(f"segmenter {spec.name!r}: bad option value ({exc})") from None
+
+
+def option_files(options: dict[str, str]) -> list[Path]:
+    """Segmenter option values that name existing files (inputs an output must not replace)."""
+    out = []
+    for value in options.values():
+        try:
+            if value and Path(value).exists():
+                out.append(Path(value))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def check_output(output: Path, volumes: Path | None, qc: Path | None) -> None:
@@ -235,16 +257,19 @@ def write_qc(path: Path, image: "Volume", labels: "Volume") -> None:
 
 def write_results(image: "Volume", labels: "Volume", output: Path, volumes: Path | None, qc: Path | None,
                   rules: "Rules", *, segmenter: str) -> None:
-    """Labels (on the input grid and header), then volumes and QC; each file atomically."""
+    """Labels (on the input grid and header), volumes and QC, all or nothing: each is written to a
+    temporary file first and all are renamed into place at the end."""
     from brainsynth_cli.images import atomic_write_text, write_labels
+    from brainsynth_cli.outputs import staged_outputs
 
     text = volumes_text(volume_table(labels, rules), volumes, image=str(image.path), labels=str(output),
                         segmenter=segmenter) if volumes is not None else None
-    write_labels(output, labels.data, image.affine, _nifti_header(image))
-    if volumes is not None and text is not None:
-        atomic_write_text(volumes, text)
-    if qc is not None:
-        write_qc(qc, image, labels)
+    with staged_outputs([output, volumes, qc]) as staged:
+        write_labels(staged[output], labels.data, image.affine, _nifti_header(image))
+        if volumes is not None and text is not None:
+            atomic_write_text(staged[volumes], text)
+        if qc is not None:
+            write_qc(staged[qc], image, labels)
 
 
 def _nifti_header(image: "Volume") -> Any:
@@ -282,16 +307,24 @@ def _description(segmenter: str, options: dict[str, str], longitudinal: bool) ->
 
 
 def _check_description(out_dir: Path, want: dict[str, Any], overwrite: bool) -> None:
+    """An existing derivatives folder must be one this command wrote; ``--overwrite`` redoes it
+    (with other settings), never a folder of another dataset."""
     import json
 
     path = out_dir / "dataset_description.json"
-    if not path.is_file() or overwrite:
+    if not path.exists():
         return
     try:
         have = json.loads(path.read_text(encoding="utf-8"))
         gen = have["GeneratedBy"][0]
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise InputError(path, "is not a brainsynth segment description", "use an empty output folder or --overwrite") from None
+        ours = have.get("Name") == want["Name"] and have.get("DatasetType") == "derivative" and isinstance(gen, dict)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        ours = False
+    if not ours:
+        raise InputError(path, "belongs to another dataset, not to brainsynth segment derivatives",
+                         "give an empty or new output folder (e.g. DATASET/derivatives/brainsynth-segment)")
+    if overwrite:
+        return
     mine = want["GeneratedBy"][0]
     for key in ("Segmenter", "Options", "Longitudinal"):
         if gen.get(key) != mine[key]:
@@ -302,23 +335,57 @@ def _check_description(out_dir: Path, want: dict[str, Any], overwrite: bool) -> 
 def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[str, str], *, jobs: int = 1,
                     longitudinal: bool = True, rules: "Rules", overwrite: bool = False) -> None:
     """Segment every session of a dataset into a BIDS derivatives folder (resumable)."""
-    import json
-
     from brainsynth_cli.datasets import read_dataset
-    from brainsynth_cli.images import atomic_write_text
-    from brainsynth_cli.progress import progress_bar
+    from brainsynth_cli.outputs import check_inside, locked_output, on_interrupt, refuse_overwriting_inputs
 
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "exists and is not a folder", "give a derivatives folder")
     dataset = read_dataset(source)
+    check_derivatives_place(out_dir, dataset.root, dataset.kind)
     subjects = dataset.subjects()
     spec = _spec(segmenter)
     create_segmenter(spec, options)  # options and requirements checked before any work
-    for sessions in subjects.values():
+    inputs = [p for ses in subjects.values() for s in ses for p in (s.image, s.labels)] + option_files(options)
+    for sub, sessions in subjects.items():
         for s in sessions:
             _check_header(s.image)
+            paths = session_paths(out_dir, sub, s.session)
+            for p in paths.values():
+                check_inside(p, out_dir)
+            refuse_overwriting_inputs(paths.values(), inputs)
     description = _description(segmenter, options, longitudinal)
-    _check_description(out_dir, description, overwrite)
+
+    def finished_any() -> bool:
+        return any(_finished(session_paths(out_dir, sub, s.session)) for sub, ses in subjects.items() for s in ses)
+
+    with locked_output(out_dir, command="segment --bids", keep=finished_any):
+        _check_description(out_dir, description, overwrite)
+        on_interrupt(lambda: f"the finished sessions in {out_dir} are kept; run the same command again to resume"
+                     if finished_any() else "no session was finished, nothing was kept; run the command again")
+        _segment_sessions(out_dir, subjects, description, segmenter, options, jobs=jobs, longitudinal=longitudinal,
+                          rules=rules, overwrite=overwrite)
+
+
+def check_derivatives_place(out_dir: Path, root: Path, kind: str) -> None:
+    """Derivatives never go into a raw dataset's own folders: only below DATASET/derivatives or
+    outside it (for a CSV manifest: not into the manifest's own folder)."""
+    from brainsynth_cli.outputs import is_inside, same_file
+
+    if same_file(out_dir, root):
+        raise InputError(out_dir, f"is the dataset's own folder; derivatives never go into the {'raw dataset' if kind == 'bids' else 'manifest folder'}",
+                         f"write them to {root / 'derivatives' / DERIVATIVE_NAME} or another folder")
+    if kind == "bids" and is_inside(out_dir, root) and not is_inside(out_dir, root / "derivatives"):
+        raise InputError(out_dir, f"lies inside the raw dataset {root} but not in its derivatives folder",
+                         f"write them to {root / 'derivatives' / DERIVATIVE_NAME} or a folder outside the dataset")
+
+
+def _segment_sessions(out_dir: Path, subjects: dict[str, list[Any]], description: dict[str, Any], segmenter: str,
+                      options: dict[str, str], *, jobs: int, longitudinal: bool, rules: "Rules", overwrite: bool) -> None:
+    import json
+
+    from brainsynth_cli.images import atomic_write_text
+    from brainsynth_cli.progress import progress_bar
+
     todo = {sub: ses for sub, ses in subjects.items()
             if overwrite or not all(_finished(session_paths(out_dir, sub, s.session)) for s in ses)}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -353,13 +420,19 @@ def _check_header(path: Path) -> None:
     import numpy as np
 
     from brainsynth_cli.images import Volume
+    from brainsynth_cli.images.nifti import READ_SUFFIXES, has_suffix
+    from brainsynth_cli.limits import check_image_size
 
     if not path.is_file():
         raise InputError(path, "no such file", "check the dataset")
+    if not has_suffix(path, READ_SUFFIXES):
+        raise InputError(path, "not a NIfTI file (expected .nii or .nii.gz)", "convert it to NIfTI, e.g. with dcm2niix")
     try:
         img = nib.load(str(path))
+        img.get_data_dtype()
     except Exception as exc:  # nibabel raises many types for broken files
         raise InputError(path, f"cannot be read as NIfTI ({type(exc).__name__})", "re-export the image") from None
+    check_image_size(path, img.shape, int(img.get_data_dtype().itemsize))
     shape = img.shape[:3] if len(img.shape) == 4 and img.shape[3] == 1 else img.shape
     if len(shape) != 3:
         raise InputError(path, f"is {len(img.shape)}D with shape {tuple(img.shape)}", "give a 3D T1w volume per session")

@@ -14,6 +14,9 @@ import typer
 
 from brainsynth_cli.errors import InputError, UserError
 
+#: The most optimiser steps a stage may ask for.
+MAX_STEPS = 10_000_000
+
 
 def _parse_set(items: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -74,10 +77,16 @@ def register(app: typer.Typer) -> None:
             raise InputError(pairs, "has no metadata.jsonl", "give the pairs folder written by `brainsynth make-pairs`")
         if steps is not None and epochs is not None:
             raise UserError("give --steps or --epochs, not both")
-        for name, value in (("--steps", steps), ("--epochs", epochs), ("--batch-size", batch_size), ("--lr", lr),
-                            ("--resolution", resolution), ("--checkpoint-every", checkpoint_every)):
-            if value is not None and value <= 0:
-                raise UserError(f"{name} must be positive, got {value}")
+        from brainsynth_cli.limits import check_number, check_seed
+
+        for name, value, low, high, integer in (
+                ("--steps", steps, 1, MAX_STEPS, True), ("--epochs", epochs, 0, 100_000, False),
+                ("--batch-size", batch_size, 1, 4096, True), ("--lr", lr, 0, 1, False),
+                ("--resolution", resolution, 8, 4096, True), ("--checkpoint-every", checkpoint_every, 1, MAX_STEPS, True),
+                ("--conditioning-dropout", conditioning_dropout, 0, 1, False)):
+            if value is not None:
+                check_number(name, value, low=low, high=high, integer=integer, low_open=name in ("--epochs", "--lr"))
+        check_seed(seed)
         if stage not in ("vae", "unet", "all"):
             raise UserError(f"--stage must be vae, unet or all, got {stage!r}")
         if channels is not None and channels not in (1, 3):
@@ -99,6 +108,19 @@ def register(app: typer.Typer) -> None:
                    "conditioning_dropout": conditioning_dropout, "checkpoint_every": checkpoint_every,
                    "set": _parse_set(set_), "task": task, "dim": dim, "condition": condition, "labels": labels or None},
         )
-        with progress_bar("train") as progress:
-            model = gen.train(options, progress)
+        from brainsynth_cli.outputs import locked_output, on_interrupt, refuse_folder_over_input
+
+        refuse_folder_over_input(output, {"pairs folder" if task == "edit" else "dataset": pairs,
+                                          "labels folder": labels or None})
+        run_file = output / "checkpoints" / "run.json"
+
+        def note() -> str:
+            if run_file.is_file():
+                return (f"the checkpoints in {output} are kept; resume with `brainsynth train {pairs} -o {output} --resume`")
+            return "nothing was kept; run the command again"
+
+        with locked_output(output, command="train", keep=run_file.is_file):
+            on_interrupt(note)
+            with progress_bar("train") as progress:
+                model = gen.train(options, progress)
         typer.echo(f"model: {model}")

@@ -33,13 +33,24 @@ def _load(path: Path, ndims: tuple[int, ...]) -> tuple[Any, Any]:
         raise InputError(path, "is a folder, not an image file", "give a .nii or .nii.gz file")
     if not has_suffix(path, READ_SUFFIXES):
         raise InputError(path, "not a NIfTI file (expected .nii or .nii.gz)", "convert it to NIfTI, e.g. with dcm2niix or mri_convert")
-    broken = (nib.filebasedimages.ImageFileError, gzip.BadGzipFile, EOFError, zlib.error, OSError, ValueError)
+    broken = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, gzip.BadGzipFile, EOFError, zlib.error,
+              OSError, ValueError, TypeError)
+
+    def refuse(exc: BaseException) -> InputError:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return InputError(path, f"cannot be read as NIfTI ({reason[:160]})", "the file is corrupt or truncated; re-export or re-download it")
+
     try:
         img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+        itemsize = int(img.get_data_dtype().itemsize)
+    except broken as exc:
+        raise refuse(exc) from None
+    check_header_shape(path, shape, itemsize, ndims)  # from the header alone, before any data is read
+    try:
         data = np.asanyarray(img.dataobj)
     except broken as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(path, f"cannot be read as NIfTI ({reason})", "the file is corrupt or truncated; re-export or re-download it") from None
+        raise refuse(exc) from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 4:
@@ -50,6 +61,21 @@ def _load(path: Path, ndims: tuple[int, ...]) -> tuple[Any, Any]:
     if data.size == 0:
         raise InputError(path, "has no voxels", "re-export the image")
     return img, data
+
+
+def check_header_shape(path: Path, shape: tuple[int, ...], itemsize: int, ndims: tuple[int, ...]) -> None:
+    """Refuse, from the header, an image too large to read or with the wrong number of dimensions."""
+    from brainsynth_cli.limits import check_image_size
+
+    check_image_size(path, shape, itemsize)
+    dims = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+    if len(dims) == 4:
+        raise InputError(path, f"is 4D with {dims[3]} volumes", "extract one volume first (e.g. fslroi IMG OUT 0 1)")
+    if len(dims) not in ndims:
+        want = " or ".join(f"{n}D" for n in ndims)
+        raise InputError(path, f"is {len(dims)}D with shape {tuple(dims)}", f"a {want} image is needed")
+    if any(s == 0 for s in dims):
+        raise InputError(path, "has no voxels", "re-export the image")
 
 
 def _affine(img: Any) -> Any:

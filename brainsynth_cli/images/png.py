@@ -18,13 +18,19 @@ def read_png(path: str | os.PathLike[str]) -> tuple[Any, int]:
     p = Path(path)
     if not p.exists():
         raise InputError(p, "no such file", "check the path")
+    if p.is_dir():
+        raise InputError(p, "is a folder, not an image file", "give a PNG file")
+    from brainsynth_cli.limits import check_png_size
+
     try:
         with Image.open(p) as im:
+            check_png_size(p, *im.size)  # from the header, before the pixels are decoded
             im.load()
             mode = im.mode
             arr = np.array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(p, f"cannot be read as PNG ({exc})", "the file is corrupt or not an image") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(p, f"cannot be read as PNG ({first[:160]})", "the file is corrupt or not an image") from None
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         return arr.astype(np.uint16), 16
     if mode == "L":

@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
                 if (model / "brainsynth.json").is_file():
                     typer.echo(f"[{i}/{len(STEPS)}] train: {model} is finished, skipped")
                     continue
-                if model.is_dir() and any(model.iterdir()):
+                if (model / "checkpoints" / "run.json").is_file():  # a run under way (with or without a checkpoint)
                     args = [*args, "--resume"]
             typer.echo(f"[{i}/{len(STEPS)}] brainsynth {' '.join(args)}")
             t0 = time.perf_counter()

@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
         PSNR, SSIM, MS-SSIM against the real target; achieved change per structure (ACC, MAE), next to
         the identity baseline and the real target measured as if it were an edit."""
         from brainsynth_cli.errors import InputError
+        from brainsynth_cli.limits import check_number, check_seed
+        from brainsynth_cli.outputs import locked_output, on_interrupt, refuse_folder_over_input
         from brainsynth_cli.progress import progress_bar
 
         from brainsynth_plugins.evaluate.engine import EvalSettings
@@ -66,11 +68,21 @@ def register(app: typer.Typer) -> None:
             raise InputError(model, "model folder not found", "give the folder written by `brainsynth train`")
         if output.exists() and not output.is_dir():
             raise InputError(output, "exists and is not a folder", "choose another --output")
+        check_number("--guidance-scale", guidance_scale, low=0, high=100)
+        check_number("--image-guidance-scale", image_guidance_scale, low=0, high=100)
+        check_number("--steps", steps, low=1, high=1000, integer=True)
+        check_number("--margin", margin, low=0, high=50)
+        check_seed(seed)
+        refuse_folder_over_input(output, {"model folder": model, "pairs folder": pairs})
         settings = EvalSettings(split=split, measure=measure, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                 image_guidance_scale=image_guidance_scale, seed=seed, limit=limit, residual=residual, restrict=restrict,
                                 margin_mm=margin, blender=blender, baselines=baselines)
-        with progress_bar("evaluate") as progress:
-            summary = run_evaluation(model, pairs, output, settings, device=device, fid_weights=fid_weights, progress=progress)
+        log = output / "rows.jsonl"
+        with locked_output(output, command="evaluate", keep=log.is_file):
+            on_interrupt(lambda: f"the rows evaluated so far are kept in {log}; run the same command again to resume"
+                         if log.is_file() else "nothing was kept; run the command again")
+            with progress_bar("evaluate") as progress:
+                summary = run_evaluation(model, pairs, output, settings, device=device, fid_weights=fid_weights, progress=progress)
         print_summary(summary, output)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress
+from brainsynth_cli.weights import SAFE_LOAD, refuse_pickled_weights
 
 #: What a model folder must hold (diffusers pipeline layout + brainsynth.json).
 REQUIRED = ("brainsynth.json", "model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
@@ -26,6 +27,7 @@ def check_model_dir(model_dir: Path) -> dict[str, Any]:
     for part in REQUIRED:
         if not (d / part).exists():
             raise InputError(d, f"is missing {part}", "give a complete model folder written by `brainsynth train` (re-run or --resume the training)")
+    refuse_pickled_weights(d, strict=True)  # brainsynth never writes pickles: one here was put there
     for sub, name in WEIGHTS.items():
         if not any((d / sub).glob("*.safetensors")):
             raise InputError(d, f"is missing {sub}/{name}", "give a complete model folder written by `brainsynth train`")
@@ -105,8 +107,9 @@ class IP2PModel:
         from diffusers import StableDiffusionInstructPix2PixPipeline
 
         try:
-            self.pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-                self.path, safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True)
+            self.pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(  # safetensors only, no remote code
+                self.path, safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True,
+                **SAFE_LOAD)
         except (OSError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()
             raise InputError(self.path, f"cannot be loaded as a diffusers pipeline ({first[0][:160] if first else type(exc).__name__})",

@@ -45,3 +45,26 @@ COMMON: dict[str, Any] = {
     "validation_count": 4, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup", "vae_lr_scheduler": None,
     "mixed_precision": "no", "gradient_checkpointing": False, "prediction_type": "epsilon", "guidance_scale": 7.5, "image_guidance_scale": 1.5,
 }
+
+#: What each setting may be (checked after ``--set`` overrides, before anything is written).
+_STEPS = 10_000_000
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "piecewise_constant")
+SETTINGS: dict[str, tuple] = {
+    "resolution": ("int", 8, 4096), "channels": ("choice", (1, 3)),
+    "vae_steps": ("int", 1, _STEPS), "unet_steps": ("int", 1, _STEPS), "epochs": ("opt-float", 0, 100_000, True),
+    "vae_lr": ("float", 0, 1, True), "unet_lr": ("float", 0, 1, True),
+    "vae_batch_size": ("int", 1, 4096), "unet_batch_size": ("int", 1, 4096),
+    "warmup_steps": ("int", 0, _STEPS), "validation_steps": ("int", 1, 1000), "checkpoint_every": ("int", 0, _STEPS),
+    "kl_weight": ("float", 0, 1000), "ssim_weight": ("float", 0, 1000), "gan_weight": ("float", 0, 1000),
+    "gan_start": ("int", 0, _STEPS), "conditioning_dropout": ("float", 0, 1 / 3), "ema": ("bool",), "ema_decay": ("float", 0, 1),
+    "gradient_accumulation": ("int", 1, 1024), "validation_count": ("int", 0, 1000), "checkpoints_total_limit": ("int", 1, 1000),
+    "lr_scheduler": ("choice", SCHEDULERS), "mixed_precision": ("choice", ("no", "fp16", "bf16")),
+    "gradient_checkpointing": ("bool",), "guidance_scale": ("float", 0, 100), "image_guidance_scale": ("float", 0, 100),
+    "vae_lr_scheduler": ("choice", (None, *SCHEDULERS)), "prediction_type": ("choice", ("epsilon", "sample", "v_prediction")),
+    "vae.mid_block_attention": ("bool",),
+    "vae.block_out_channels": ("ints", 1, 4096, 1, 8), "vae.layers_per_block": ("int", 1, 16),
+    "vae.latent_channels": ("int", 1, 64), "vae.norm_num_groups": ("int", 1, 1024),
+    "unet.block_out_channels": ("ints", 1, 8192, 1, 8), "unet.layers_per_block": ("int", 1, 16),
+    "unet.attention_head_dim": ("int", 1, 1024), "unet.norm_num_groups": ("int", 1, 1024),
+    "unet.down_block_types": ("strs", 1, 8), "unet.up_block_types": ("strs", 1, 8),
+}

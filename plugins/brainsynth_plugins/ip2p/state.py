@@ -186,7 +186,10 @@ RUN_FILE = "run.json"
 
 
 def is_empty_dir(d: Path) -> bool:
-    return not d.exists() or (d.is_dir() and not any(d.iterdir()))
+    """Nothing in ``d`` but (maybe) the lock file of a run (see brainsynth_cli.outputs)."""
+    from brainsynth_cli.outputs import is_empty_folder
+
+    return is_empty_folder(d)
 
 
 def load_run(out: Path) -> dict[str, Any]:
@@ -196,7 +199,84 @@ def load_run(out: Path) -> dict[str, Any]:
     run_file = out / "checkpoints" / RUN_FILE
     if not run_file.is_file():
         raise InputError(out, "has no training run to resume (no checkpoints/run.json)", "train without --resume")
-    return json.loads(run_file.read_text(encoding="utf-8"))
+    try:
+        cfg = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = None
+    if not isinstance(cfg, dict):
+        raise InputError(run_file, "is not a readable run file", "train into a new folder")
+    return cfg
+
+
+# -- damaged checkpoints ------------------------------------------------------------------------------
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be read (missing, truncated, bad header), or None. Reads the
+    header only: the data must end exactly where the header says."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return "truncated"
+            n = int.from_bytes(head, "little")
+            if n > size - 8 or n > 100_000_000:
+                return "truncated or corrupt header"
+            meta = json.loads(fh.read(n))
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "corrupt header"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in meta.items() if k != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return "corrupt header"
+    if 8 + n + end != size:
+        return f"truncated ({size} of {8 + n + end} bytes)" if size < 8 + n + end else "corrupt (trailing bytes)"
+    return None
+
+
+def checkpoint_problem(ckpt: Checkpoint) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None."""
+    try:
+        json.loads((ckpt.path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "state.json is unreadable"
+    files = sorted(ckpt.path.glob("*.safetensors"))
+    if not (ckpt.path / "rng.safetensors").is_file() or len(files) < 2:
+        return "files are missing"
+    for f in files:
+        problem = safetensors_problem(f)
+        if problem is not None:
+            return f"{f.name} is {problem}"
+    return None
+
+
+def set_aside_unreadable(model_dir: Path, warn: Any) -> None:
+    """Before a resume: move unreadable latest checkpoints aside (``checkpoints/.unreadable-NAME``)
+    with a one-line warning each, so the run resumes from the previous one; a one-line error when
+    no checkpoint is readable."""
+    from brainsynth_cli.errors import InputError
+
+    found = list_checkpoints(model_dir)
+    bad: list[tuple[Checkpoint, str]] = []
+    for ck in reversed(found):
+        problem = checkpoint_problem(ck)
+        if problem is None:
+            break
+        bad.append((ck, problem))
+    if not bad:
+        return
+    if len(bad) == len(found):
+        ck, problem = bad[0]
+        raise InputError(ck.path, f"cannot be resumed from ({problem}) and no earlier checkpoint is readable",
+                         f"delete {ck.path.parent} to train again from step 0, or train into a new folder")
+    previous = found[len(found) - len(bad) - 1]
+    for ck, problem in bad:
+        aside = ck.path.with_name(f".unreadable-{ck.path.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(ck.path, aside)
+        then = f"resuming from {previous.path.name}" if previous.stage == ck.stage else f"stage {ck.stage} starts again from step 0"
+        warn(f"brainsynth: warning: checkpoint {ck.path.name} is unreadable ({problem}); moved to {aside.name}, {then}")
 
 
 def parse_setting(text: str) -> Any:

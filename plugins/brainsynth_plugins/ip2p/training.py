@@ -17,10 +17,12 @@ from typing import Any
 
 from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress, TrainOptions
+from brainsynth_cli.limits import check_settings
+from brainsynth_cli.weights import refuse_pickled_weights
 from brainsynth_plugins.ip2p import state as ckpts
 from brainsynth_plugins.ip2p.data import PairsFolder, load_slice, read_pairs, trained_intervals, trained_prompts
 from brainsynth_plugins.ip2p.model import image_conditioning, residual_edit
-from brainsynth_plugins.ip2p.presets import COMMON, PRESETS
+from brainsynth_plugins.ip2p.presets import COMMON, PRESETS, SETTINGS
 
 RUN_FILE = ckpts.RUN_FILE
 LOSS_FIELDS = ("stage", "step", "loss", "l1", "ssim", "kl", "gan", "lr")
@@ -73,6 +75,7 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
             cfg[head][tail] = v
         else:
             cfg[head] = v
+    check_settings(cfg, SETTINGS, nested=("vae", "unet"))  # finite, in range, of the right type
     if cfg["vae"] is None and not cfg["pretrained"]:
         raise UserError("a model without pretrained weights needs vae/unet sizes; use preset tiny or base")
     for part in ("vae", "unet"):  # "--set vae.block_out_channels=16" means a one-level list
@@ -99,32 +102,80 @@ _is_empty = ckpts.is_empty_dir
 
 
 def train(options: TrainOptions, progress: Progress | None = None) -> Path:
-    """Validate, then run the requested stages; returns the model folder."""
+    """Validate everything (options, sizes, every image), then write ``checkpoints/run.json`` and
+    run the requested stages; returns the model folder.
+
+    A folder holding a run file is resumable with ``--resume``: from its latest readable
+    checkpoint (an unreadable one is moved aside with a warning), or from step 0 when the run
+    was stopped before its first checkpoint.
+    """
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
     if options.resume:
         cfg = ckpts.load_run(out)
-        done_vae = (out / "vae" / "config.json").is_file()
-        if not ckpts.list_checkpoints(out) and not (done_vae and cfg["stage"] == "all"):
-            raise InputError(out, "has no checkpoint to resume from", "train without --resume (checkpoints are written every --checkpoint-every steps)")
+        if (out / "brainsynth.json").is_file():
+            raise InputError(out, "holds a finished model", "nothing to resume; train into a new folder")
+        ckpts.set_aside_unreadable(out, _warn)
         pairs = read_pairs(cfg["data"])
     else:
         cfg = build_config(options)
         pairs = read_pairs(options.data)
+        if out.exists() and not out.is_dir():
+            raise InputError(out, "is a file", "give a folder name for the model")
         if cfg["stage"] == "unet" and not cfg["pretrained"] and not (out / "vae" / "config.json").is_file():
             raise InputError(out, "has no trained VAE (vae/) for --stage unet", "run --stage vae (or all) first, or start from --pretrained")
         if cfg["stage"] != "unet" and not _is_empty(out):
             raise InputError(out, "exists and is not empty", "give a new folder, or --resume to continue its training")
         if cfg["stage"] == "unet" and (out / "brainsynth.json").exists():
             raise InputError(out, "already holds a trained model", "give a new folder")
-        if out.exists() and not out.is_dir():
-            raise InputError(out, "is a file", "give a folder name for the model")
+    refuse_pickled_weights(cfg["pretrained"], strict=False)  # safetensors only, whatever the library's default
     trainer = Trainer(cfg, out, pairs, device=options.device, progress=progress)
+    for row in pairs.rows:  # every image read now (and kept for training): a bad one fails before anything is written
+        for path in (row.prior, row.target):
+            trainer._image(path)
     trainer.check()
     if not options.resume:
+        _check_sizes(trainer, out)
+    if not options.resume:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints" / RUN_FILE).write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+        tmp = out / "checkpoints" / f".{RUN_FILE}.tmp"
+        tmp.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+        os.replace(tmp, out / "checkpoints" / RUN_FILE)
     return trainer.run(resume=options.resume)
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr)
+
+
+def _check_sizes(trainer: Trainer, out: Path) -> None:
+    """Build the networks the run will train on torch's ``meta`` device (no memory, no weights):
+    sizes that do not fit together (``--set vae.*``/``unet.*``) fail here in one line."""
+    cfg = trainer.cfg
+    if cfg["pretrained"] or cfg["vae"] is None:
+        return
+    import torch
+
+    quiet()
+    vae = cfg["vae"]
+    if cfg["stage"] == "unet":  # the VAE of an earlier --stage vae run
+        try:
+            vae = json.loads((out / "vae" / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise InputError(out / "vae" / "config.json", "is not readable", "run --stage vae again") from None
+    try:
+        with torch.device("meta"):
+            if cfg["stage"] in ("vae", "all"):
+                trainer._new_vae()
+            if cfg["stage"] in ("unet", "all"):
+                factor = 2 ** (len(vae["block_out_channels"]) - 1)
+                trainer._new_unet(int(trainer.text_model.config.hidden_size), int(vae["latent_channels"]),
+                                  max(1, trainer.res // factor))
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"the model sizes do not fit together ({first[:160]}); check the --set vae.*/unet.* values") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +403,7 @@ class Trainer:
         from diffusers import AutoencoderKL
 
         if self.cfg["pretrained"]:
-            return AutoencoderKL.from_pretrained(self.cfg["pretrained"], subfolder="vae")
+            return AutoencoderKL.from_pretrained(self.cfg["pretrained"], subfolder="vae", use_safetensors=True)
         v = self.cfg["vae"]
         n = len(v["block_out_channels"])
         return AutoencoderKL(in_channels=self.channels, out_channels=self.channels,
@@ -492,7 +543,7 @@ class Trainer:
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
         if self.cfg["pretrained"]:
-            unet = UNet2DConditionModel.from_pretrained(self.cfg["pretrained"], subfolder="unet")
+            unet = UNet2DConditionModel.from_pretrained(self.cfg["pretrained"], subfolder="unet", use_safetensors=True)
             if int(unet.config.cross_attention_dim) != hidden:
                 raise UserError(f"text encoder {self.cfg['text_encoder']['name']} is {hidden} wide but the pretrained UNet's "
                                 f"cross-attention is {unet.config.cross_attention_dim}; use --text-encoder clip with the pretrained text encoder")
@@ -539,8 +590,8 @@ class Trainer:
         total = int(cfg["unet_steps"])
         vae_dir = self.out / "vae"
         if not (vae_dir / "config.json").is_file():  # --stage unet from a pretrained VAE
-            AutoencoderKL.from_pretrained(cfg["pretrained"], subfolder="vae").save_pretrained(vae_dir)
-        vae = AutoencoderKL.from_pretrained(vae_dir)
+            AutoencoderKL.from_pretrained(cfg["pretrained"], subfolder="vae", use_safetensors=True).save_pretrained(vae_dir)
+        vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True)
         if int(vae.config.in_channels) != self.channels:
             raise InputError(vae_dir, f"is a {vae.config.in_channels}-channel VAE but --channels is {self.channels}", "use the same channels in both stages")
         vae.requires_grad_(False).eval()

@@ -8,6 +8,9 @@ from typing import Any, Optional, Sequence
 
 import typer
 
+#: The most samples one ``generate`` writes.
+MAX_SAMPLES = 10_000
+
 CSV_FIELDS = ("file", "seed", "prompt", "age", "sex", "ventricle_volume_mm3", "brain_volume_mm3",
               "steps", "scheduler", "guidance_scale", "from", "warnings")
 
@@ -34,31 +37,47 @@ def register(app: typer.Typer) -> None:
         """Generate brain MRI from covariates (age, sex, ventricle and brain volume) and/or a text
         prompt: NIfTI on the model's grid with its affine (3D) or 16-bit PNG (2D), plus samples.csv
         of the conditions used. Covariates outside the trained range are allowed, with a warning."""
+        from brainsynth_cli.limits import MAX_SEED, check_number, check_seed
+        from brainsynth_cli.outputs import locked_output, on_interrupt, refuse_folder_over_input
         from brainsynth_cli.progress import progress_bar
 
         from brainsynth_plugins.ldm.model import LDMModel, read_info
 
+        check_number("-n", n, low=1, high=MAX_SAMPLES, integer=True, example="-n 8")
+        check_number("--steps", steps, low=1, high=1000, integer=True, example="--steps 50")
+        check_number("--guidance-scale", guidance_scale, low=0, high=100, example="--guidance-scale 1")
+        check_number("--batch-size", batch_size, low=1, high=1024, integer=True)
+        check_seed(seed)
+        check_number("--seed + samples", seed + n - 1, low=0, high=MAX_SEED, integer=True)
+        for name, value, high in (("--age", age, 150), ("--ventricle-volume", ventricle_volume, 1e7),
+                                  ("--brain-volume", brain_volume, 1e7)):
+            if value is not None:
+                check_number(name, value, low=0, high=high)
         read_info(model)
+        refuse_folder_over_input(output, {"model folder": model})
         _check_output(output)
-        ldm = LDMModel(model, device)
-        cond = ldm.condition(prompt, age=age, sex=sex, ventricle_volume=ventricle_volume, brain_volume=brain_volume)
-        for w in cond.warnings:
-            typer.echo(f"brainsynth: warning: {w}", err=True)
-        conds = [cond] * n
-        seeds = [seed + i for i in range(n)]
-        with progress_bar("generate") as progress:
-            images = ldm.sample(conds, seeds, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
-                                batch_size=batch_size, progress=progress)
-        files = write_samples(ldm, output, images, conds, seeds, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale)
+        with locked_output(output, command="generate"):
+            on_interrupt("nothing was kept; run the command again")
+            ldm = LDMModel(model, device)
+            cond = ldm.condition(prompt, age=age, sex=sex, ventricle_volume=ventricle_volume, brain_volume=brain_volume)
+            for w in cond.warnings:
+                typer.echo(f"brainsynth: warning: {w}", err=True)
+            conds = [cond] * n
+            seeds = [seed + i for i in range(n)]
+            with progress_bar("generate") as progress:
+                images = ldm.sample(conds, seeds, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
+                                    batch_size=batch_size, progress=progress)
+            files = write_samples(ldm, output, images, conds, seeds, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale)
         typer.echo(f"{len(files)} sample(s) in {output} (conditions in {output / 'samples.csv'})")
 
 
 def _check_output(output: Path) -> None:
     from brainsynth_cli.errors import InputError
+    from brainsynth_cli.outputs import is_empty_folder
 
     if output.exists() and not output.is_dir():
         raise InputError(output, "exists and is not a folder", "choose another --output")
-    if output.is_dir() and any(output.iterdir()):
+    if output.is_dir() and not is_empty_folder(output):
         raise InputError(output, "exists and is not empty", "choose a new or empty --output folder")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from brainsynth_cli.errors import InputError, UserError
+from brainsynth_cli.weights import refuse_pickled_weights
 
 from brainsynth_plugins.ldm import nets
 from brainsynth_plugins.ldm.data import COVARIATES
@@ -70,12 +71,17 @@ def read_info(model_dir: Path) -> dict[str, Any]:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(path, f"is not valid JSON ({exc})", "re-train the model") from None
+    if not isinstance(info, dict):
+        raise InputError(path, "is not a JSON object", "re-train the model")
     if info.get("generator") != "ldm":
         raise InputError(path, f"is a {info.get('generator')!r} model, not a generative ldm model",
                          "give a model trained with `brainsynth train --task generate`")
+    refuse_pickled_weights(model_dir, strict=True)  # brainsynth never writes pickles: one here was put there
     for part in ("vae", "unet"):
         if not (Path(model_dir) / part / "config.json").is_file():
             raise InputError(Path(model_dir) / part, "is missing", "the model folder is incomplete; re-train it")
+        if not any((Path(model_dir) / part).glob("*.safetensors")):
+            raise InputError(Path(model_dir) / part, "has no .safetensors weights", "the model folder is incomplete; re-train it")
     return info
 
 

@@ -190,14 +190,14 @@ def load(dim: str, kind: str, folder: Path) -> Any:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise InputError(folder, "is missing (no config.json)", "give a model folder written by `brainsynth train --task generate`")
-    if dim == "2d":
+    if dim == "2d":  # safetensors only (brainsynth_cli.weights)
         if kind == "vae":
             from diffusers import AutoencoderKL
 
-            return AutoencoderKL.from_pretrained(folder)
+            return AutoencoderKL.from_pretrained(folder, use_safetensors=True)
         from diffusers import UNet2DConditionModel
 
-        return UNet2DConditionModel.from_pretrained(folder)
+        return UNet2DConditionModel.from_pretrained(folder, use_safetensors=True)
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))

@@ -55,3 +55,28 @@ COMMON: dict[str, Any] = {
     "noise": {"num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear",
               "prediction_type": "epsilon", "clip_sample": False},
 }
+
+#: What each setting may be (checked after ``--set`` overrides, before anything is written).
+_STEPS = 10_000_000
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "piecewise_constant")
+SETTINGS: dict[str, tuple] = {
+    "resolution": ("int", 8, 4096), "voxel_mm": ("float", 0.25, 16),
+    "vae_steps": ("int", 1, _STEPS), "unet_steps": ("int", 1, _STEPS),
+    "vae_lr": ("float", 0, 1, True), "unet_lr": ("float", 0, 1, True),
+    "vae_batch_size": ("int", 1, 4096), "unet_batch_size": ("int", 1, 4096),
+    "warmup_steps": ("int", 0, _STEPS), "validation_steps": ("int", 1, 1000), "checkpoint_every": ("int", 0, _STEPS),
+    "kl_weight": ("float", 0, 1000), "conditioning_dropout": ("float", 0, 1), "captions_per_image": ("int", 1, 100),
+    "checkpoints_total_limit": ("int", 1, 1000), "lr_scheduler": ("choice", SCHEDULERS),
+    "mixed_precision": ("choice", ("no", "fp16", "bf16")), "gradient_checkpointing": ("bool",),
+    "vae.block_out_channels": ("ints", 1, 4096, 1, 8), "vae.layers_per_block": ("int", 1, 16),
+    "vae.latent_channels": ("int", 1, 64), "vae.norm_num_groups": ("int", 1, 1024),
+    "vae.channels": ("ints", 1, 4096, 1, 8), "vae.num_res_blocks": ("int", 1, 16), "vae.attention_levels": ("bools", 1, 8),
+    "unet.block_out_channels": ("ints", 1, 8192, 1, 8), "unet.layers_per_block": ("int", 1, 16),
+    "unet.attention_head_dim": ("int", 1, 1024), "unet.norm_num_groups": ("int", 1, 1024),
+    "unet.down_block_types": ("strs", 1, 8), "unet.up_block_types": ("strs", 1, 8),
+    "unet.channels": ("ints", 1, 8192, 1, 8), "unet.num_res_blocks": ("int", 1, 16), "unet.attention_levels": ("bools", 1, 8),
+    "unet.num_head_channels": ("int", 1, 1024),
+    "noise.num_train_timesteps": ("int", 2, 10_000), "noise.beta_start": ("float", 0, 1, True), "noise.beta_end": ("float", 0, 1, True),
+    "noise.beta_schedule": ("choice", ("linear", "scaled_linear", "squaredcos_cap_v2")),
+    "noise.prediction_type": ("choice", ("epsilon", "v_prediction", "sample")), "noise.clip_sample": ("bool",),
+}

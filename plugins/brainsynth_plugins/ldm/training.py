@@ -19,12 +19,13 @@ from typing import Any
 
 from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress, TrainOptions
+from brainsynth_cli.limits import check_settings
 
 from brainsynth_plugins.ip2p import state as ckpts
 from brainsynth_plugins.ldm import nets
 from brainsynth_plugins.ldm.data import COVARIATES, TrainingSet, check_covariates, covariate_matrix, read_training_set
 from brainsynth_plugins.ldm.model import INFO, embed_text, load_text_encoder
-from brainsynth_plugins.ldm.presets import COMMON, PRESETS
+from brainsynth_plugins.ldm.presets import COMMON, PRESETS, SETTINGS
 
 RUN_FILE = ckpts.RUN_FILE
 LOSS_FIELDS = ("stage", "step", "loss", "l1", "kl", "lr")
@@ -84,6 +85,7 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
             cfg[head][tail] = v
         else:
             cfg[head] = v
+    check_settings(cfg, SETTINGS, nested=("vae", "unet", "noise"))  # finite, in range, of the right type
     cfg["resolution"] = int(cfg["resolution"])
     cfg["voxel_mm"] = float(cfg["voxel_mm"])
     if dim == "2d" and (cfg["resolution"] < 16 or cfg["resolution"] % (nets.vae_factor(dim, cfg["vae"]) * nets.unet_factor(dim, cfg["unet"]))):
@@ -100,13 +102,18 @@ _is_empty = ckpts.is_empty_dir
 
 
 def train(options: TrainOptions, progress: Progress | None = None) -> Path:
-    """Validate everything, then train both stages (or resume); returns the model folder."""
+    """Validate everything, then train both stages (or resume); returns the model folder.
+
+    ``--resume`` continues from the latest readable checkpoint (an unreadable one is moved aside
+    with a warning), or from step 0 when the run stopped before its first checkpoint.
+    """
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
     if options.resume:
         cfg = ckpts.load_run(out)
         if (out / INFO).is_file():
             raise InputError(out, "holds a finished model", "nothing to resume; train into a new folder")
+        ckpts.set_aside_unreadable(out, _warn)
     else:
         cfg = build_config(options)
         if out.exists() and not out.is_dir():
@@ -118,9 +125,46 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     trainer = Trainer(cfg, out, ts, device=options.device, progress=progress)
     trainer.check()
     if not options.resume:
+        _check_sizes(trainer)
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints" / RUN_FILE).write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+        tmp = out / "checkpoints" / f".{RUN_FILE}.tmp"
+        tmp.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+        os.replace(tmp, out / "checkpoints" / RUN_FILE)
+    else:  # a stage that restarts from step 0 drops the log rows of the stopped run
+        for stage in ckpts.STAGES:
+            if stage == "vae" and (out / "vae" / "config.json").is_file():
+                continue
+            if trainer._latest(stage) is None:
+                ckpts.trim_log(out / "logs" / "loss.csv", LOSS_FIELDS, stage, 0)
+            break
     return trainer.run()
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr)
+
+
+def _check_sizes(trainer: Trainer) -> None:
+    """Build both networks on torch's ``meta`` device (no memory): sizes that do not fit together
+    (``--set vae.*``/``unet.*``) fail here, in one line, before anything is written."""
+    import torch
+
+    cfg = trainer.cfg
+    try:
+        with torch.device("meta"):
+            nets.build_vae(trainer.dim, {**cfg["vae"], "sample_size": cfg["resolution"]})
+            lat_ch = int(cfg["vae"]["latent_channels"])
+            hidden = cfg["text_encoder"].get("hidden_size") if trainer.text else None
+            nets.build_unet(trainer.dim, cfg["unet"], in_channels=lat_ch + nets.extra_channels(trainer.condition),
+                            out_channels=lat_ch, cross_attention_dim=nets.context_dim(trainer.condition, hidden),
+                            sample_size=max(1, cfg["resolution"] // nets.vae_factor(trainer.dim, cfg["vae"])))
+    except UserError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"the model sizes do not fit together ({first[:160]}); check the --set vae.*/unet.* values") from None
 
 
 class Trainer:

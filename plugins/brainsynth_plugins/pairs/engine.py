@@ -195,6 +195,9 @@ def check_inputs(pairs: Iterable[Pair]) -> None:
     import nibabel as nib
     import numpy as np
 
+    from brainsynth_cli.images.nifti import READ_SUFFIXES, has_suffix
+    from brainsynth_cli.limits import check_image_size
+
     seen = set()
     for pair in pairs:
         for ses in (pair.prior, pair.target):
@@ -207,14 +210,25 @@ def check_inputs(pairs: Iterable[Pair]) -> None:
                                  "give --labels DERIVATIVES_DIR (sub-*/ses-*/anat/*_dseg.nii.gz) or a labels column, e.g. from `brainsynth segment`")
             if not Path(ses.labels).is_file():
                 raise InputError(ses.labels, f"{where}: label map not found", "check the labels path of this session")
+            for f in (ses.image, ses.labels):
+                if not Path(f).is_file():
+                    raise InputError(f, f"{where}: no such file", "check the dataset")
+                if not has_suffix(f, READ_SUFFIXES):
+                    raise InputError(f, f"{where}: not a NIfTI file (expected .nii or .nii.gz)", "convert it to NIfTI")
             try:
                 img = nib.load(str(ses.image))
                 lab = nib.load(str(ses.labels))
-                ishape, lshape = tuple(img.shape[:3]), tuple(lab.shape[:3])
+                ishape, lshape = tuple(img.shape), tuple(lab.shape)
                 iaff, laff = np.asarray(img.affine), np.asarray(lab.affine)
+                sizes = [(ses.image, ishape, img.get_data_dtype().itemsize), (ses.labels, lshape, lab.get_data_dtype().itemsize)]
             except Exception as exc:  # unreadable headers: read_volume later gives the precise message
                 raise InputError(ses.labels, f"{where}: cannot read the image or label header ({type(exc).__name__})",
                                  "check that both files are NIfTI") from None
+            for f, shape, itemsize in sizes:
+                check_image_size(f, shape, itemsize)  # from the header, before anything is read or written
+                if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
+                    raise InputError(f, f"{where}: is {len(shape)}D with shape {shape}", "give 3D volumes (one per session)")
+            ishape, lshape = ishape[:3], lshape[:3]
             if ishape != lshape:
                 raise InputError(ses.labels, f"{where}: label map has shape {lshape} but the image has shape {ishape}",
                                  "resample the labels to the image grid (or segment this image again)")
@@ -626,6 +640,10 @@ def _work(pair: Pair, options: Options, rules) -> tuple[str, Any]:
     except UserError as exc:
         return "error", str(exc)
     except Exception as exc:  # an internal error: keep the traceback for --debug
+        from brainsynth_cli.errors import caused_by_interrupt
+
+        if caused_by_interrupt(exc):  # Ctrl-C inside compiled code (numba) comes back as SystemError
+            raise KeyboardInterrupt from None
         return "crash", f"{pair.subject} {pair.prior.session}->{pair.target.session}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
 
 
@@ -776,7 +794,8 @@ def write_montage(path: Path, rows: list[dict[str, Any]], options: Options) -> N
 
 # -- entry point ---------------------------------------------------------------------------
 def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -> Summary:
-    from brainsynth_cli.progress import progress_bar
+    from brainsynth_cli.limits import check_number, check_seed
+    from brainsynth_cli.outputs import check_inside, locked_output, on_interrupt
     from brainsynth_cli.structures import load_rules
 
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
@@ -788,6 +807,14 @@ def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -
         raise UserError("--size must be >= 8 and --slices >= 1")
     if options.margin < 0 or not math.isfinite(options.margin):
         raise UserError("--margin must be a non-negative number of millimetres")
+    check_number("--size", options.size, low=8, high=4096, integer=True, example="--size 256")
+    check_number("--slices", options.slices, low=1, high=1024, integer=True, example="--slices 30")
+    check_number("--margin", options.margin, low=0, high=50, example="--margin 2")
+    check_number("--montage", options.montage, low=0, high=100, integer=True)
+    check_number("--jobs", options.jobs, low=1, high=256, integer=True)
+    if options.min_psnr is not None:
+        check_number("--min-psnr", options.min_psnr, low=0, high=1000, example="--min-psnr 20")
+    check_seed(options.seed)
     parse_split(options.split)
     rules = load_rules(options.rules)
     components(options.prompt_builder, options.blender, rules, options.seed)  # unknown names fail here
@@ -798,12 +825,38 @@ def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -
         for s in rules.described():
             if s.name not in able:
                 warn(f"brainsynth: warning: --deformed makes no rows for '{s.name}' (the deform editor changes ventricle and cortex)")
-    pairs, splits = plan(options, warn)
-    mine = [p for p in pairs if in_shard(p, options.shard)]
-    check_inputs(pairs if options.merge_only else mine)
     out = options.out
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder", "choose another -o")
+    check_not_into_inputs(options)
+    pairs, splits = plan(options, warn)
+    mine = [p for p in pairs if in_shard(p, options.shard)]
+    check_inputs(pairs if options.merge_only else mine)
+    for pair in pairs:
+        check_inside(out / pair.folder, out, what=f"the pairs of {pair.subject}")
+    shard = options.shard if not options.merge_only else None
+    with locked_output(out, command="make-pairs" + (f" --shard {shard[0]}/{shard[1]}" if shard else ""),
+                       keep=lambda: any((out / PARTS).glob("*.json")), shared=shard is not None,
+                       slot=f"shard-{shard[0]}-of-{shard[1]}" if shard else None):
+        on_interrupt(lambda: f"the finished pairs in {out} are kept; run the same command again to resume"
+                     if any((out / PARTS).glob("*.json")) else "no pair was finished, nothing was kept; run the command again")
+        return _make_pairs_locked(options, pairs, splits, mine, rules, progress_factory, echo)
+
+
+def check_not_into_inputs(options: Options) -> None:
+    """The pairs folder is never the dataset's own folder or the labels folder."""
+    from brainsynth_cli.outputs import refuse_folder_over_input
+
+    root = options.dataset if options.dataset.is_dir() else options.dataset.parent
+    refuse_folder_over_input(options.out, {"dataset folder": root, "labels folder": options.labels},
+                             fix="write the pairs to a folder of their own (e.g. DATASET/derivatives/pairs)")
+
+
+def _make_pairs_locked(options: Options, pairs: list[Pair], splits: dict[str, str], mine: list[Pair], rules,
+                       progress_factory, echo) -> Summary:
+    from brainsynth_cli.progress import progress_bar
+
+    out = options.out
     check_or_write_config(out, config(options, rules), options.merge_only)
     summary = Summary(pairs_total=len(pairs))
     if not options.merge_only:

@@ -749,9 +749,11 @@ SIDE_CARS = {
 
 def _validate_out(out_dir: Path, options: Options, subjects: int) -> bool:
     """Check the output folder; return True when it holds a compatible cohort to resume."""
+    from brainsynth_cli.outputs import is_empty_folder
+
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "exists and is not a folder", "choose a new output folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
+    if out_dir.is_dir() and not is_empty_folder(out_dir):
         desc = out_dir / "dataset_description.json"
         try:
             recorded = json.loads(desc.read_text(encoding="utf-8")).get("brainsynth")
@@ -803,8 +805,6 @@ def simulate_cohort(
     A folder holding a cohort made with the same options is resumed: complete subjects are kept
     (and asking for more subjects than it holds extends it; subject i never depends on N).
     """
-    from brainsynth_cli.images import atomic_write_text
-
     started = time.perf_counter()
     if not isinstance(subjects, int) or isinstance(subjects, bool) or subjects < 1:
         raise UserError(f"--subjects must be at least 1, got {subjects}")
@@ -813,6 +813,22 @@ def simulate_cohort(
     opts = make_options(sessions=sessions, resolution=resolution, seed=seed, ventricle_rate=ventricle_rate,
                         cortex_rate=cortex_rate, interval_years=interval_years, noise=noise, skull=skull)
     root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise InputError(root, "exists and is not a folder", "choose a new output folder")
+    from brainsynth_cli.outputs import locked_output, on_interrupt
+
+    def finished_any() -> bool:
+        return any(root.glob("sub-*/sub-*_sessions.tsv"))
+
+    with locked_output(root, command="simulate", keep=finished_any):
+        on_interrupt(lambda: f"the finished subjects in {root} are kept; run the same command again to resume"
+                     if finished_any() else "no subject was finished, nothing was kept; run the command again")
+        return _simulate_into(root, opts, subjects, started, progress)
+
+
+def _simulate_into(root: Path, opts: Options, subjects: int, started: float, progress: Progress | None) -> CohortResult:
+    from brainsynth_cli.images import atomic_write_text
+
     _validate_out(root, opts, subjects)
     plans = [plan_subject(i, opts) for i in range(subjects)]
     tpl.reference(opts.resolution)  # build the template cache before writing anything else

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from brainsynth_cli.errors import InputError, UserError
+from brainsynth_cli.weights import refuse_pickled_weights
 
 
 def _offline_env() -> None:
@@ -89,10 +90,11 @@ class MiniLM(_Encoder):
         from transformers import AutoTokenizer, BertModel
 
         src = self.path or str(minilm_dir())
+        refuse_pickled_weights(self.path, strict=False)
         try:
             local = self.path is None or Path(src).is_dir()
             tok = AutoTokenizer.from_pretrained(src, local_files_only=local)
-            model = BertModel.from_pretrained(src, add_pooling_layer=False, local_files_only=local)
+            model = BertModel.from_pretrained(src, add_pooling_layer=False, local_files_only=local, use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise _load_error(src, "the MiniLM text encoder", exc) from None
         return self._finish(tok, model)
@@ -117,9 +119,10 @@ class BiomedBert(_Encoder):
         from transformers import AutoTokenizer, BertModel
 
         sub = _subfolder(self.path, "text_encoder")
+        refuse_pickled_weights(Path(self.path) / sub if sub else self.path, strict=False)
         try:
             tok = AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer" if sub else "")
-            model = BertModel.from_pretrained(self.path, subfolder=sub or "", add_pooling_layer=False)
+            model = BertModel.from_pretrained(self.path, subfolder=sub or "", add_pooling_layer=False, use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise _load_error(self.path, "the BERT text encoder", exc) from None
         self.max_length = min(self.max_length, 512, int(model.config.max_position_embeddings))
@@ -207,9 +210,10 @@ class Clip(_Encoder):
             torch.random.set_rng_state(state)
             return self._finish(tok, model)
         sub = _subfolder(self.path, "text_encoder")
+        refuse_pickled_weights(Path(self.path) / sub if sub else self.path, strict=False)
         try:
             tok = CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer" if sub else "")
-            model = CLIPTextModel.from_pretrained(self.path, subfolder=sub or "")
+            model = CLIPTextModel.from_pretrained(self.path, subfolder=sub or "", use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise _load_error(self.path, "the CLIP text encoder", exc) from None
         self.max_length = min(77, int(model.config.max_position_embeddings))
