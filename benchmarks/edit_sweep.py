@@ -2,7 +2,7 @@
 
     python benchmarks/edit_sweep.py MODEL PAIRS [--split validation] [--limit 96] [--out DIR]
 
-Text guidance x image guidance at 20 DDIM steps first, then steps and scheduler at the best pair;
+Text guidance x image guidance at 10 DDIM steps first, then steps and scheduler at the best pair;
 each setting is scored by `brainsynth evaluate`'s own engine (registration measure, edit path
 as `edit` uses it), per pair: ACC, MAE, change error, PSNR/SSIM, with the identity row of the same
 run beside it. The best setting maximises ACC, then minimises MAE, among those within 1 dB of
@@ -60,15 +60,19 @@ def main() -> None:
     ap.add_argument("--split", default="validation")
     ap.add_argument("--limit", type=int, default=96)
     ap.add_argument("--out", type=Path, default=Path("sweep-out"))
+    ap.add_argument("--guidance", type=float, nargs="+", default=[3.0, 7.5, 15.0, 25.0])
+    ap.add_argument("--image-guidance", type=float, nargs="+", default=[1.0, 1.5])
+    ap.add_argument("--steps", type=int, nargs="+", default=[10, 5, 20], help="first: the grid's steps; the rest tried at the best pair")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     runs = []
-    for g in (1.0, 3.0, 7.5):
-        for ig in (1.0, 1.5, 2.5):
-            runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=g, image_guidance_scale=ig, steps=20, scheduler="ddim"))
+    for g in a.guidance:
+        for ig in a.image_guidance:
+            runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=g, image_guidance_scale=ig, steps=a.steps[0],
+                              scheduler="ddim"))
             print(line(runs[-1]), flush=True)
 
     def key(r: dict) -> tuple:
@@ -76,7 +80,7 @@ def main() -> None:
         return (ok, r["model"]["acc"], -r["model"]["mae"] if math.isfinite(r["model"]["mae"]) else -1e9)
 
     best = max(runs, key=key)["settings"]
-    for steps, sched in ((10, "ddim"), (50, "ddim"), (20, "dpm++")):
+    for steps, sched in [(n, "ddim") for n in a.steps[1:]] + [(a.steps[0], "dpm++")]:
         runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=best["guidance_scale"],
                           image_guidance_scale=best["image_guidance_scale"], steps=steps, scheduler=sched))
         print(line(runs[-1]), flush=True)

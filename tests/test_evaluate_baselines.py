@@ -11,13 +11,15 @@ import pytest
 from brainsynth_cli.structures import default_rules
 
 
-def _row(number, subject, prior, target, measured_change, prompt="mild ventricle enlargement", kind="real"):
-    """A scored row as engine.score_row writes it, for one structure (ventricle)."""
+def _row(number, subject, prior, target, measured_change, prompt="mild ventricle enlargement", kind="real", terms=(1.0, 2.0)):
+    """A scored row as engine.score_row writes it, for one structure (ventricle); ``terms``: the
+    change error's numerator and denominator."""
     return {
         "row": number, "subject": subject, "sessions": ["ses-01", "ses-02"], "kind": kind, "structure": None, "prompt": prompt,
         "truth": {"ventricle": (target - prior) / prior * 100},
         "areas": {"prior": {"ventricle": prior}, "target": {"ventricle": target}},
-        "methods": {"target": {"psnr": math.inf, "ssim": 1.0, "ms_ssim": 1.0, "structures": {"ventricle": {
+        "methods": {"target": {"psnr": math.inf, "ssim": 1.0, "ms_ssim": 1.0, "change_terms": list(terms),
+                               "change_error": terms[0] / terms[1], "structures": {"ventricle": {
             "achieved": measured_change / prior * 100, "change": measured_change, "hit": True, "abs_error": 0.0}}}},
     }
 
@@ -28,7 +30,8 @@ def test_pair_results_pool_pixel_counts_before_taking_rates():
 
     parser = QuantizedPromptBuilder(rules=default_rules())
     # one pair of two slices: a big cut (100 -> 104 px, measured +5) and a ventricle top (4 -> 6 px, measured +1)
-    rows = [_row(0, "sub-1", 100, 104, 5.0), _row(1, "sub-1", 4, 6, 1.0), _row(2, "sub-2", 50, 50, 0.0)]
+    rows = [_row(0, "sub-1", 100, 104, 5.0, terms=(1.0, 10.0)), _row(1, "sub-1", 4, 6, 1.0, terms=(3.0, 2.0)),
+            _row(2, "sub-2", 50, 50, 0.0)]
     pooled = engine.pair_results(rows, parser)
     assert [p["subject"] for p in pooled] == ["sub-1", "sub-2"] and pooled[0]["rows"] == 2
     first = pooled[0]
@@ -39,6 +42,8 @@ def test_pair_results_pool_pixel_counts_before_taking_rates():
     assert got["hit"] is True and got["interval"] == "mild"  # (0, 10]
     assert pooled[1]["methods"]["target"]["structures"]["ventricle"]["hit"] is False  # 0 % is not an enlargement
     assert first["methods"]["target"]["psnr"] == math.inf
+    # the change error pools its sums too: (1 + 3) / (10 + 2), not the mean of 0.1 and 1.5
+    assert first["methods"]["target"]["change_error"] == pytest.approx(4 / 12)
     summary = engine.summarise(pooled)
     assert summary["rows"] == 2 and summary["methods"]["target"]["all"]["acc"] == 0.5
 
@@ -66,9 +71,9 @@ def test_baselines_only_measures_real_targets_close_to_the_truth(cli, truth_pair
     assert res.exit_code == 0, res.stderr
     for name in ("report.md", "metrics.csv", "metrics-pairs.csv", "metrics.json", "montage.png", "rates.png"):
         assert (out / name).is_file(), name
-    assert not any((out / "edits").iterdir())
+    assert all(f.name.startswith("deform-") for f in (out / "edits").iterdir())  # no model edits, only the deform baseline's
     summary = json.loads((out / "metrics.json").read_text())
-    assert set(summary["methods"]) == {"identity", "target"} and summary["settings"]["model"] is None
+    assert set(summary["methods"]) == {"deform", "identity", "chance", "target"} and summary["settings"]["model"] is None
     pairs_target = summary["pairs"]["methods"]["target"]["kind=real"]
     slices_target = summary["methods"]["target"]["kind=real"]
     identity = summary["pairs"]["methods"]["identity"]["kind=real"]

@@ -347,7 +347,7 @@ def test_label_slices_follow_each_row(pairs2d, cohort):
     from brainsynth_plugins.pairs.engine import square_labels
 
     from brainsynth_cli.images import read_labels, read_png
-    from brainsynth_cli.slices import to_canonical
+    from brainsynth_cli.slices import to_canonical, to_view
 
     root, labels = cohort
     rows = [r for r in read_rows(pairs2d) if r["subject"] == "sub-03"]
@@ -355,7 +355,7 @@ def test_label_slices_follow_each_row(pairs2d, cohort):
     canon, _ = to_canonical(prior_lab.data, prior_lab.affine)
     r0 = rows[0]
     got, bits = read_png(pairs2d / r0["input_labels_file_name"])
-    assert bits == 16 and np.array_equal(got, square_labels(canon[:, :, r0["slice"]], 64))
+    assert bits == 16 and np.array_equal(got, square_labels(to_view(canon[:, :, r0["slice"]]), 64))
     image, _ = read_png(pairs2d / r0["input_image_file_name"])
     assert image[got == 0].mean() < image[np.isin(got, (2, 41))].mean() / 3  # labels and image line up
     for r in rows:

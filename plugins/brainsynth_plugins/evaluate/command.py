@@ -99,12 +99,13 @@ def print_summary(summary: dict, output: Path) -> None:
         for reason in first["reasons"]:
             console.print(f"  - {reason}")
         table = Table(title=f"per pair, {first['kinds']} pairs (slices pooled)")
-        for col in ("method", "pairs", "ACC (95 % interval, n)", "MAE pp", "leak pp", "change error", "PSNR", "SSIM"):
+        for col in ("method", "pairs", "ACC (95 % interval, n)", "MAE pp", "leak pp", "structure change err.", "intensity change err.",
+                    "PSNR", "SSIM"):
             table.add_column(col)
         for method, t in first["table"].items():
             lo, hi = t["acc_ci"]
             table.add_row(LABELS.get(method, method), str(t["pairs"]), f"{_f(t['acc'])} ({_f(lo)}–{_f(hi)}, n={t['n']})" if t["n"] else "n/a",
-                          _f(t["mae"]), _f(t["leak"]), _f(t["change_error"]), _f(t["psnr"]), _f(t["ssim"], 3))
+                          _f(t["mae"]), _f(t["leak"]), _f(t["structure_error"]), _f(t["change_error"]), _f(t["psnr"]), _f(t["ssim"], 3))
         console.print(table)
         if first.get("untrained"):
             console.print(f"  intervals the model was not trained on: {', '.join(first['untrained'])}")

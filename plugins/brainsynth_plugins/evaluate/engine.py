@@ -6,8 +6,12 @@ compare with the real target (PSNR, SSIM, MS-SSIM on the [0, 1] normalised slice
 1), measure the achieved change of each structure with a measurement plugin, and score it:
 ACC = the achieved rate lies in the interval the prompt requests; MAE = |achieved - target
 rate| in percentage points, where the target rate is computed from the row's label slices;
-change error = sum|(edit - prior) - (target - prior)| / sum|target - prior| over the brain (0: the
-target's change exactly, 1: no change, as the identity row). The same is done for the
+change errors, 0 for the target's change exactly and 1 for no change (the identity row): the
+*intensity* change error sum|(edit - prior) - (target - prior)| / sum|target - prior| over the
+brain, and the *structure* change error sum|M(edit) - M(target)| / sum|M(prior) - M(target)|, where
+M(image) is the named structures' partial-volume map that the measurement carries onto the image
+(where the structure is, not how bright: scan-to-scan intensity differences and noise, which no
+edit can or should reproduce, dominate the intensity version on real and Poisson targets). The same is done for the
 baselines: ``deform`` (the model-free deformation editor, no training), ``identity`` (edited =
 prior), ``chance`` (the prior plus faint noise: an image that changes at random, so ACC reads
 against chance) and ``target`` (the real target measured as if it were an edit: the ceiling of
@@ -162,17 +166,36 @@ def score_row(row: PairRow, prior: np.ndarray, target: np.ndarray, images: dict[
                            "areas": {"prior": {k: prior_areas[k] for k in named}, "target": {k: target_areas[k] for k in named}},
                            "methods": {}}
     candidates = {**images, "identity": prior, "target": target}
+    ids = [i for name in named for i in rules[name].labels]
+    with_maps = hasattr(measure, "maps") and bool(ids)
+
+    def group_map(maps: dict[int, np.ndarray]) -> np.ndarray:
+        return sum((maps[i] for i in ids if i in maps), np.zeros(np.shape(prior), np.float32))
+
+    target_map = group_map(measure.maps(prior, prior_labels, target)) if with_maps else None
+    prior_map = np.isin(prior_labels, ids).astype(np.float32) if with_maps else None
     for method in METHODS:
         image = candidates.get(method)
         if image is None:
             continue
-        measured = group_sizes(measure.measure(prior, prior_labels, image), rules)
+        if with_maps:
+            maps = measure.maps(prior, prior_labels, image) if method != "target" else None
+            sizes = {lab: float(m.sum(dtype=np.float64)) for lab, m in maps.items()} if maps is not None else None
+            if sizes is None:
+                sizes = measure.measure(prior, prior_labels, image)
+            here = group_map(maps) if maps is not None else target_map
+            s_num, s_den = float(np.abs(here - target_map).sum()), float(np.abs(prior_map - target_map).sum())
+        else:
+            sizes = measure.measure(prior, prior_labels, image)
+            s_num = s_den = math.nan
+        measured = group_sizes(sizes, rules)
         achieved = measured_rates(base, measured, prior_areas)
         num, den = change_error_terms(prior, target, image, brain)
         m: dict[str, Any] = {
             "psnr": metrics.psnr(target, image, 1.0), "ssim": metrics.ssim(target, image, 1.0),
             "ms_ssim": metrics.ms_ssim(target, image, 1.0), "change_error": num / den if den > 0 else math.nan,
-            "change_terms": [num, den], "structures": {},
+            "change_terms": [num, den], "structure_error": s_num / s_den if s_den > 0 else math.nan,
+            "structure_terms": [s_num, s_den], "structures": {},
         }
         for name in named:
             m["structures"][name] = {**scored(achieved[name], truth[name], requested.get(name) if requested else None),
@@ -220,6 +243,10 @@ def pair_results(results: list[dict[str, Any]], parser: Any) -> list[dict[str, A
             den = sum(r["methods"][method]["change_terms"][1] for r in rows)
             m["change_error"] = num / den if den > 0 else math.nan
             m["change_terms"] = [num, den]
+            s_num = sum(r["methods"][method].get("structure_terms", [math.nan, math.nan])[0] for r in rows)
+            s_den = sum(r["methods"][method].get("structure_terms", [math.nan, math.nan])[1] for r in rows)
+            m["structure_error"] = s_num / s_den if s_den > 0 else math.nan
+            m["structure_terms"] = [s_num, s_den]
             m["structures"] = {}
             for s in names:
                 change = sum(r["methods"][method]["structures"][s]["change"] for r in rows)
@@ -269,6 +296,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                 "ssim": _mean([r["methods"][method]["ssim"] for r in rows]),
                 "ms_ssim": _mean([r["methods"][method]["ms_ssim"] for r in rows]),
                 "change_error": _mean([r["methods"][method].get("change_error", math.nan) for r in rows]),
+                "structure_error": _mean([r["methods"][method].get("structure_error", math.nan) for r in rows]),
                 "acc": _mean([float(v["hit"]) for _, _, v in items]),
                 "acc_ci": list(wilson(hits, len(items))),
                 "mae": _mean([v["abs_error"] for _, _, v in items]),

@@ -22,78 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from brainsynth_cli.structures import Rules, default_rules
-from brainsynth_plugins import bias_field
+from brainsynth_plugins.intensity_match import bias_region, prepare, stable_region, tissue_anchors
 
-
-def stable_region(labels: np.ndarray, rules: Rules, spacing: tuple[float, ...]) -> np.ndarray:
-    """White matter eroded by 2 mm and at least 6 mm from the ventricles: tissue whose intensity an
-    edit of the ventricles or the cortex should not change."""
-    from scipy import ndimage
-
-    step = min(spacing)
-    structure = ndimage.generate_binary_structure(labels.ndim, 1)
-    wm = ndimage.binary_erosion(np.isin(labels, rules["white-matter"].labels), structure, iterations=max(1, round(2 / step)))
-    near = ndimage.binary_dilation(np.isin(labels, rules["ventricle"].labels), structure, iterations=max(1, round(6 / step)))
-    return wm & ~near
-
-
-def bias_region(labels: np.ndarray, rules: Rules, spacing: tuple[float, ...]) -> np.ndarray:
-    """White matter eroded by one voxel and at least 4 mm from the ventricles: where the ratio of
-    two scans of one head shows their differential bias field and not an edit (voxels an edit did
-    change there are dropped as outliers by the fit)."""
-    from scipy import ndimage
-
-    structure = ndimage.generate_binary_structure(labels.ndim, 1)
-    wm = ndimage.binary_erosion(np.isin(labels, rules["white-matter"].labels), structure)
-    near = ndimage.binary_dilation(np.isin(labels, rules["ventricle"].labels), structure, iterations=max(1, round(4 / min(spacing))))
-    return wm & ~near
-
-
-def tissue_anchors(image: np.ndarray, labels: np.ndarray, rules: Rules, spacing: tuple[float, ...],
-                   stable: np.ndarray | None = None) -> list[float] | None:
-    """Median intensity of CSF (ventricle cores), grey matter (cortex) and stable white matter in
-    ``image``, using the reference's labels; None when a class is missing or out of T1 order.
-    ``stable``: :func:`stable_region` of these labels, when the caller has it already."""
-    from scipy import ndimage
-
-    structure = ndimage.generate_binary_structure(labels.ndim, 1)
-    vent = np.isin(labels, rules["ventricle"].labels)
-    core = ndimage.binary_erosion(vent, structure)
-    if core.sum() < 4:  # a thin cut through the ventricles: all of it (partial volume included)
-        core = vent
-    stable = stable_region(labels, rules, spacing) if stable is None else stable
-    masks = [core, np.isin(labels, rules["cortex"].labels), stable]
-    if any(m.sum() < 4 for m in masks):
-        return None
-    values = [float(np.median(image[m])) for m in masks]
-    return values if values[0] < values[1] < values[2] else None
-
-
-def prepare(image: np.ndarray, reference: np.ndarray, labels: np.ndarray, rules: Rules, spacing: tuple[float, ...] | None,
-            bias: bool = True) -> np.ndarray:
-    """``image`` on ``reference``'s intensity scale.
-
-    Two scans of one head differ in tissue contrast and windowing. The image's intensities are
-    mapped piecewise-linearly so that its CSF, grey- and white-matter medians (measured in
-    regions an edit leaves mostly alone: ventricle cores, the cortex ribbon, white matter away
-    from the ventricles) land on the reference's. Histogram matching is avoided: an edit changes
-    the histogram itself. With ``bias=True`` a differential bias field (a polynomial fitted on
-    :func:`bias_region`, see :mod:`brainsynth_plugins.bias_field`) is divided out first.
-    """
-    spacing = tuple(spacing) if spacing is not None else (1.0,) * np.ndim(image)
-    img = np.asarray(image, dtype=np.float32)
-    ref = np.asarray(reference, dtype=np.float32)
-    labels = np.asarray(labels)
-    region = stable_region(labels, rules, spacing)
-    if bias:
-        img = bias_field.correct(img, ref, bias_region(labels, rules, spacing))
-    src, dst = tissue_anchors(img, labels, rules, spacing, region), tissue_anchors(ref, labels, rules, spacing, region)
-    if src is not None and dst is not None:
-        top_s, top_d = max(src[2] * 2.0, float(img.max()), 1.0), max(dst[2] * 2.0, 1.0)
-        return np.interp(img, [0.0, *src, top_s], [0.0, *dst, top_d]).astype(np.float32)
-    if region.sum() >= 16:
-        img = img * np.float32(float(np.median(ref[region])) / max(float(np.median(img[region])), 1e-6))
-    return img
+__all__ = ["RegistrationMeasure", "TissueMeasure", "bias_region", "label_counts", "prepare", "stable_region", "tissue_anchors"]
 
 
 def label_counts(labels: np.ndarray) -> dict[int, float]:
@@ -168,6 +99,12 @@ class RegistrationMeasure:
         return field, fixed_full
 
     def measure(self, reference, reference_labels, image, spacing=None):
+        return {lab: float(m.sum(dtype=np.float64)) for lab, m in self.maps(reference, reference_labels, image, spacing).items()}
+
+    def maps(self, reference, reference_labels, image, spacing=None) -> dict[int, np.ndarray]:
+        """Each label's one-hot mask of the reference carried onto ``image``: partial-volume maps on
+        the image's grid (their sums are :meth:`measure`'s sizes). The reference's own one-hot
+        masks when the image is the reference."""
         import SimpleITK as sitk
 
         ref = np.asarray(reference, dtype=np.float32)
@@ -176,8 +113,9 @@ class RegistrationMeasure:
         if ref.shape != img.shape or labels.shape != ref.shape:
             raise ValueError(f"shapes differ: reference {ref.shape}, labels {labels.shape}, image {img.shape}")
         if np.array_equal(ref, img):
-            return label_counts(labels)
+            return {int(lab): (labels == lab).astype(np.float32) for lab in np.unique(labels)}
         img = prepare(img, ref, labels, self.rules, spacing, self.bias_correction)
+        shape = ref.shape
         factor = self.upsampling(ref.shape)
         if factor > 1:
             from scipy import ndimage
@@ -187,13 +125,15 @@ class RegistrationMeasure:
             spacing = tuple(float(s) / factor for s in spacing) if spacing is not None else None
         field, fixed = self.displacement(ref, img, spacing)
         transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
-        sizes: dict[int, float] = {}
+        out: dict[int, np.ndarray] = {}
         for lab in (int(v) for v in np.unique(labels)):
             mask = _sitk_image((labels == lab).astype(np.float32), spacing)
             mask.CopyInformation(fixed)
             warped = _to_numpy(sitk.Resample(mask, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-            sizes[lab] = float(warped.sum(dtype=np.float64)) / factor ** labels.ndim
-        return sizes
+            if factor > 1:  # back to the image grid: the mean over each block (sums are kept / factor^n)
+                warped = warped.reshape(sum(((n, factor) for n in shape), ())).mean(axis=tuple(range(1, 2 * len(shape), 2)))
+            out[lab] = warped.astype(np.float32)
+        return out
 
     def upsampling(self, shape: tuple[int, ...]) -> int:
         """Integer factor by which a small 2D slice is enlarged before registration (1 for 3D)."""

@@ -16,7 +16,7 @@ from brainsynth_cli.pairs_folder import PairRow
 
 from brainsynth_plugins.evaluate import engine
 
-CSV_COLUMNS = ["row", "subject", "kind", "prompt", "method", "psnr", "ssim", "ms_ssim", "change_error", "structure", "interval",
+CSV_COLUMNS = ["row", "subject", "kind", "prompt", "method", "psnr", "ssim", "ms_ssim", "change_error", "structure_error", "structure", "interval",
                "truth_rate", "achieved_rate", "hit", "abs_error", "leak"]
 
 
@@ -25,7 +25,8 @@ def csv_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in results:
         for method, m in r["methods"].items():
             base = {"row": r["row"], "subject": r["subject"], "kind": r["kind"], "prompt": r["prompt"], "method": method,
-                    "psnr": m["psnr"], "ssim": m["ssim"], "ms_ssim": m["ms_ssim"], "change_error": m.get("change_error")}
+                    "psnr": m["psnr"], "ssim": m["ssim"], "ms_ssim": m["ms_ssim"], "change_error": m.get("change_error"),
+                    "structure_error": m.get("structure_error")}
             if not m["structures"]:
                 out.append(base)
             for s, v in m["structures"].items():
@@ -42,15 +43,15 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def table_lines(summary: dict[str, Any], unit: str = "rows") -> list[str]:
-    lines = [f"| method | {unit} | PSNR | SSIM | MS-SSIM | change error | ACC (95 % interval) | MAE (pp) | leak (pp) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| method | {unit} | PSNR | SSIM | MS-SSIM | structure change error | intensity change error | ACC (95 % interval) "
+             "| MAE (pp) | leak (pp) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for method, table in summary["methods"].items():
         for group, t in table.items():
             if group == "intervals":
                 continue
             lo, hi = t.get("acc_ci", [math.nan, math.nan])
             lines.append(f"| {method} ({group}) | {t['rows']} | {_fmt(t['psnr'], 2)} | {_fmt(t['ssim'])} | {_fmt(t['ms_ssim'])} | "
-                         f"{_fmt(t.get('change_error', math.nan), 2)} | {_fmt(t['acc'], 2)} ({_fmt(lo, 2)}–{_fmt(hi, 2)}, n={t['structure_items']}) | "
+                         f"{_fmt(t.get('structure_error', math.nan), 2)} | {_fmt(t.get('change_error', math.nan), 2)} | {_fmt(t['acc'], 2)} ({_fmt(lo, 2)}–{_fmt(hi, 2)}, n={t['structure_items']}) | "
                          f"{_fmt(t['mae'], 2)} | {_fmt(t['leak'], 2)} |")
     return lines
 
@@ -95,9 +96,11 @@ def markdown(summary: dict[str, Any]) -> str:
         "requested interval; `identity` = edited image equals the prior; `chance` = the prior plus faint noise (an image "
         "that changes at random: ACC is read against it); `target` = the real target measured as if it were an edit (the "
         "ceiling of the measurement itself). PSNR/SSIM (scikit-image definitions) and MS-SSIM compare with the real target "
-        "on [0, 1] normalised slices (data range 1); they reward copying the prior. Change error: "
-        "sum|(edit - prior) - (target - prior)| / sum|target - prior| over the brain (0 = the target's change, 1 = no "
-        "change). ACC: the achieved change rate lies in the interval the prompt requests, with its 95 % Wilson interval and "
+        "on [0, 1] normalised slices (data range 1); they reward copying the prior. Structure change error: "
+        "sum|M(edit) - M(target)| / sum|M(prior) - M(target)|, M the named structures' partial-volume map the measurement "
+        "carries onto an image (0 = the structures end where the real target has them, 1 = where they were). Intensity "
+        "change error: sum|(edit - prior) - (target - prior)| / sum|target - prior| over the brain (0 = the target's "
+        "change, 1 = no change; dominated by scan-to-scan intensity differences and noise on real and Poisson targets). ACC: the achieved change rate lies in the interval the prompt requests, with its 95 % Wilson interval and "
         "the number of structure changes behind it. MAE: |achieved - target rate| in percentage points, the target rate "
         "from the row's label slices. Leak: |achieved rate| of the structures a disentangled or deformed prompt does not "
         "mention.", "",

@@ -37,6 +37,7 @@ def register_commands(app: typer.Typer) -> None:
         montage: int = typer.Option(3, "--montage", help="Pairs shown per kind in montage-real.png / montage-disentangled.png / montage-deformed.png."),
         deformed: bool = typer.Option(False, "--deformed", help="Also add, per pair and per interval of the rules, the prior deformed to a rate in that interval (kind deformed)."),
         deformed_splits: str = typer.Option("train,validation,test", "--deformed-splits", help="With --deformed: the splits whose pairs get deformed rows (comma-separated)."),
+        match_intensities: bool = typer.Option(True, "--match-intensities/--no-match-intensities", help="Put each target on its prior's intensity scale (differential bias field divided out, tissue medians matched), so a pair differs by anatomy, not scanner drift."),
     ) -> None:
         """Make prior/target training pairs with prompts from a longitudinal dataset, plus one
         structure-disentangled pair per described structure, and with --deformed the prior
@@ -55,6 +56,7 @@ def register_commands(app: typer.Typer) -> None:
             dim=dim.lower(), slices=slices, size=size, pairing=pairing, split=split, seed=seed, jobs=jobs,
             shard=parse_shard(shard), margin=margin, min_psnr=min_psnr, merge_only=merge, montage=montage,
             deformed=deformed, deformed_splits=tuple(x for x in ("train", "validation", "test") if x in chosen),
+            match_intensities=match_intensities,
         )
         summary = run(options, echo=typer.echo)
         rows = ", ".join(f"{n} {k}" for k, n in sorted(summary.rows.items())) or "no"

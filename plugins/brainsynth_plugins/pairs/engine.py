@@ -61,6 +61,7 @@ class Options:
     montage: int = 3
     deformed: bool = False  # add rows whose target is the prior deformed to a drawn rate per interval
     deformed_splits: tuple[str, ...] = SPLITS  # ... for the subjects of these splits
+    match_intensities: bool = True  # targets put on their prior's intensity scale (bias field, tissue medians)
 
 
 @dataclass
@@ -248,7 +249,8 @@ def config(options: Options, rules) -> dict[str, Any]:
         "blender": options.blender, "rules": rules.to_toml(), "seed": options.seed, "split": options.split,
         "slice_convention": CONVENTION, "pairing": options.pairing, "margin_mm": options.margin,
         "min_psnr": options.min_psnr, "slice_centre": "lateral-ventricle centroid" if options.dim == "2d" else None,
-        "intensity": "each volume windowed to [0,1] (brainsynth_cli.slices.normalisation)",
+        "intensity": ("targets matched to their prior (differential bias, tissue medians), both windowed by the prior's "
+                      "[0,1] window" if options.match_intensities else "each volume windowed to [0,1]") + " (brainsynth_cli.slices.normalisation)",
         "brainsynth": __version__,
     }
     if options.deformed:  # recorded only when on, so folders made without it compare equal
@@ -467,13 +469,20 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
         return out
 
     pn = normalisation(prior.data)
-    tn = normalisation(target.data)
+    matched = match_target(prior, prior_lab, target, rules) if options.match_intensities else None
+    if matched is not None:  # the target on the prior's intensity scale: the pair differs by anatomy, not scanner drift
+        tn = pn
+        target_matched = matched
+    else:  # the target's own window; for blending, its intensities mapped linearly onto the prior's window
+        tn = normalisation(target.data)
+        scale = (pn.high - pn.low) / (tn.high - tn.low)
+        target_matched = ((target.data.astype(np.float32) - np.float32(tn.low)) * np.float32(scale) + np.float32(pn.low)).astype(np.float32)
     prior01 = normalise(prior.data, pn)
-    target01 = normalise(target.data, tn)
+    target01 = normalise(target_matched if matched is not None else target.data, tn)
     pair_psnr = psnr(prior01, target01)
     base = {"pair": pair.key, "subject": pair.subject, "sessions": [p.session, t.session], "folder": pair.folder,
             "registered": alignment.registered, "psnr": round(pair_psnr, 4) if math.isfinite(pair_psnr) else None, "rows": [], "files": [], "skipped": None,
-            "rates": rates}
+            "rates": rates, "intensity_matched": matched is not None}
     if options.min_psnr is not None and pair_psnr < options.min_psnr:
         base["skipped"] = f"psnr {pair_psnr:.2f} dB < {options.min_psnr:g}"
         return base
@@ -484,9 +493,6 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
     if real_prompt is not None:
         outputs.append(("real", target01, tn, target_lab.data, {"kind": "real", "structure": None, "edit_prompt": real_prompt,
                                                  "rates": rates, "intervals": intervals_of(rates), "blender": None}))
-    # the target's intensities mapped linearly onto the prior's window before blending
-    scale = (pn.high - pn.low) / (tn.high - tn.low)
-    target_matched = ((target.data.astype(np.float32) - np.float32(tn.low)) * np.float32(scale) + np.float32(pn.low)).astype(np.float32)
     for s in rules.described():
         if rates[s.name] is None or s.interval_for(rates[s.name]) is None:
             continue
@@ -564,6 +570,24 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
     base["rows"], base["files"] = rows, files
     return base
+
+
+def match_target(prior, prior_labels, target, rules):
+    """The (aligned) target volume on the prior's intensity scale: the differential bias field
+    divided out and the CSF / grey / white-matter medians mapped onto the prior's
+    (:func:`brainsynth_plugins.intensity_match.prepare`, what evaluate's measurements do); None
+    when the rules lack the groups it needs (ventricle, cortex, white-matter)."""
+    import numpy as np
+
+    from brainsynth_plugins.intensity_match import prepare
+
+    try:
+        for name in ("ventricle", "cortex", "white-matter"):
+            rules[name]
+    except KeyError:
+        return None
+    out = prepare(target.data, prior.data, prior_labels.data, rules, prior.voxel_size)
+    return np.asarray(out, dtype=np.float32)
 
 
 def square_labels(labels2d, size: int):
