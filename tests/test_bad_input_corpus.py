@@ -5,8 +5,8 @@ pre-existing file byte-identical (the whole tree is hashed before and after).
 Every case runs in-process, in a folder of its own under one module-wide root (so a write that
 escapes its folder, e.g. through a traversal id, shows in the tree too).
 
-``edit`` and ``evaluate`` are not in the table yet: add their cases to ``CASES`` (see the
-marked place at the end of the table) once they use brainsynth_cli.outputs.
+``edit`` runs the training-free ``deform`` generator (no model folder needed) and bad model
+folders; ``evaluate`` runs ``--baselines-only`` and a missing model.
 """
 
 from __future__ import annotations
@@ -293,10 +293,40 @@ CASES["generate/output=model"] = lambda x: ["generate", (m := x.fake_ldm()), "-o
 CASES["generate/concurrent"] = _held_generate
 # demo
 CASES["demo/output=file"] = lambda x: ["demo", "-o", x.copy(x.c.image, "demo")]
-# ---- edit and evaluate: add their cases here once they use brainsynth_cli.outputs, e.g.
-# CASES["edit/output=input"] = lambda x: ["edit", MODEL, (i := x.copy(x.c.image, "t1.nii.gz")), "-p", "mild ventricle enlargement", "-o", i]
-# CASES["evaluate/concurrent"] = lambda x: ["evaluate", MODEL, PAIRS, "-o", x.held(x.d / "report")]
-# and one per NIFTI_CASES / PNG_CASES input as above.
+# edit (the training-free `deform` generator needs no model folder; bad model folders are cases of their own)
+P = "mild ventricle enlargement"
+for _k in NIFTI_CASES:
+    CASES[f"edit/{_k}"] = (lambda k: lambda x: ["edit", "deform", x.c.nifti[k], "-p", P, "-o", x.d / "o.nii.gz", "--labels", x.c.labels])(_k)
+for _k in ("float_labels", "offgrid_labels"):
+    CASES[f"edit/{_k}"] = (lambda k: lambda x: ["edit", "deform", x.c.image, "-p", P, "-o", x.d / "o.nii.gz",
+                                                "--labels", x.c.label_maps[k]])(_k)
+for _k in PNG_CASES:
+    CASES[f"edit/png-{_k}"] = (lambda k: lambda x: ["edit", "deform", x.c.png[k], "-p", P, "-o", x.d / "o.png"])(_k)
+CASES["edit/output=input"] = lambda x: ["edit", "deform", (i := x.copy(x.c.image, "t1.nii.gz")), "-p", P, "-o", i,
+                                        "--labels", x.c.labels]
+CASES["edit/output=labels-symlink"] = lambda x: ["edit", "deform", x.c.image, "-p", P, "-o",
+                                                 _symlink(x, x.copy(x.c.labels, "l.nii.gz"), "o.nii.gz"), "--labels", x.d / "l.nii.gz"]
+CASES["edit/figure-in-a-file"] = lambda x: ["edit", "deform", x.c.image, "-p", P, "-o", x.d / "o.nii.gz", "--labels", x.c.labels,
+                                            "--figure", x.copy(x.c.image, "afile") / "f.png"]
+CASES["edit/margin-nan"] = lambda x: ["edit", "deform", x.c.image, "-p", P, "-o", x.d / "o.nii.gz", "--labels", x.c.labels,
+                                      "--margin", "nan"]
+CASES["edit/image-guidance-nan"] = lambda x: ["edit", "deform", x.c.image, "-p", P, "-o", x.d / "o.nii.gz", "--labels", x.c.labels,
+                                              "--image-guidance-scale", "nan"]
+CASES["edit/seed-negative"] = lambda x: ["edit", "deform", x.c.image, "-p", P, "-o", x.d / "o.nii.gz", "--seed", "-1"]
+CASES["edit/untrained-structure"] = lambda x: ["edit", "deform", x.c.image, "-p", "hippocampus growth", "-o", x.d / "o.nii.gz",
+                                               "--labels", x.c.labels, "--free-prompt"]
+CASES["edit/model-garbage-json"] = lambda x: ["edit", _garbage_model(x)[1], x.c.image, "-p", P, "-o", x.d / "o.nii.gz"]
+CASES["edit/model-missing"] = lambda x: ["edit", x.d / "nothing", x.c.image, "-p", P, "-o", x.d / "o.nii.gz"]
+# evaluate
+CASES["evaluate/concurrent"] = lambda x: ["evaluate", "--baselines-only", pairs_folder(x.d / "pairs", x.c.good_png),
+                                          "-o", x.held(x.d / "report")]
+CASES["evaluate/output=pairs"] = lambda x: ["evaluate", "--baselines-only", (p := pairs_folder(x.d / "pairs", x.c.good_png)), "-o", p]
+CASES["evaluate/dotdot-path-row"] = lambda x: ["evaluate", "--baselines-only",
+                                               _train_rows(lambda y: [("images/../../../../good/slice.png", "images/b.png")])(x)[1],
+                                               "-o", x.d / "report"]
+CASES["evaluate/guidance-nan"] = lambda x: ["evaluate", "--baselines-only", pairs_folder(x.d / "pairs", x.c.good_png), "-o",
+                                            x.d / "report", "--guidance-scale", "nan"]
+CASES["evaluate/model-missing"] = lambda x: ["evaluate", x.d / "nothing", pairs_folder(x.d / "pairs", x.c.good_png), "-o", x.d / "r"]
 
 #: Cases whose refusal is a click usage error (several lines, exit status 2) rather than our one line.
 USAGE: set[str] = set()

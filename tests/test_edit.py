@@ -286,3 +286,27 @@ def test_edit_errors(tiny, volume, tmp_path):
     _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--margin", "-1")[::2], "--margin")
     _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--blender", "posson")[::2], "did you mean 'poisson'")
     assert not (tmp_path / "z.nii.gz").exists()
+
+
+def test_edit_with_the_training_free_deform_generator(volume, tmp_path):
+    """`brainsynth edit deform ...` needs no model folder: the whole volume is deformed at once, the
+    ventricles grow, and outside the ventricles (+ margin) the input is kept bit for bit."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    out = tmp_path / "deformed.nii.gz"
+    code, stdout, err = edit_cli("deform", volume, "--prompt", "severe ventricle enlargement", "-o", out, "--labels", labels_of(volume))
+    assert code == 0, err
+    raw_in = np.asarray(nib.load(volume).dataobj)
+    raw_out = np.asarray(nib.load(out).dataobj)
+    labels = np.asarray(nib.load(labels_of(volume)).dataobj)
+    vent = np.isin(labels, [4, 5, 43, 44])
+    region = ndimage.binary_dilation(vent, structure=_ball())
+    assert np.array_equal(raw_out[~region], raw_in[~region]) and not np.array_equal(raw_out, raw_in)
+    # the ventricles (dark) grow: fewer bright voxels just outside them
+    rim = region & ~vent
+    assert raw_out[rim].astype(float).mean() < raw_in[rim].astype(float).mean()
+    side = json.loads((tmp_path / "deformed.json").read_text())
+    assert side["generator"] == "deform" and side["model"] is None and side["structures"] == ["ventricle"]
+    # a generator that needs training is not a model
+    _one_line(*edit_cli("instruct-pix2pix", volume, "--prompt", PROMPT, "-o", tmp_path / "x.nii.gz")[::2], "needs a trained model folder")

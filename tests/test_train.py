@@ -266,3 +266,27 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path):
     for part in ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors"):
         assert (tmp_path / "a" / part).read_bytes() == (tmp_path / "b" / part).read_bytes(), part
     assert (tmp_path / "a" / "logs" / "loss.csv").read_text() == (tmp_path / "b" / "logs" / "loss.csv").read_text()
+
+
+def test_region_weight_puts_the_loss_where_the_prompt_acts(tmp_path):
+    """region_weight W: the loss weight is 1 + W inside the structures a row's prompt names (its prior
+    label slice, dilated by region_margin_mm) and 1 elsewhere; 0 turns it off."""
+    import numpy as np
+
+    from brainsynth_cli.images import read_png
+    from brainsynth_cli.interfaces import TrainOptions
+    from brainsynth_plugins.ip2p.data import read_pairs
+    from brainsynth_plugins.ip2p.training import Trainer, build_config
+
+    pairs = make_pairs(tmp_path / "pairs", size=32, subjects=2, slices=1)
+    opts = TrainOptions(data=pairs, output=tmp_path / "m", extra={"resolution": 32, "set": {"region_weight": 9.0, "region_margin_mm": 0.0}})
+    cfg = build_config(opts)
+    folder = read_pairs(pairs)
+    trainer = Trainer(cfg, tmp_path / "m", folder, device="cpu", progress=lambda *a: None)
+    w = trainer._loss_weights((32, 32), "cpu").numpy()
+    assert w.shape == (len(trainer.train_pairs), 1, 32, 32) and set(np.unique(w)) == {1.0, 10.0}
+    row = trainer.train_pairs[0]
+    vent = np.isin(read_png(row.path("input_labels_file_name"))[0], [4, 5, 43, 44])
+    assert np.array_equal(w[0, 0] == 10.0, vent)  # a ventricle prompt: the ventricles, no margin
+    cfg["region_weight"] = 0.0
+    assert Trainer(cfg, tmp_path / "m", folder, device="cpu", progress=lambda *a: None)._loss_weights((32, 32), "cpu") is None

@@ -107,6 +107,14 @@ def print_summary(summary: dict, output: Path) -> None:
             table.add_row(LABELS.get(method, method), str(t["pairs"]), f"{_f(t['acc'])} ({_f(lo)}–{_f(hi)}, n={t['n']})" if t["n"] else "n/a",
                           _f(t["mae"]), _f(t["leak"]), _f(t["structure_error"]), _f(t["change_error"]), _f(t["psnr"]), _f(t["ssim"], 3))
         console.print(table)
+        if first.get("intervals") and len(first["intervals"]) > 2:
+            rows = [[c.strip() for c in line.strip("|").split("|")] for line in first["intervals"]]
+            itable = Table(title="what each prompt asked for and what happened (per pair, means)")
+            for col in rows[0]:
+                itable.add_column(col)
+            for r in rows[2:]:
+                itable.add_row(*r)
+            console.print(itable)
         if first.get("untrained"):
             console.print(f"  intervals the model was not trained on: {', '.join(first['untrained'])}")
     console.print(f"  per slice, per kind and per interval: {output / 'report.md'}")

@@ -77,6 +77,8 @@ def markdown(summary: dict[str, Any]) -> str:
         parts += ["## Does the model work?", "", first["headline"], ""]
         parts += [f"- {r}" for r in first["reasons"]] + [""]
         parts += [f"Per pair, over the {first['kinds']} pairs (the pair's slices pooled):", "", *vd.table_lines(first["table"]), ""]
+        if first.get("intervals") and len(first["intervals"]) > 2:
+            parts += ["What each prompt asked for and what happened (per pair, means):", "", *first["intervals"], ""]
         if first.get("deformed"):
             parts += ["Pairs whose target is the prior deformed to a known rate (`deformed`), scored apart:", "",
                       *vd.table_lines(first["deformed"]), ""]

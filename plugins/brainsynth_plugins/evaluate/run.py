@@ -39,7 +39,7 @@ def first_screen(pooled: list[dict[str, Any]], model_info: dict[str, Any]) -> di
                         if "interval" in v and isinstance(trained, dict) and v["interval"] not in trained.get(s, [])})
     deformed = verdict.pooled_table(pooled, ("deformed",))
     return {"headline": head, "reasons": reasons, "table": table, "kinds": " and ".join(verdict.MEASURED_KINDS),
-            "deformed": deformed, "untrained": untrained}
+            "deformed": deformed, "untrained": untrained, "intervals": verdict.interval_table(pooled, verdict.MEASURED_KINDS)}
 
 
 def edited_slice(prior: np.ndarray, change: np.ndarray, labels: np.ndarray, structures: list[Any], spacing: tuple[float, float],

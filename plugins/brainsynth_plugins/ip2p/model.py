@@ -53,26 +53,37 @@ def image_conditioning(vae: Any, x: Any) -> Any:
 
 
 def residual_edit(pipe: Any, x: Any, prompts: list[str], *, steps: int, guidance_scale: float, image_guidance_scale: float,
-                  generator: Any, residual: bool = True) -> Any:
+                  generator: Any, residual: bool = True, latent_target: str = "image") -> Any:
     """Edit a batch ``x`` ([0, 1], N x C x H x W) with an InstructPix2Pix pipeline; returns N x H x W.
 
+    The pipeline denoises the target latent (``latent_target="image"``, InstructPix2Pix) or the
+    change of the latent, ``(z_target - z_prior) * scaling_factor`` (``"change"``: the UNet then
+    models only what the prompt changes; the edited latent is ``z_prior + change / scaling_factor``).
     With ``residual`` the edit is decoded as a change and added to the input:
     ``x + (D(z_edit) - D(E(x))) / 2`` (the VAE works on [-1, 1]), so what the autoencoder cannot
     reconstruct is kept from the input instead of being re-drawn; the result is not clipped.
-    Without it, the pipeline's own decoded image ``D(z_edit)`` is returned, clipped to [0, 1].
+    Without it, the decoded image ``D(z_edit)`` is returned, clipped to [0, 1].
     """
     import torch
 
-    out = pipe(prompt=prompts, image=x, num_inference_steps=int(steps), guidance_scale=float(guidance_scale),
-               image_guidance_scale=float(image_guidance_scale), generator=generator,
-               output_type="latent" if residual else "pt").images
-    if not residual:
+    if latent_target not in ("image", "change"):
+        raise UserError(f"latent_target {latent_target!r}: expected image or change")
+    if not residual and latent_target == "image":
+        out = pipe(prompt=prompts, image=x, num_inference_steps=int(steps), guidance_scale=float(guidance_scale),
+                   image_guidance_scale=float(image_guidance_scale), generator=generator, output_type="pt").images
         return out.float().clamp(0, 1).mean(1)
+    out = pipe(prompt=prompts, image=x, num_inference_steps=int(steps), guidance_scale=float(guidance_scale),
+               image_guidance_scale=float(image_guidance_scale), generator=generator, output_type="latent").images
     vae = pipe.vae
     with torch.no_grad():
+        prior = image_conditioning(vae, (x * 2 - 1).to(vae.dtype))
         z = out.to(vae.dtype) / vae.config.scaling_factor
+        if latent_target == "change":
+            z = prior + z
         edited = vae.decode(z).sample.float()
-        base = vae.decode(image_conditioning(vae, (x * 2 - 1).to(vae.dtype))).sample.float()
+        if not residual:
+            return ((edited + 1) / 2).clamp(0, 1).mean(1)
+        base = vae.decode(prior).sample.float()
     return x.float().mean(1) + (edited - base).mean(1) / 2
 
 
@@ -102,6 +113,7 @@ class IP2PModel:
         self.channels = int(self.info["channels"])
         self.prompts = list(self.info.get("prompts", []))
         self.dims = ("2d",)  # edits axial slices at ``resolution``
+        self.latent_target = str(self.info.get("latent_target", "image"))
         self.rules = rules_from_text(self.info["rules"], f"{self.path / 'brainsynth.json'} rules") if self.info.get("rules") else None
         quiet()
         from diffusers import StableDiffusionInstructPix2PixPipeline
@@ -148,7 +160,8 @@ class IP2PModel:
                     x = x.repeat(1, 3, 1, 1)
                 with torch.no_grad():
                     y = residual_edit(self.pipe, x.to(self.device), [prompt] * len(chunk), steps=steps, guidance_scale=guidance_scale,
-                                      image_guidance_scale=image_guidance_scale, generator=gen, residual=residual)
+                                      image_guidance_scale=image_guidance_scale, generator=gen, residual=residual,
+                                      latent_target=self.latent_target)
                 out.extend(y.cpu().numpy().astype(np.float32))
                 if progress is not None:
                     progress(len(out), len(images), "slices")

@@ -43,7 +43,7 @@ COMMON: dict[str, Any] = {
     "kl_weight": 1e-6, "ssim_weight": 0.5, "gan_weight": 0.0, "gan_start": 0,
     "conditioning_dropout": 0.05, "ema": False, "ema_decay": 0.999, "gradient_accumulation": 1,
     "validation_count": 4, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup", "vae_lr_scheduler": None,
-    "mixed_precision": "no", "gradient_checkpointing": False, "prediction_type": "epsilon", "guidance_scale": 7.5, "image_guidance_scale": 1.5,
+    "mixed_precision": "no", "gradient_checkpointing": False, "prediction_type": "epsilon", "latent_target": "image", "region_weight": 0.0, "region_margin_mm": 3.0, "guidance_scale": 7.5, "image_guidance_scale": 1.5,
 }
 
 #: What each setting may be (checked after ``--set`` overrides, before anything is written).
@@ -61,7 +61,8 @@ SETTINGS: dict[str, tuple] = {
     "lr_scheduler": ("choice", SCHEDULERS), "mixed_precision": ("choice", ("no", "fp16", "bf16")),
     "gradient_checkpointing": ("bool",), "guidance_scale": ("float", 0, 100), "image_guidance_scale": ("float", 0, 100),
     "vae_lr_scheduler": ("choice", (None, *SCHEDULERS)), "prediction_type": ("choice", ("epsilon", "sample", "v_prediction")),
-    "vae.mid_block_attention": ("bool",),
+    "vae.mid_block_attention": ("bool",), "latent_target": ("choice", ("image", "change")),
+    "region_weight": ("float", 0, 1000), "region_margin_mm": ("float", 0, 50),
     "vae.block_out_channels": ("ints", 1, 4096, 1, 8), "vae.layers_per_block": ("int", 1, 16),
     "vae.latent_channels": ("int", 1, 64), "vae.norm_num_groups": ("int", 1, 1024),
     "unet.block_out_channels": ("ints", 1, 8192, 1, 8), "unet.layers_per_block": ("int", 1, 16),

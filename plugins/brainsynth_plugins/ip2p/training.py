@@ -570,6 +570,44 @@ class Trainer:
                               prediction_type=str(self.cfg["prediction_type"]), clip_sample=False, timestep_spacing="trailing")
         return unet, noise
 
+    def _loss_weights(self, latent_shape: Any, device: Any) -> Any:
+        """Per training row, a loss weight map on the latent grid: 1 + region_weight inside the
+        structures the row's prompt names (its prior label slice), dilated by region_margin_mm,
+        1 elsewhere; None when region_weight is 0 or the rows have no label slices.
+
+        The edit keeps the change inside that region (the edit path), and there a structure's
+        change is a few dozen pixels of a 64-pixel slice: with a uniform loss the UNet can ignore
+        it and still fit the rest of the image. Weighting puts the training signal where the edit
+        acts, BrainEditor's disentanglement carried into the loss."""
+        import numpy as np
+        import torch
+        import torch.nn.functional as F
+
+        from brainsynth_cli.edit_path import region
+        from brainsynth_cli.images import read_png
+        from brainsynth_cli.structures import default_rules, rules_from_text
+
+        lam = float(self.cfg.get("region_weight") or 0.0)
+        if lam <= 0 or any(r.path("input_labels_file_name") is None for r in self.train_pairs):
+            return None
+        rules = rules_from_text(self.pairs.info["rules"], "pairs.json rules") if self.pairs.info.get("rules") else default_rules()
+        margin = float(self.cfg.get("region_margin_mm", 3.0))
+        maps = []
+        for r in self.train_pairs:
+            names = [k for k, v in (r.data.get("intervals") or {}).items() if v and k in rules.names()]
+            lab = read_png(r.path("input_labels_file_name"))[0]
+            mm = r.data.get("pixel_mm")
+            spacing = (float(mm), float(mm)) if isinstance(mm, (int, float)) and mm > 0 else (margin, margin)
+            m = region(lab, [rules[n] for n in names], spacing, margin).astype(np.float32) if names else np.zeros(lab.shape, np.float32)
+            t = torch.from_numpy(m)[None, None]
+            if tuple(t.shape[-2:]) != (self.res, self.res):
+                from brainsynth_cli.slices import labels_to_square
+
+                t = torch.from_numpy(labels_to_square(m, self.res).astype(np.float32))[None, None]
+            t = F.adaptive_max_pool2d(t, tuple(int(v) for v in latent_shape))
+            maps.append(1.0 + lam * t[0])
+        return torch.stack(maps).to(device)
+
     def _embed(self, prompts: list[str], device: Any) -> dict[str, Any]:
         import torch
 
@@ -615,6 +653,7 @@ class Trainer:
                 chunk = paths[i : i + 16]
                 latents.update(zip(chunk, image_conditioning(vae, self._tensor(chunk).to(acc.device))))
         emb = self._embed(sorted({p.prompt for p in self.pairs.rows}) + [""], acc.device)
+        weights = self._loss_weights(latents[self.train_pairs[0].prior].shape[-2:], acc.device)
         null = emb[""]
         ema = ckpts.EMA(unet, float(cfg["ema_decay"])) if cfg["ema"] else None
         opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg["unet_lr"]))
@@ -637,11 +676,15 @@ class Trainer:
         every = int(cfg["checkpoint_every"])
         drop = float(cfg["conditioning_dropout"])
         T = int(noise_sched.config.num_train_timesteps)
+        change_target = cfg["latent_target"] == "change"
         while step < total:
             for micro in range(accum):
-                rows = [self.train_pairs[i] for i in batches(step * accum + micro)]
+                picked = batches(step * accum + micro)
+                rows = [self.train_pairs[i] for i in picked]
                 target = torch.stack([latents[r.target] for r in rows]) * scale
                 prior = torch.stack([latents[r.prior] for r in rows])
+                if change_target:  # the UNet models the change of the latent, not the whole target
+                    target = target - prior * scale
                 text = torch.stack([emb[r.prompt] for r in rows])
                 noise = torch.randn(target.shape, generator=gen, device=acc.device)
                 t = torch.randint(0, T, (len(rows),), generator=gen, device=acc.device)
@@ -652,7 +695,12 @@ class Trainer:
                     prior = prior * (1 - ((u >= drop) & (u < 3 * drop)).float())[:, None, None, None]
                 with acc.accumulate(unet):
                     pred = unet(torch.cat([noisy, prior], 1), t, text).sample
-                    loss = F.mse_loss(pred.float(), diffusion_target(noise_sched, target, noise, t).float())
+                    err = (pred.float() - diffusion_target(noise_sched, target, noise, t).float()) ** 2
+                    if weights is None:
+                        loss = err.mean()
+                    else:  # the named structures' region counts region_weight times more (see _loss_weights)
+                        w = weights[picked]
+                        loss = (err * w).mean() / w.mean()
                     acc.backward(loss)
                     if acc.sync_gradients:
                         acc.clip_grad_norm_(unet.parameters(), 1.0)
@@ -715,7 +763,8 @@ class Trainer:
                 with torch.no_grad():
                     y = residual_edit(pipe, x.to(unet.device), [p.prompt], steps=int(self.cfg["validation_steps"]),
                                       guidance_scale=float(self.cfg["guidance_scale"]),
-                                      image_guidance_scale=float(self.cfg["image_guidance_scale"]), generator=g)
+                                      image_guidance_scale=float(self.cfg["image_guidance_scale"]), generator=g,
+                                      latent_target=str(self.cfg["latent_target"]))
                 rows.append(EditRow(title=p.prompt, prior=self._image(p.prior), edited=y[0].cpu().numpy(), target=self._image(p.target)))
         finally:
             unet.train(was)
@@ -778,7 +827,8 @@ class Trainer:
                                         "method": Normalisation(0, 1).method, "model_range": [-1, 1], "png": "round(x * 65535)"},
             "structures": [s.name for s in rules.described()], "rules": rules_text,
             "prompts": trained_prompts(self.pairs), "intervals": trained_intervals(self.pairs),
-            "vae_reconstruction": recon, "pixel_mm": self.pixel_mm(),
+            "vae_reconstruction": recon, "pixel_mm": self.pixel_mm(), "latent_target": str(self.cfg["latent_target"]),
+            "prediction_type": str(noise_sched.config.prediction_type),
             "text_encoder": {"name": te["name"], "path": te["path"], "hidden_size": int(self.text_model.config.hidden_size),
                              "max_length": int(self.tokenizer.model_max_length)},
             "training": {k: self.cfg[k] for k in ("seed", "vae_steps", "unet_steps", "vae_lr", "unet_lr", "vae_batch_size",
