@@ -30,7 +30,8 @@ def rgb_model(tmp_path_factory):
 
     def build(d):
         pairs = make_pairs(d / "pairs", size=32, subjects=2, slices=1)
-        code, err = train_cli([pairs, "-o", d / "model", *FAST, "--channels", "3", "--steps", "2", "--set", "validation_count=0"])
+        code, err = train_cli([pairs, "-o", d / "model", *FAST, "--channels", "3", "--steps", "2", "--set", "validation_count=0",
+                               "--set", "prediction_type=epsilon"])  # the classic InstructPix2Pix objective
         assert code == 0, err
         return d / "model"
 
@@ -185,7 +186,7 @@ def test_edit_png_16bit_and_schedulers(tiny, tmp_path):
     pairs, model = tiny
     src = next((pairs / "images").glob("*_prior.png"))  # its label slice *_prior_dseg.png lies beside it
     results = {}
-    for sched in ("ddim", "dpm++", "euler-a"):
+    for sched in ("ddim", "dpm++"):
         for rep in (0, 1):
             out = tmp_path / f"{sched}-{rep}.png"
             code, _, err = edit_cli(model, src, "--prompt", PROMPT, "-o", out, "--steps", "3", "--scheduler", sched, "--seed", 5)
@@ -194,7 +195,10 @@ def test_edit_png_16bit_and_schedulers(tiny, tmp_path):
         arr, bits = read_png(tmp_path / f"{sched}-0.png")
         assert bits == 16 and arr.shape == (32, 32)
         assert results[sched, 0] == results[sched, 1]
-    assert results["ddim", 0] != results["euler-a", 0]
+    assert results["ddim", 0] != results["dpm++", 0]
+    # the tiny preset predicts the clean latent, which Euler ancestral cannot run: one line
+    code, _, err = edit_cli(model, src, "--prompt", PROMPT, "-o", tmp_path / "e.png", "--scheduler", "euler-a")
+    _one_line(code, err, "euler-a cannot run", "ddim or dpm++")
 
 
 def test_diffusers_pipeline_gives_the_same_image(rgb_model, tmp_path):

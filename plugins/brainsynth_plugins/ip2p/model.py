@@ -95,6 +95,8 @@ def scheduler_for(name: str, config: Any) -> Any:
     if name == "dpm++":
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
     if name == "euler-a":
+        if config.get("prediction_type") == "sample":
+            raise UserError("--scheduler euler-a cannot run a model trained with prediction_type sample; use ddim or dpm++")
         return EulerAncestralDiscreteScheduler.from_config(config)
     raise UserError(f"unknown scheduler {name!r}; available: {', '.join(SCHEDULERS)}")
 
