@@ -16,7 +16,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
                  "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"]},
         "vae_steps": 800, "unet_steps": 400, "vae_lr": 2e-3, "unet_lr": 1e-3, "vae_batch_size": 8, "unet_batch_size": 16,
-        "ssim_weight": 0.0, "vae_lr_scheduler": "cosine", "prediction_type": "sample",
+        "ssim_weight": 0.0, "vae_lr_scheduler": "cosine", "prediction_type": "sample", "region_weight": 4.0,
         "warmup_steps": 20, "validation_steps": 10, "checkpoint_every": 100,
     },
     # From scratch, sized for one GPU at 256x256 (latents 4x32x32).
