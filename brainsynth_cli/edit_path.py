@@ -78,13 +78,23 @@ def named_structures(prompt: str, rules: "Rules", builder: str = "quantized") ->
     return [rules[name] for name in requested]
 
 
+#: The region reaches at least this many voxels beyond the named structures, whatever the
+#: margin in mm: a wall that moves by a fraction of a voxel changes the partial-volume voxel
+#: outside it, and the blender needs the next one to join the change to the kept input. With
+#: one voxel, 64-pixel slices of 3.7 mm lost a third of a deformation's ventricle change
+#: (measured: deform baseline per-pair ACC 0.59 with one voxel, 0.84 with two, 0.88 unrestricted).
+MIN_MARGIN_VOXELS = 2
+
+
 def ball(margin_mm: float, spacing: Sequence[float]) -> "np.ndarray":
-    """A boolean ellipsoid of radius ``margin_mm`` on a grid of ``spacing`` (at least one voxel per axis)."""
+    """A boolean ellipsoid of radius ``margin_mm`` on a grid of ``spacing``, at least
+    ``MIN_MARGIN_VOXELS`` voxels along every axis."""
     import numpy as np
 
-    radii = [max(1, int(math.floor(margin_mm / float(v) + 1e-6))) for v in spacing]
-    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
-    return sum(((g * float(v)) / max(margin_mm, float(v))) ** 2 for g, v in zip(grids, spacing)) <= 1.0 + 1e-9
+    radii = [max(float(MIN_MARGIN_VOXELS), margin_mm / float(v)) for v in spacing]  # in voxels, per axis
+    reach = [math.floor(r + 1e-6) for r in radii]
+    grids = np.ogrid[tuple(slice(-k, k + 1) for k in reach)]
+    return sum((g / r) ** 2 for g, r in zip(grids, radii)) <= 1.0 + 1e-9
 
 
 def region(labels: "np.ndarray", structures: Sequence["Structure"], spacing: Sequence[float] | None,

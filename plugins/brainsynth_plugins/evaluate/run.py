@@ -14,7 +14,6 @@ from brainsynth_cli.errors import InputError
 from brainsynth_cli.interfaces import Progress
 from brainsynth_cli.pairs_folder import read_pairs_folder
 from brainsynth_cli.structures import default_rules, rules_from_text
-
 from brainsynth_plugins.evaluate import engine, report
 
 
@@ -33,13 +32,14 @@ def first_screen(pooled: list[dict[str, Any]], model_info: dict[str, Any]) -> di
     from brainsynth_plugins.evaluate import verdict
 
     table = verdict.pooled_table(pooled, verdict.MEASURED_KINDS)
-    head, reasons = verdict.verdict(table, model_info.get("vae_reconstruction"))
+    intervals = verdict.interval_rows(pooled, verdict.MEASURED_KINDS)
+    head, reasons = verdict.verdict(table, model_info.get("vae_reconstruction"), intervals if "model" in table else None)
     trained = model_info.get("intervals")
     untrained = sorted({f"{s} {v['interval']}" for p in pooled for m in p["methods"].values() for s, v in m["structures"].items()
                         if "interval" in v and isinstance(trained, dict) and v["interval"] not in trained.get(s, [])})
     deformed = verdict.pooled_table(pooled, ("deformed",))
     return {"headline": head, "reasons": reasons, "table": table, "kinds": " and ".join(verdict.MEASURED_KINDS),
-            "deformed": deformed, "untrained": untrained, "intervals": verdict.interval_table(pooled, verdict.MEASURED_KINDS)}
+            "deformed": deformed, "untrained": untrained, "intervals": verdict.interval_table(intervals)}
 
 
 def edited_slice(prior: np.ndarray, change: np.ndarray, labels: np.ndarray, structures: list[Any], spacing: tuple[float, float],
@@ -51,9 +51,9 @@ def edited_slice(prior: np.ndarray, change: np.ndarray, labels: np.ndarray, stru
 
 def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, settings: engine.EvalSettings, *, device: str = "auto",
                    fid_weights: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    from brainsynth_cli.images import write_png
     from brainsynth_cli.plugin_manager import registry
     from brainsynth_cli.slices import to_png16
-    from brainsynth_cli.images import write_png
 
     pairs = read_pairs_folder(pairs_dir)
     if pairs.dim != "2d":

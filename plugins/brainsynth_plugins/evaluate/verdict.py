@@ -27,6 +27,8 @@ LABELS = {
     "target": "real target, measured (ceiling)",
 }
 MEASURED_KINDS = ("real", "disentangled")
+#: An interval the model hits less often than this is reported as missed.
+MIN_INTERVAL_ACC = 0.5
 
 
 def _f(x: Any, digits: int = 2) -> str:
@@ -81,8 +83,14 @@ def table_lines(table: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None) -> tuple[str, list[str]]:
-    """(headline, reasons): whether the model does what the prompts say and keeps the scan."""
+def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None,
+            intervals: list[dict[str, Any]] | None = None) -> tuple[str, list[str]]:
+    """(headline, reasons): whether the model does what the prompts say and keeps the scan.
+
+    "Yes" needs every criterion of the module docstring and every requested interval hit at least
+    half the time (``intervals`` from :func:`interval_rows`); "Partly" when only intervals are
+    missed (e.g. a model that enlarges the ventricles by the same amount whatever the prompt
+    asks); "Not yet" otherwise."""
     m = table.get("model")
     if m is None:
         head = "No model was evaluated: the rows below are the baselines (the measurement's own error on real targets)."
@@ -122,8 +130,7 @@ def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None)
             f"they were before) {_f(se)}: " + ("the edit moves them towards the real change" if better
                                                else "the edit does not move them towards the real change"))
     if deform is not None:
-        text += (f"; the model-free deform baseline scores {_f(deform['structure_error'])} with ACC {_f(deform['acc'])}, "
-                 f"MAE {_f(deform['mae'])} pp")
+        text += f" (model-free deform baseline: {_f(deform['structure_error'])})"
     reasons.append(text + ".")
     reasons.append(f"Intensity change error {_f(m['change_error'])} (deform {_f(deform['change_error']) if deform else 'n/a'}; "
                    "no edit 1.00): against real and Poisson targets it is dominated by scan-to-scan intensity differences "
@@ -133,17 +140,32 @@ def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None)
     if vae:
         reasons.append(f"The model's autoencoder reconstructs {vae.get('split', 'validation')} slices at PSNR {_f(vae.get('psnr'))} dB, "
                        f"SSIM {_f(vae.get('ssim'), 3)} ({vae.get('slices')} slices): the ceiling of any edit that decodes whole images.")
-    if deform is not None and ok:
-        if m["acc"] < deform["acc"] and m["mae"] > deform["mae"]:
-            reasons.append("The model works, but the model-free deform baseline is still more accurate on these pairs.")
-    head = ("**Yes: the model does what the prompts say and keeps the scan.**" if ok
-            else "**Not yet: the model does not both follow the prompts and keep the scan (reasons below).**")
+    if deform is not None and math.isfinite(deform["mae"]):
+        better_acc, better_mae = m["acc"] > deform["acc"], m["mae"] < deform["mae"]
+        word = ("the model is more accurate" if better_acc and better_mae
+                else "the baseline is more accurate" if not better_acc and not better_mae and (m["acc"] < deform["acc"] or m["mae"] > deform["mae"])
+                else "neither is clearly more accurate")
+        reasons.append(f"Against the model-free deform baseline: ACC {_f(m['acc'])} vs {_f(deform['acc'])}, MAE {_f(m['mae'])} vs "
+                       f"{_f(deform['mae'])} pp: {word}.")
+    missed = [r for r in intervals or [] if math.isfinite(r["acc"]) and r["acc"] < MIN_INTERVAL_ACC]
+    if missed:
+        reasons.insert(0, "Missed: " + "; ".join(
+            f"{r['name']} (real targets {r['truth']:+.1f} %, model {r['model']:+.1f} %, ACC {_f(r['acc'])}, n={r['n']})"
+            for r in missed) + ".")
+    if ok and not missed:
+        head = "**Yes: the model does what the prompts say and keeps the scan.**"
+    elif ok:
+        head = ("**Partly: the model keeps the scan and moves the structures towards the real change, but misses "
+                + ", ".join(r["name"] for r in missed) + " (below).**")
+    else:
+        head = "**Not yet: the model does not both follow the prompts and keep the scan (reasons below).**"
     return head, reasons
 
 
-def interval_table(pairs: list[dict[str, Any]], kinds: tuple[str, ...]) -> list[str]:
-    """Per requested interval: how many structure changes, what the real targets did, what the
-    model and the deform baseline achieved (means over pooled pairs), and the model's ACC."""
+def interval_rows(pairs: list[dict[str, Any]], kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per requested interval (``"ventricle moderate"``): how many structure changes, what the real
+    targets did, what the model and the deform baseline achieved (means over pooled pairs, %), and
+    the model's ACC."""
     groups: dict[str, dict[str, list[float]]] = {}
     for p in pairs:
         if p["kind"] not in kinds:
@@ -162,11 +184,19 @@ def interval_table(pairs: list[dict[str, Any]], kinds: tuple[str, ...]) -> list[
         vals = [v for v in values or [] if isinstance(v, (int, float)) and math.isfinite(v)]
         return sum(vals) / len(vals) if vals else math.nan
 
+    return [{"name": name, "n": len(g.get("target", []) or g.get("deform", []) or g.get("model", [])),
+             "truth": mean(g.get("truth:target") or g.get("truth:deform") or g.get("truth:model")),
+             "model": mean(g.get("model")), "acc": mean(g.get("hit")), "deform": mean(g.get("deform"))}
+            for name, g in sorted(groups.items())]
+
+
+def interval_table(rows: list[dict[str, Any]]) -> list[str]:
+    """:func:`interval_rows` as a markdown table."""
+
+    def pct(x: float) -> str:
+        return f"{x:+.1f}" if math.isfinite(x) else "n/a"
+
     lines = ["| requested | n | real targets' rate (%) | model achieved (%) | model ACC | deform achieved (%) |", "|---|---|---|---|---|---|"]
-    for name, g in sorted(groups.items()):
-        n = len(g.get("target", []) or g.get("deform", []) or g.get("model", []))
-        truth = mean(g.get("truth:target") or g.get("truth:deform") or g.get("truth:model"))
-        lines.append(f"| {name} | {n} | {truth:+.1f} | " + (f"{mean(g.get('model')):+.1f}" if g.get("model") else "n/a")
-                     + f" | {_f(mean(g.get('hit'))) if g.get('hit') else 'n/a'} | "
-                     + (f"{mean(g.get('deform')):+.1f}" if g.get("deform") else "n/a") + " |")
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['n']} | {pct(r['truth'])} | {pct(r['model'])} | {_f(r['acc'])} | {pct(r['deform'])} |")
     return lines
