@@ -106,7 +106,7 @@ class IP2PModel:
 
     def __init__(self, model_dir: Path, device: str = "auto") -> None:
         from brainsynth_cli.structures import rules_from_text
-        from brainsynth_plugins.ip2p.training import quiet, resolve_device
+        from brainsynth_plugins.training_core.runtime import quiet, resolve_device
 
         self.path = Path(model_dir)
         self.info = check_model_dir(self.path)

@@ -19,21 +19,21 @@ from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress, TrainOptions
 from brainsynth_cli.limits import check_settings
 from brainsynth_cli.weights import refuse_pickled_weights
-from brainsynth_plugins.ip2p import state as ckpts
 from brainsynth_plugins.ip2p.data import PairsFolder, load_slice, read_pairs, trained_intervals, trained_prompts
 from brainsynth_plugins.ip2p.model import image_conditioning, residual_edit
 from brainsynth_plugins.ip2p.presets import COMMON, PRESETS, SETTINGS
-
-RUN_FILE = ckpts.RUN_FILE
-LOSS_FIELDS = ("stage", "step", "loss", "l1", "ssim", "kl", "gan", "lr")
+from brainsynth_plugins.training_core import checkpoints as ckpts
+from brainsynth_plugins.training_core import run_folder
+from brainsynth_plugins.training_core.batches import Batches
+from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
+from brainsynth_plugins.training_core.ema import EMA
+from brainsynth_plugins.training_core.runtime import quiet
+from brainsynth_plugins.training_core.trainer import StagedTrainer
 
 
 # ---------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------
-_parse_value = ckpts.parse_setting
-
-
 def build_config(options: TrainOptions) -> dict[str, Any]:
     """Preset + command-line options + ``--set`` overrides -> the run's full configuration."""
     ex = dict(options.extra)
@@ -65,16 +65,7 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     name = ex.get("text_encoder") or ("clip" if cfg["pretrained"] else "minilm")
     path = ex.get("text_encoder_path") or (cfg["pretrained"] if cfg["pretrained"] and name == "clip" else None)
     cfg["text_encoder"] = {"name": name, "path": str(path) if path else None}
-    for key, value in (ex.get("set") or {}).items():
-        head, _, tail = key.partition(".")
-        if head not in cfg or (tail and not isinstance(cfg[head], dict)):
-            known = ", ".join(sorted(k for k in cfg if k not in ("data", "text_encoder", "stage", "seed")))
-            raise UserError(f"--set {key}: unknown setting; known: {known} (model sizes as vae.KEY / unet.KEY)")
-        v = _parse_value(value) if isinstance(value, str) else value
-        if tail:
-            cfg[head][tail] = v
-        else:
-            cfg[head] = v
+    apply_overrides(cfg, ex.get("set") or {}, unlisted=("data", "text_encoder", "stage", "seed"))
     check_settings(cfg, SETTINGS, nested=("vae", "unet"))  # finite, in range, of the right type
     if cfg["vae"] is None and not cfg["pretrained"]:
         raise UserError("a model without pretrained weights needs vae/unet sizes; use preset tiny or base")
@@ -98,9 +89,6 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
-_is_empty = ckpts.is_empty_dir
-
-
 def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     """Validate everything (options, sizes, every image), then write ``checkpoints/run.json`` and
     run the requested stages; returns the model folder.
@@ -112,21 +100,17 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
     if options.resume:
-        cfg = ckpts.load_run(out)
-        if (out / "brainsynth.json").is_file():
-            raise InputError(out, "holds a finished model", "nothing to resume; train into a new folder")
-        ckpts.set_aside_unreadable(out, _warn)
+        cfg = run_folder.resume_run(out)
         pairs = read_pairs(cfg["data"])
     else:
         cfg = build_config(options)
         pairs = read_pairs(options.data)
-        if out.exists() and not out.is_dir():
-            raise InputError(out, "is a file", "give a folder name for the model")
+        run_folder.refuse_file(out)
         if cfg["stage"] == "unet" and not cfg["pretrained"] and not (out / "vae" / "config.json").is_file():
             raise InputError(out, "has no trained VAE (vae/) for --stage unet", "run --stage vae (or all) first, or start from --pretrained")
-        if cfg["stage"] != "unet" and not _is_empty(out):
-            raise InputError(out, "exists and is not empty", "give a new folder, or --resume to continue its training")
-        if cfg["stage"] == "unet" and (out / "brainsynth.json").exists():
+        if cfg["stage"] != "unet":
+            run_folder.refuse_not_empty(out)
+        if cfg["stage"] == "unet" and (out / run_folder.MODEL_INFO).exists():
             raise InputError(out, "already holds a trained model", "give a new folder")
     refuse_pickled_weights(cfg["pretrained"], strict=False)  # safetensors only, whatever the library's default
     trainer = Trainer(cfg, out, pairs, device=options.device, progress=progress)
@@ -136,28 +120,16 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     trainer.check()
     if not options.resume:
         _check_sizes(trainer, out)
-    if not options.resume:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        tmp = out / "checkpoints" / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
-        os.replace(tmp, out / "checkpoints" / RUN_FILE)
+        run_folder.write_run(out, cfg)
     return trainer.run(resume=options.resume)
 
 
-def _warn(message: str) -> None:
-    import sys
-
-    print(message, file=sys.stderr)
-
-
 def _check_sizes(trainer: Trainer, out: Path) -> None:
-    """Build the networks the run will train on torch's ``meta`` device (no memory, no weights):
-    sizes that do not fit together (``--set vae.*``/``unet.*``) fail here in one line."""
+    """Build the networks the run will train without memory or weights: sizes that do not fit
+    together (``--set vae.*``/``unet.*``) fail here in one line."""
     cfg = trainer.cfg
     if cfg["pretrained"] or cfg["vae"] is None:
         return
-    import torch
-
     quiet()
     vae = cfg["vae"]
     if cfg["stage"] == "unet":  # the VAE of an earlier --stage vae run
@@ -165,51 +137,18 @@ def _check_sizes(trainer: Trainer, out: Path) -> None:
             vae = json.loads((out / "vae" / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise InputError(out / "vae" / "config.json", "is not readable", "run --stage vae again") from None
-    try:
-        with torch.device("meta"):
-            if cfg["stage"] in ("vae", "all"):
-                trainer._new_vae()
-            if cfg["stage"] in ("unet", "all"):
-                factor = 2 ** (len(vae["block_out_channels"]) - 1)
-                trainer._new_unet(int(trainer.text_model.config.hidden_size), int(vae["latent_channels"]),
-                                  max(1, trainer.res // factor))
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, AssertionError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"the model sizes do not fit together ({first[:160]}); check the --set vae.*/unet.* values") from None
+    with sizes_must_fit():
+        if cfg["stage"] in ("vae", "all"):
+            trainer._new_vae()
+        if cfg["stage"] in ("unet", "all"):
+            factor = 2 ** (len(vae["block_out_channels"]) - 1)
+            trainer._new_unet(int(trainer.text_model.config.hidden_size), int(vae["latent_channels"]),
+                              max(1, trainer.res // factor))
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def quiet() -> None:
-    """Silence transformers/diffusers download bars and load reports."""
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise UserError("--device mps: MPS is not available; use --device cpu or auto")
-    if device not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unknown --device {device!r}; use auto, cpu, cuda or mps")
-    return device
-
-
 def ssim(a: Any, b: Any, window: int = 7, sigma: float = 1.5) -> Any:
     """Mean structural similarity of two image batches in [0, 1] (Gaussian window)."""
     import torch
@@ -256,33 +195,15 @@ def patch_discriminator(channels: int) -> Any:
     )
 
 
-class Batches:
-    """Batch ``k`` of an endless stream of per-epoch permutations: a pure function of (seed, k)."""
-
-    def __init__(self, n: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
-        self._perms: dict[int, list[int]] = {}
-
-    def _perm(self, epoch: int) -> list[int]:
-        import torch
-
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
-        return self._perms[epoch]
-
-    def __call__(self, k: int) -> list[int]:
-        start = (k * self.world + self.rank) * self.batch
-        return [self._perm(p // self.n)[p % self.n] for p in range(start, start + self.batch)]
-
-
 # ---------------------------------------------------------------------------------------------
 # the trainer
 # ---------------------------------------------------------------------------------------------
-class Trainer:
+class Trainer(StagedTrainer):
+    LOSS_FIELDS = ("stage", "step", "loss", "l1", "ssim", "kl", "gan", "lr")
+
     def __init__(self, cfg: dict[str, Any], out: Path, pairs: PairsFolder, *, device: str, progress: Progress) -> None:
-        self.cfg, self.out, self.pairs, self.progress = cfg, Path(out), pairs, progress
-        self.device_name = resolve_device(device)
+        super().__init__(cfg, out, device=device, progress=progress)
+        self.pairs = pairs
         self.res = int(cfg["resolution"])
         self.channels = int(cfg["channels"])
         self.train_pairs = pairs.split("train")
@@ -345,31 +266,6 @@ class Trainer:
             x = x.repeat(1, 3, 1, 1)
         return x * 2 - 1
 
-    def _accelerator(self) -> Any:
-        from accelerate import Accelerator
-
-        return Accelerator(mixed_precision=self.cfg["mixed_precision"], cpu=self.device_name == "cpu",
-                           gradient_accumulation_steps=int(self.cfg["gradient_accumulation"]))
-
-    def _log(self, row: dict[str, Any]) -> None:
-        ckpts.append_log(self.out / "logs" / "loss.csv", LOSS_FIELDS, row)
-
-    def _trim_log(self, stage: str, step: int) -> None:
-        """Drop log rows a killed run wrote after the checkpoint we resume from."""
-        ckpts.trim_log(self.out / "logs" / "loss.csv", LOSS_FIELDS, stage, step)
-
-    def _rng(self, gen: Any) -> dict[str, Any]:
-        return ckpts.rng_state(gen)
-
-    def _set_rng(self, gen: Any, rng: dict[str, Any]) -> None:
-        ckpts.set_rng_state(gen, rng)
-
-    def _scheduler(self, opt: Any, total: int, world: int, name: str | None = None) -> Any:
-        from diffusers.optimization import get_scheduler
-
-        return get_scheduler(name or self.cfg["lr_scheduler"], optimizer=opt, num_warmup_steps=int(self.cfg["warmup_steps"]) * world,
-                             num_training_steps=total * world)
-
     # -- run -----------------------------------------------------------------------------
     def run(self, resume: bool) -> Path:
         import torch
@@ -381,7 +277,7 @@ class Trainer:
         try:
             torch.manual_seed(int(self.cfg["seed"]))
             stages = list(ckpts.STAGES) if self.cfg["stage"] == "all" else [self.cfg["stage"]]
-            latest = ckpts.list_checkpoints(self.out)[-1] if resume and ckpts.list_checkpoints(self.out) else None
+            latest = ckpts.latest_checkpoint(self.out) if resume else None
             for stage in stages:
                 if stage == "vae" and (self.out / "vae" / "config.json").is_file() and resume:
                     continue  # finished before the interruption
@@ -427,19 +323,12 @@ class Trainer:
         opt = torch.optim.AdamW(vae.parameters(), lr=float(cfg["vae_lr"]))
         opt_d = torch.optim.AdamW(disc.parameters(), lr=float(cfg["vae_lr"]), betas=(0.5, 0.9)) if gan else None
         acc = self._accelerator()
-        sched = self._scheduler(opt, total, acc.num_processes, cfg.get("vae_lr_scheduler"))
+        sched = self._lr_scheduler(opt, total, acc.num_processes, cfg.get("vae_lr_scheduler"))
         gen = torch.Generator(device=acc.device).manual_seed(int(cfg["seed"]) * 7 + 1 + acc.process_index)
         step = 0
         if start is not None:
-            ck = ckpts.load_checkpoint(start)
-            vae.load_state_dict(ck["modules"]["model"])
-            opt.load_state_dict(ck["optimizers"]["model"])
-            if gan:
-                disc.load_state_dict(ck["modules"]["disc"])
-                opt_d.load_state_dict(ck["optimizers"]["disc"])
-            sched.load_state_dict(ck["state"]["scheduler"])
-            self._set_rng(gen, ck["rng"])
-            step = int(ck["state"]["step"])
+            step, _ = self._restore(start, {"model": vae, **({"disc": disc} if gan else {})},
+                                    {"model": opt, **({"disc": opt_d} if gan else {})}, sched, gen)
         vae.train()
         if gan:
             vae, disc, opt, opt_d, sched = acc.prepare(vae, disc, opt, opt_d, sched)
@@ -482,13 +371,11 @@ class Trainer:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
                     modules = {"model": acc.unwrap_model(vae).state_dict()}
-                    optims = {"model": opt.optimizer if hasattr(opt, "optimizer") else opt}
+                    optims = {"model": opt}
                     if gan:
                         modules["disc"] = acc.unwrap_model(disc).state_dict()
-                        optims["disc"] = opt_d.optimizer if hasattr(opt_d, "optimizer") else opt_d
-                    ckpts.save_checkpoint(self.out, "vae", step, modules=modules, optimizers=optims,
-                                          scheduler=sched.scheduler if hasattr(sched, "scheduler") else sched,
-                                          rng=self._rng(gen), extra={}, keep=int(cfg["checkpoints_total_limit"]))
+                        optims["disc"] = opt_d
+                    self._save_checkpoint("vae", step, modules, optims, sched, gen)
                     self.validate_vae(acc.unwrap_model(vae), step)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -621,7 +508,6 @@ class Trainer:
 
     def train_unet(self, start: ckpts.Checkpoint | None) -> None:
         import torch
-        import torch.nn.functional as F
         from diffusers import AutoencoderKL
 
         cfg = self.cfg
@@ -655,20 +541,15 @@ class Trainer:
         emb = self._embed(sorted({p.prompt for p in self.pairs.rows}) + [""], acc.device)
         weights = self._loss_weights(latents[self.train_pairs[0].prior].shape[-2:], acc.device)
         null = emb[""]
-        ema = ckpts.EMA(unet, float(cfg["ema_decay"])) if cfg["ema"] else None
+        ema = EMA(unet, float(cfg["ema_decay"])) if cfg["ema"] else None
         opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg["unet_lr"]))
-        sched = self._scheduler(opt, total, acc.num_processes)
+        sched = self._lr_scheduler(opt, total, acc.num_processes)
         gen = torch.Generator(device=acc.device).manual_seed(int(cfg["seed"]) * 7 + 2 + acc.process_index)
         step = 0
         if start is not None:
-            ck = ckpts.load_checkpoint(start)
-            unet.load_state_dict(ck["modules"]["model"])
-            opt.load_state_dict(ck["optimizers"]["model"])
-            sched.load_state_dict(ck["state"]["scheduler"])
+            step, ck = self._restore(start, {"model": unet}, {"model": opt}, sched, gen)
             if ema is not None:
                 ema.load(ck["modules"]["ema"], int(ck["state"]["ema_step"]))
-            self._set_rng(gen, ck["rng"])
-            step = int(ck["state"]["step"])
         unet.train()
         unet, opt, sched = acc.prepare(unet, opt, sched)
         batches = Batches(len(self.train_pairs), int(cfg["unet_batch_size"]), int(cfg["seed"]), acc.process_index, acc.num_processes)
@@ -719,11 +600,8 @@ class Trainer:
                     modules = {"model": acc.unwrap_model(unet).state_dict()}
                     if ema is not None:
                         modules["ema"] = ema.state_dict()
-                    ckpts.save_checkpoint(self.out, "unet", step, modules=modules,
-                                          optimizers={"model": opt.optimizer if hasattr(opt, "optimizer") else opt},
-                                          scheduler=sched.scheduler if hasattr(sched, "scheduler") else sched,
-                                          rng=self._rng(gen), extra={"ema_step": ema.step if ema else 0},
-                                          keep=int(cfg["checkpoints_total_limit"]))
+                    self._save_checkpoint("unet", step, modules, {"model": opt}, sched, gen,
+                                          extra={"ema_step": ema.step if ema else 0})
                     self.validate_unet(acc.unwrap_model(unet), vae, noise_sched, ema, step)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -769,7 +647,7 @@ class Trainer:
         finally:
             unet.train(was)
             if backup is not None:
-                ckpts.EMA.restore(unet, backup)
+                EMA.restore(unet, backup)
         (self.out / "validation").mkdir(parents=True, exist_ok=True)
         edit_montage(self.out / "validation" / f"unet-{step:07d}.png", rows,
                      title=f"validation edits after {step} UNet steps (residual decoding, no restriction)")

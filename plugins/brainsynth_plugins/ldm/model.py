@@ -134,7 +134,7 @@ class LDMModel:
     def __init__(self, model_dir: Path, device: str = "auto", *, text: tuple[Any, Any] | None = None) -> None:
         import torch
 
-        from brainsynth_plugins.ip2p.training import quiet, resolve_device
+        from brainsynth_plugins.training_core.runtime import quiet, resolve_device
 
         quiet()
         self.dir = Path(model_dir)

@@ -2,9 +2,9 @@
 
 Both stages run under Hugging Face accelerate (devices, mixed precision). Batches are a pure
 function of (seed, step), every random draw comes from a generator whose state is checkpointed
-(:mod:`brainsynth_plugins.ip2p.state`: safetensors + JSON, no pickle), and latents are computed
-once in a fixed order, so a run resumed with ``--resume`` ends with the weights of an
-uninterrupted one (same seed, CPU).
+(:mod:`brainsynth_plugins.training_core`, shared with ip2p: safetensors + JSON, no pickle), and
+latents are computed once in a fixed order, so a run resumed with ``--resume`` ends with the
+weights of an uninterrupted one (same seed, CPU).
 """
 
 from __future__ import annotations
@@ -20,18 +20,16 @@ from typing import Any
 from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress, TrainOptions
 from brainsynth_cli.limits import check_settings
-
-from brainsynth_plugins.ip2p import state as ckpts
 from brainsynth_plugins.ldm import nets
 from brainsynth_plugins.ldm.data import COVARIATES, TrainingSet, check_covariates, covariate_matrix, read_training_set
 from brainsynth_plugins.ldm.model import INFO, embed_text, load_text_encoder
 from brainsynth_plugins.ldm.presets import COMMON, PRESETS, SETTINGS
-
-RUN_FILE = ckpts.RUN_FILE
-LOSS_FIELDS = ("stage", "step", "loss", "l1", "kl", "lr")
-
-
-_parse_value = ckpts.parse_setting
+from brainsynth_plugins.training_core import checkpoints as ckpts
+from brainsynth_plugins.training_core import run_folder
+from brainsynth_plugins.training_core.batches import Batches
+from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
+from brainsynth_plugins.training_core.runtime import quiet
+from brainsynth_plugins.training_core.trainer import StagedTrainer
 
 
 def build_config(options: TrainOptions) -> dict[str, Any]:
@@ -75,16 +73,8 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
             cfg[key] = ex[key]
     te = ex.get("text_encoder") or "minilm"
     cfg["text_encoder"] = {"name": te, "path": str(ex["text_encoder_path"]) if ex.get("text_encoder_path") else None}
-    for key, value in (ex.get("set") or {}).items():
-        head, _, tail = key.partition(".")
-        if head not in cfg or head in ("data", "dim", "condition", "seed", "text_encoder", "epochs") or (tail and not isinstance(cfg[head], dict)):
-            known = ", ".join(sorted(k for k in cfg if k not in ("data", "dim", "condition", "seed", "text_encoder", "labels", "preset", "epochs")))
-            raise UserError(f"--set {key}: unknown setting; known: {known} (model sizes as vae.KEY / unet.KEY)")
-        v = _parse_value(value) if isinstance(value, str) else value
-        if tail:
-            cfg[head][tail] = v
-        else:
-            cfg[head] = v
+    apply_overrides(cfg, ex.get("set") or {}, fixed=("data", "dim", "condition", "seed", "text_encoder", "epochs"),
+                    unlisted=("labels", "preset"))
     check_settings(cfg, SETTINGS, nested=("vae", "unet", "noise"))  # finite, in range, of the right type
     cfg["resolution"] = int(cfg["resolution"])
     cfg["voxel_mm"] = float(cfg["voxel_mm"])
@@ -98,9 +88,6 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     return cfg
 
 
-_is_empty = ckpts.is_empty_dir
-
-
 def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     """Validate everything, then train both stages (or resume); returns the model folder.
 
@@ -110,70 +97,48 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
     if options.resume:
-        cfg = ckpts.load_run(out)
-        if (out / INFO).is_file():
-            raise InputError(out, "holds a finished model", "nothing to resume; train into a new folder")
-        ckpts.set_aside_unreadable(out, _warn)
+        cfg = run_folder.resume_run(out)
     else:
         cfg = build_config(options)
-        if out.exists() and not out.is_dir():
-            raise InputError(out, "is a file", "give a folder name for the model")
-        if not _is_empty(out):
-            raise InputError(out, "exists and is not empty", "give a new folder, or --resume to continue its training")
+        run_folder.refuse_file(out)
+        run_folder.refuse_not_empty(out)
     ts = read_training_set(cfg["data"], dim=cfg["dim"], resolution=cfg["resolution"], voxel_mm=cfg["voxel_mm"],
                            labels_dir=cfg.get("labels"), captions_per_image=int(cfg["captions_per_image"]))
     trainer = Trainer(cfg, out, ts, device=options.device, progress=progress)
     trainer.check()
     if not options.resume:
         _check_sizes(trainer)
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        tmp = out / "checkpoints" / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
-        os.replace(tmp, out / "checkpoints" / RUN_FILE)
+        run_folder.write_run(out, cfg)
     else:  # a stage that restarts from step 0 drops the log rows of the stopped run
         for stage in ckpts.STAGES:
             if stage == "vae" and (out / "vae" / "config.json").is_file():
                 continue
-            if trainer._latest(stage) is None:
-                ckpts.trim_log(out / "logs" / "loss.csv", LOSS_FIELDS, stage, 0)
+            if ckpts.latest_checkpoint(out, stage) is None:
+                trainer._trim_log(stage, 0)
             break
     return trainer.run()
 
 
-def _warn(message: str) -> None:
-    import sys
-
-    print(message, file=sys.stderr)
-
-
 def _check_sizes(trainer: Trainer) -> None:
-    """Build both networks on torch's ``meta`` device (no memory): sizes that do not fit together
-    (``--set vae.*``/``unet.*``) fail here, in one line, before anything is written."""
-    import torch
-
+    """Build both networks without memory: sizes that do not fit together (``--set vae.*``/``unet.*``)
+    fail here, in one line, before anything is written."""
     cfg = trainer.cfg
-    try:
-        with torch.device("meta"):
-            nets.build_vae(trainer.dim, {**cfg["vae"], "sample_size": cfg["resolution"]})
-            lat_ch = int(cfg["vae"]["latent_channels"])
-            hidden = cfg["text_encoder"].get("hidden_size") if trainer.text else None
-            nets.build_unet(trainer.dim, cfg["unet"], in_channels=lat_ch + nets.extra_channels(trainer.condition),
-                            out_channels=lat_ch, cross_attention_dim=nets.context_dim(trainer.condition, hidden),
-                            sample_size=max(1, cfg["resolution"] // nets.vae_factor(trainer.dim, cfg["vae"])))
-    except UserError:
-        raise
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, AssertionError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"the model sizes do not fit together ({first[:160]}); check the --set vae.*/unet.* values") from None
+    with sizes_must_fit():
+        nets.build_vae(trainer.dim, {**cfg["vae"], "sample_size": cfg["resolution"]})
+        lat_ch = int(cfg["vae"]["latent_channels"])
+        hidden = cfg["text_encoder"].get("hidden_size") if trainer.text else None
+        nets.build_unet(trainer.dim, cfg["unet"], in_channels=lat_ch + nets.extra_channels(trainer.condition),
+                        out_channels=lat_ch, cross_attention_dim=nets.context_dim(trainer.condition, hidden),
+                        sample_size=max(1, cfg["resolution"] // nets.vae_factor(trainer.dim, cfg["vae"])))
 
 
-class Trainer:
+class Trainer(StagedTrainer):
+    LOSS_FIELDS = ("stage", "step", "loss", "l1", "kl", "lr")
+
     def __init__(self, cfg: dict[str, Any], out: Path, ts: TrainingSet, *, device: str, progress: Progress) -> None:
-        from brainsynth_plugins.ip2p.training import quiet, resolve_device
-
         quiet()
-        self.cfg, self.out, self.ts, self.progress = cfg, Path(out), ts, progress
-        self.device_name = resolve_device(device)
+        super().__init__(cfg, out, device=device, progress=progress)
+        self.ts = ts
         self.dim, self.condition = cfg["dim"], cfg["condition"]
         self.text: tuple[Any, Any] | None = None
 
@@ -235,51 +200,12 @@ class Trainer:
         cov = np.where(np.isfinite(cov), cov, med[None])
         return torch.tensor([scale_covariates(info, row) for row in cov], dtype=torch.float32)
 
-    # -- machinery -----------------------------------------------------------------------
-    def _accelerator(self) -> Any:
-        from accelerate import Accelerator
-
-        return Accelerator(mixed_precision=self.cfg["mixed_precision"], cpu=self.device_name == "cpu")
-
-    def _log(self, row: dict[str, Any]) -> None:
-        ckpts.append_log(self.out / "logs" / "loss.csv", LOSS_FIELDS, row)
-
-    def _trim_log(self, stage: str, step: int) -> None:
-        ckpts.trim_log(self.out / "logs" / "loss.csv", LOSS_FIELDS, stage, step)
-
-    def _lr_scheduler(self, opt: Any, total: int) -> Any:
-        from diffusers.optimization import get_scheduler
-
-        return get_scheduler(self.cfg["lr_scheduler"], optimizer=opt, num_warmup_steps=int(self.cfg["warmup_steps"]),
-                             num_training_steps=total)
-
-    def _latest(self, stage: str) -> ckpts.Checkpoint | None:
-        found = [c for c in ckpts.list_checkpoints(self.out) if c.stage == stage]
-        return found[-1] if found else None
-
-    def _checkpoint(self, stage: str, step: int, model: Any, opt: Any, sched: Any, gen: Any) -> None:
-
-        rng = ckpts.rng_state(gen)
-        ckpts.save_checkpoint(self.out, stage, step, modules={"model": model.state_dict()},
-                              optimizers={"model": opt.optimizer if hasattr(opt, "optimizer") else opt},
-                              scheduler=sched.scheduler if hasattr(sched, "scheduler") else sched, rng=rng, extra={},
-                              keep=int(self.cfg["checkpoints_total_limit"]))
-
-    def _restore(self, ck: ckpts.Checkpoint, model: Any, opt: Any, sched: Any, gen: Any) -> int:
-
-        data = ckpts.load_checkpoint(ck)
-        model.load_state_dict(data["modules"]["model"])
-        opt.load_state_dict(data["optimizers"]["model"])
-        sched.load_state_dict(data["state"]["scheduler"])
-        ckpts.set_rng_state(gen, data["rng"])
-        return int(data["state"]["step"])
-
     # -- run -----------------------------------------------------------------------------
     def run(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         if not (self.out / "vae" / "config.json").is_file():
-            self.train_vae(self._latest("vae"))
-        self.train_unet(self._latest("unet"))
+            self.train_vae(ckpts.latest_checkpoint(self.out, "vae"))
+        self.train_unet(ckpts.latest_checkpoint(self.out, "unet"))
         shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
         return self.out
 
@@ -290,8 +216,6 @@ class Trainer:
     def train_vae(self, start: ckpts.Checkpoint | None) -> None:
         import torch
         import torch.nn.functional as F
-
-        from brainsynth_plugins.ip2p.training import Batches
 
         cfg = self.cfg
         total = int(cfg["vae_steps"])
@@ -304,7 +228,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(int(cfg["seed"]) * 7 + 1)
         step = 0
         if start is not None:
-            step = self._restore(start, vae, opt, sched, gen)
+            step, _ = self._restore(start, {"model": vae}, {"model": opt}, sched, gen)
             self._trim_log("vae", step)
         vae.train()
         vae, opt, sched = acc.prepare(vae, opt, sched)
@@ -329,7 +253,7 @@ class Trainer:
                        "lr": float(sched.get_last_lr()[0])})
             self.progress(step, total, f"stage 1 (autoencoder) L1 {float(l1.detach()):.4f}")
             if every > 0 and step % every == 0 and step < total:
-                self._checkpoint("vae", step, acc.unwrap_model(vae), opt, sched, gen)
+                self._save_checkpoint("vae", step, {"model": acc.unwrap_model(vae).state_dict()}, {"model": opt}, sched, gen)
         vae = acc.unwrap_model(vae).eval()
         with torch.no_grad():
             lat = torch.cat([nets.encode(vae, self.dim, images[i : i + 8].to(acc.device))[0] for i in range(0, min(64, len(images)), 8)])
@@ -372,8 +296,6 @@ class Trainer:
         import torch.nn.functional as F
         from diffusers import DDPMScheduler
 
-        from brainsynth_plugins.ip2p.training import Batches
-
         cfg = self.cfg
         total = int(cfg["unet_steps"])
         vae = nets.load(self.dim, "vae", self.out / "vae").eval()
@@ -407,7 +329,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(int(cfg["seed"]) * 7 + 2)
         step = 0
         if start is not None:
-            step = self._restore(start, unet, opt, sched, gen)
+            step, _ = self._restore(start, {"model": unet}, {"model": opt}, sched, gen)
             self._trim_log("unet", step)
         if cfg["gradient_checkpointing"] and hasattr(unet, "enable_gradient_checkpointing"):
             unet.enable_gradient_checkpointing()
@@ -445,7 +367,7 @@ class Trainer:
             self._log({"stage": "unet", "step": step, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])})
             self.progress(step, total, f"stage 2 (unet) loss {float(loss.detach()):.4f}")
             if every > 0 and step % every == 0 and step < total:
-                self._checkpoint("unet", step, acc.unwrap_model(unet), opt, sched, gen)
+                self._save_checkpoint("unet", step, {"model": acc.unwrap_model(unet).state_dict()}, {"model": opt}, sched, gen)
         unet = acc.unwrap_model(unet).eval()
         self.save_model(unet, noise, lat_ch, [int(s) for s in latents.shape[2:]], in_ch, ctx_dim)
         acc.free_memory()

@@ -1,12 +1,13 @@
 """Checkpoints without pickle: weights, optimizer state and RNG state as safetensors, the rest as JSON.
 
 A checkpoint is a folder ``MODEL/checkpoints/<stage>-<step>`` written to a temporary name and
-renamed when complete, so a run killed while saving leaves the previous checkpoint intact.
+renamed when complete, so a run killed while saving leaves the previous checkpoint intact. Before
+a resume, :func:`set_aside_unreadable` moves damaged latest checkpoints aside so the run goes on
+from the one before.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -33,6 +34,12 @@ def list_checkpoints(model_dir: Path) -> list[Checkpoint]:
             if d.is_dir() and stage in STAGES and step.isdigit() and (d / "state.json").is_file():
                 out.append(Checkpoint(d, stage, int(step)))
     return sorted(out, key=lambda c: (STAGES.index(c.stage), c.step))
+
+
+def latest_checkpoint(model_dir: Path, stage: str | None = None) -> Checkpoint | None:
+    """The last checkpoint (of ``stage``, or of any stage in training order), or None."""
+    found = [c for c in list_checkpoints(model_dir) if stage is None or c.stage == stage]
+    return found[-1] if found else None
 
 
 def _tensors(state: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +70,8 @@ def optimizer_join(tensors: dict[str, Any], groups: list[dict[str, Any]]) -> dic
 
 def save_checkpoint(model_dir: Path, stage: str, step: int, *, modules: dict[str, Any], optimizers: dict[str, Any],
                     scheduler: Any, rng: dict[str, Any], extra: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint ``<stage>-<step>`` (optimizers and scheduler may be accelerate's wrappers)
+    and delete all but the last ``keep`` of that stage."""
     from safetensors.torch import save_file
 
     root = Path(model_dir) / "checkpoints"
@@ -74,9 +83,10 @@ def save_checkpoint(model_dir: Path, stage: str, step: int, *, modules: dict[str
     for name, sd in modules.items():
         save_file(_tensors(sd), str(tmp / f"{name}.safetensors"))
     for name, opt in optimizers.items():
-        tensors, groups[name] = optimizer_split(opt)
+        tensors, groups[name] = optimizer_split(getattr(opt, "optimizer", opt))
         save_file(tensors, str(tmp / f"optimizer-{name}.safetensors"))
     save_file(_tensors(rng), str(tmp / "rng.safetensors"))
+    scheduler = getattr(scheduler, "scheduler", scheduler)
     state = {"stage": stage, "step": step, "scheduler": scheduler.state_dict(), "param_groups": groups, **extra}
     (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
     if final.exists():
@@ -102,67 +112,6 @@ def load_checkpoint(ckpt: Checkpoint) -> dict[str, Any]:
     return {"state": state, "modules": modules, "optimizers": optimizers, "rng": load_file(str(ckpt.path / "rng.safetensors"))}
 
 
-class EMA:
-    """Exponential moving average of a module's floating-point parameters (warm-up as in diffusers)."""
-
-    def __init__(self, module: Any, decay: float = 0.999) -> None:
-        self.decay = decay
-        self.step = 0
-        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items() if v.is_floating_point()}
-
-    def update(self, module: Any) -> None:
-        import torch
-
-        self.step += 1
-        d = min(self.decay, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            for k, v in module.state_dict().items():
-                if k in self.shadow:
-                    self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.shadow
-
-    def load(self, tensors: dict[str, Any], step: int) -> None:
-        self.shadow = {k: v.float().clone() for k, v in tensors.items()}
-        self.step = step
-
-    def apply_to(self, module: Any) -> dict[str, Any]:
-        """Copy the averages into ``module``; returns the weights it had (for :meth:`restore`)."""
-        backup = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        module.load_state_dict({**backup, **{k: v.to(backup[k].dtype) for k, v in self.shadow.items()}})
-        return backup
-
-    @staticmethod
-    def restore(module: Any, backup: dict[str, Any]) -> None:
-        module.load_state_dict(backup)
-
-
-# -- run files, loss log and RNG state, shared by the trainers ----------------------------------------
-def append_log(path: Path, fields: tuple[str, ...], row: dict[str, Any]) -> None:
-    """Append one row to a CSV loss log (header on first write; floats to 6 significant digits)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        if new:
-            w.writeheader()
-        w.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in fields})
-
-
-def trim_log(path: Path, fields: tuple[str, ...], stage: str, step: int) -> None:
-    """Drop log rows a killed run wrote after the checkpoint (``stage``, ``step``) we resume from."""
-    if not path.exists():
-        return
-    order = STAGES.index(stage)
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if STAGES.index(r["stage"]) < order or (r["stage"] == stage and int(r["step"]) <= step)]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def rng_state(gen: Any) -> dict[str, Any]:
     """torch's global RNG, the training generator's and (when present) CUDA's."""
     import torch
@@ -182,33 +131,6 @@ def set_rng_state(gen: Any, rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(rng["cuda"])
 
 
-RUN_FILE = "run.json"
-
-
-def is_empty_dir(d: Path) -> bool:
-    """Nothing in ``d`` but (maybe) the lock file of a run (see brainsynth_cli.outputs)."""
-    from brainsynth_cli.outputs import is_empty_folder
-
-    return is_empty_folder(d)
-
-
-def load_run(out: Path) -> dict[str, Any]:
-    """The settings of the training run in ``out`` (for --resume); one-line error when there is none."""
-    from brainsynth_cli.errors import InputError
-
-    run_file = out / "checkpoints" / RUN_FILE
-    if not run_file.is_file():
-        raise InputError(out, "has no training run to resume (no checkpoints/run.json)", "train without --resume")
-    try:
-        cfg = json.loads(run_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        cfg = None
-    if not isinstance(cfg, dict):
-        raise InputError(run_file, "is not a readable run file", "train into a new folder")
-    return cfg
-
-
-# -- damaged checkpoints ------------------------------------------------------------------------------
 def safetensors_problem(path: Path) -> str | None:
     """Why a safetensors file cannot be read (missing, truncated, bad header), or None. Reads the
     header only: the data must end exactly where the header says."""
@@ -279,12 +201,3 @@ def set_aside_unreadable(model_dir: Path, warn: Any) -> None:
         warn(f"brainsynth: warning: checkpoint {ck.path.name} is unreadable ({problem}); moved to {aside.name}, {then}")
 
 
-def parse_setting(text: str) -> Any:
-    """The value of a ``--set KEY=VALUE`` override: JSON if it parses, a comma list, else the text."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    if "," in text:
-        return [parse_setting(t.strip()) for t in text.split(",") if t.strip()]
-    return text
