@@ -48,3 +48,14 @@ def test_csv_manifest_relative_paths_and_dates(tmp_path):
 def test_bad_datasets(tmp_path, setup, needle):
     with pytest.raises(InputError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         read_dataset(setup(tmp_path))
+
+
+def test_labels_found_in_segment_layout_beside_their_sidecar_and_table(tmp_path):
+    """`segment --bids` writes *_desc-aseg_dseg.nii.gz with a .json and .tsv of the same name; the
+    older layout (*_dseg.nii.gz) is read too (test above)."""
+    touch(tmp_path / "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz")
+    anat = tmp_path / "derivatives/brainsynth-segment/sub-01/ses-1/anat"
+    for name in ("desc-aseg_dseg.nii.gz", "desc-aseg_dseg.json", "desc-aseg_dseg.tsv", "desc-aseg_qc.png"):
+        touch(anat / f"sub-01_ses-1_{name}")
+    ds = read_dataset(tmp_path, tmp_path / "derivatives/brainsynth-segment")
+    assert ds.sessions[0].labels == anat / "sub-01_ses-1_desc-aseg_dseg.nii.gz"
