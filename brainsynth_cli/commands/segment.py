@@ -538,7 +538,7 @@ def source_uri(image_path: str | Path, raw_root: str | None) -> str:
     return p.as_uri()
 
 
-def lookup_table(label_ids: Any, rules: "Rules") -> str:
+def lookup_table(label_ids: Any, rules: Rules) -> str:
     """BIDS ``dseg.tsv``: ``index``, ``name`` (FreeSurfer LUT names from the rules), ``color``
     (the QC picture's outline colours), for every label of the rules and every id present."""
     from brainsynth_cli.figures import label_colour
@@ -593,7 +593,7 @@ label maps of every session on the session's own grid, and structure volumes.
 """
 
 
-def _write_top_files(out_dir: Path, rules: "Rules", segmenter: str) -> None:
+def _write_top_files(out_dir: Path, rules: Rules, segmenter: str) -> None:
     """README, ``.bidsignore`` and ``sessions.json`` (what the volume columns mean)."""
     import json
 
