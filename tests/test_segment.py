@@ -134,6 +134,42 @@ def test_derivatives_pass_the_bids_validator(sim_cohort):
     assert report["summary"]["dataTypes"] == ["anat"] and len(report["summary"]["subjects"]) == 2
 
 
+def test_dataset_without_sessions_and_with_runs(sim_cohort, cli, tmp_path):
+    """No ses- level: outputs without a ses- entity, volumes in participants.tsv; two runs: the
+    last is taken and said; --run with another run into the same folder is refused."""
+    import shutil
+    import subprocess
+
+    data, _ = sim_cohort
+    raw = tmp_path / "raw"
+    (raw / "sub-001" / "anat").mkdir(parents=True)
+    shutil.copy(data / "dataset_description.json", raw)
+    for run, ses in ((1, "ses-01"), (2, "ses-02")):
+        shutil.copy(data / "sub-001" / ses / "anat" / f"sub-001_{ses}_T1w.nii.gz", raw / "sub-001" / "anat" / f"sub-001_run-{run}_T1w.nii.gz")
+    deriv = raw / "derivatives" / "brainsynth-segment"
+    r = cli("segment", raw, "--bids", "-o", deriv)
+    assert r.exit_code == 0, r.stderr
+    assert "2 T1w runs, took run-2" in r.stdout
+    anat = deriv / "sub-001" / "anat"
+    assert sorted(p.name for p in anat.iterdir()) == [f"sub-001_desc-aseg_{x}" for x in ("dseg.json", "dseg.nii.gz", "dseg.tsv", "qc.png")]
+    side = json.loads((anat / "sub-001_desc-aseg_dseg.json").read_text())
+    assert side["Sources"] == ["bids:raw:sub-001/anat/sub-001_run-2_T1w.nii.gz"]
+    assert json.loads((deriv / "dataset_description.json").read_text())["DatasetLinks"] == {"raw": "../.."}
+    rows = (deriv / "participants.tsv").read_text().splitlines()
+    assert rows[0].startswith("participant_id\tcortex_mm3") and rows[1].startswith("sub-001\t") and len(rows) == 2
+    assert not (deriv / "sessions.json").exists()
+    from brainsynth_cli.datasets import read_dataset
+
+    assert read_dataset(raw, deriv).sessions[0].labels == anat / "sub-001_desc-aseg_dseg.nii.gz"
+    r = cli("segment", raw, "--bids", "-o", deriv, "--run", "1")
+    assert r.exit_code == 2 and "run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    exe = shutil.which("bids-validator-deno")
+    if exe is not None:
+        run = subprocess.run([exe, str(deriv), "--format", "json"], check=False, capture_output=True, text=True, timeout=300)
+        errors = [(i["code"], i.get("location")) for i in json.loads(run.stdout)["issues"]["issues"] if i["severity"] == "error"]
+        assert errors == [], errors
+
+
 def test_old_layout_folder_is_refused(sim_cohort, cli, tmp_path):
     data, _ = sim_cohort
     old = tmp_path / "old" / "sub-001" / "ses-01" / "anat"

@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
         longitudinal: bool = typer.Option(True, "--longitudinal/--independent", help="With --bids: segment later sessions from the first one when the segmenter can."),
         rules: Optional[Path] = typer.Option(None, "--rules", help="TOML rules file defining structure groups (default: built-in)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="With --bids: redo finished sessions."),
+        run: str | None = typer.Option(None, "--run", help="With --bids: the T1w run to take where a session has several (default: the last)."),
     ) -> None:
         """Segment a T1w image (or every session of a dataset) into FreeSurfer aseg labels on the
         input grid, with structure volumes and a QC picture."""
@@ -71,8 +72,10 @@ def register(app: typer.Typer) -> None:
             if volumes is not None or qc is not None:
                 raise UserError("--volumes and --qc are for one image; with --bids each session gets *_dseg.json (volumes) and *_qc.png")
             segment_dataset(source, output, segmenter, options, jobs=jobs, longitudinal=longitudinal,
-                            rules=the_rules, overwrite=overwrite)
+                            rules=the_rules, overwrite=overwrite, run=run)
             return
+        if run is not None:
+            raise UserError("--run is for a dataset (with --bids)")
         if source.is_dir():
             raise InputError(source, "is a folder", "add --bids to segment a dataset, or give one image file")
         check_output(output, volumes, qc)
@@ -296,8 +299,8 @@ DESC = "aseg"
 def session_paths(root: Path, subject: str, session: str) -> dict[str, Path]:
     """A session's files in a derivatives folder: the label map (written last), its sidecar
     (BIDS metadata and volumes), its look-up table and the QC picture."""
-    folder = root / subject / session / "anat"
-    stem = f"{subject}_{session}_desc-{DESC}"
+    folder = root / subject / session / "anat" if session else root / subject / "anat"  # "": no session level
+    stem = f"{subject}_{session}_desc-{DESC}" if session else f"{subject}_desc-{DESC}"
     return {"labels": folder / f"{stem}_dseg.nii.gz", "sidecar": folder / f"{stem}_dseg.json",
             "lut": folder / f"{stem}_dseg.tsv", "qc": folder / f"{stem}_qc.png"}
 
@@ -318,7 +321,8 @@ def _raw_link(out_dir: Path, root: Path, kind: str) -> str:
     return root.resolve().as_uri()
 
 
-def _description(segmenter: str, options: dict[str, str], longitudinal: bool, source: str | None = None) -> dict[str, Any]:
+def _description(segmenter: str, options: dict[str, str], longitudinal: bool, source: str | None = None,
+                 run: str | None = None) -> dict[str, Any]:
     from brainsynth_cli import __version__
 
     out: dict[str, Any] = {
@@ -327,7 +331,8 @@ def _description(segmenter: str, options: dict[str, str], longitudinal: bool, so
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "brainsynth", "Version": __version__,
                          "Description": "brainsynth segment --bids: FreeSurfer aseg labels and structure volumes",
-                         "Segmenter": segmenter, "Options": dict(sorted(options.items())), "Longitudinal": longitudinal}],
+                         "Segmenter": segmenter, "Options": dict(sorted(options.items())), "Longitudinal": longitudinal,
+                         "Run": run or "last"}],
     }
     if source is not None:
         out["SourceDatasets"] = [{"URL": source}]
@@ -355,21 +360,21 @@ def _check_description(out_dir: Path, want: dict[str, Any], overwrite: bool) -> 
     if overwrite:
         return
     mine = want["GeneratedBy"][0]
-    for key in ("Segmenter", "Options", "Longitudinal"):
-        if gen.get(key) != mine[key]:
+    for key in ("Segmenter", "Options", "Longitudinal", "Run"):
+        if gen.get(key, "last" if key == "Run" else None) != mine[key]:
             raise InputError(out_dir, f"was made with {key.lower()} {gen.get(key)!r}, not {mine[key]!r}",
                              "use another output folder, the same settings, or --overwrite")
 
 
 def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[str, str], *, jobs: int = 1,
-                    longitudinal: bool = True, rules: "Rules", overwrite: bool = False) -> None:
+                    longitudinal: bool = True, rules: "Rules", overwrite: bool = False, run: str | None = None) -> None:
     """Segment every session of a dataset into a BIDS derivatives folder (resumable)."""
     from brainsynth_cli.datasets import read_dataset
     from brainsynth_cli.outputs import check_inside, locked_output, on_interrupt, refuse_overwriting_inputs
 
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "exists and is not a folder", "give a derivatives folder")
-    dataset = read_dataset(source)
+    dataset = read_dataset(source, run=run)
     check_derivatives_place(out_dir, dataset.root, dataset.kind)
     check_layout(out_dir)
     subjects = dataset.subjects()
@@ -383,7 +388,10 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
             for p in paths.values():
                 check_inside(p, out_dir)
             refuse_overwriting_inputs(paths.values(), inputs)
-    description = _description(segmenter, options, longitudinal, _raw_link(out_dir, dataset.root, dataset.kind))
+    description = _description(segmenter, options, longitudinal, _raw_link(out_dir, dataset.root, dataset.kind), run)
+    if dataset.notes:  # several runs in a session: say which was taken
+        more = f" (and {len(dataset.notes) - 1} more session(s) like it)" if len(dataset.notes) > 1 else ""
+        typer.echo(f"{dataset.notes[0]}{more}; --run LABEL takes another")
     raw_root = str(dataset.root.resolve()) if dataset.kind == "bids" else None
 
     def finished_any() -> bool:
@@ -560,9 +568,10 @@ def _write_session(out_dir: Path, subject: str, session: str, image_path: str, i
     paths = session_paths(out_dir, subject, session)
     source = source_uri(image_path, raw_root)
     how = f"from {from_session}'s labels (longitudinal)" if from_session else "independently"
+    who = f"{subject} {session}" if session else subject
     table = volume_table(labels, rules)
     sidecar = {
-        "Description": f"FreeSurfer aseg labels of {subject} {session} by brainsynth segment ({segmenter}), {how}; "
+        "Description": f"FreeSurfer aseg labels of {who} by brainsynth segment ({segmenter}), {how}; "
                        "look-up table in the _dseg.tsv beside it, volumes in mm^3 below",
         "Sources": [source], "SpatialReference": source,
         "subject": subject, "session": session, "image": str(image_path), "segmenter": segmenter,
@@ -589,24 +598,29 @@ label maps of every session on the session's own grid, and structure volumes.
   volumes in mm^3 per structure group (`structures_mm3`) and per label (`labels_mm3`);
 - `..._qc.png`: label outlines on three slices (listed in `.bidsignore`);
 - `sub-X/sub-X_sessions.tsv`: structure group volumes per session (columns in `sessions.json`);
+  for a dataset without sessions `participants.tsv` (columns in `participants.json`);
 - `volumes.tsv`: the same for every session of the dataset in one table (listed in `.bidsignore`).
 """
 
 
 def _write_top_files(out_dir: Path, rules: Rules, segmenter: str) -> None:
-    """README, ``.bidsignore`` and ``sessions.json`` (what the volume columns mean)."""
-    import json
-
+    """README and ``.bidsignore``."""
     from brainsynth_cli.images import atomic_write_text
 
     atomic_write_text(out_dir / "README.md", _readme(segmenter))
     atomic_write_text(out_dir / ".bidsignore", BIDSIGNORE)
-    columns: dict[str, Any] = {"Description": "structure group volumes per session, measured by brainsynth segment"}
+
+
+def _columns(rules: Rules, per: str) -> str:
+    """``sessions.json`` / ``participants.json``: what the volume columns mean."""
+    import json
+
+    columns: dict[str, Any] = {"Description": f"structure group volumes per {per}, measured by brainsynth segment"}
     for s in rules.structures:
         ids = ", ".join(str(i) for i in s.labels)
         columns[f"{s.name}_mm3"] = {"Description": f"volume of {s.name}: {s.help or s.name} (aseg labels {ids})",
                                     "Units": "mm^3"}
-    atomic_write_text(out_dir / "sessions.json", json.dumps(columns, indent=2) + "\n")
+    return json.dumps(columns, indent=2) + "\n"
 
 
 def _write_table(out_dir: Path, subjects: dict[str, list[Any]], rules: "Rules") -> None:
@@ -619,6 +633,8 @@ def _write_table(out_dir: Path, subjects: dict[str, list[Any]], rules: "Rules") 
     groups = rules.names()
     header = [f"{g}_mm3" for g in groups]
     lines = ["\t".join(["participant_id", "session_id", *header])]
+    participants = []  # subjects without a session level: their volumes go to participants.tsv
+    with_sessions = False
     for subject, sessions in subjects.items():
         rows = []
         for s in sessions:
@@ -626,9 +642,18 @@ def _write_table(out_dir: Path, subjects: dict[str, list[Any]], rules: "Rules") 
             if not p.is_file():
                 continue
             vols = json.loads(p.read_text(encoding="utf-8"))["structures_mm3"]
-            rows.append([s.session, *[f"{vols.get(g, 0.0):.4f}" for g in groups]])
-        if rows:
+            rows.append([s.session or "n/a", *[f"{vols.get(g, 0.0):.4f}" for g in groups]])
+        if rows and not sessions[0].session:
+            participants.append([subject, *rows[0][1:]])
+        elif rows:
             text = "\n".join("\t".join(r) for r in [["session_id", *header], *rows]) + "\n"
             atomic_write_text(out_dir / subject / f"{subject}_sessions.tsv", text)
+            with_sessions = True
         lines += ["\t".join([subject, *r]) for r in rows]
     atomic_write_text(out_dir / "volumes.tsv", "\n".join(lines) + "\n")
+    if with_sessions:
+        atomic_write_text(out_dir / "sessions.json", _columns(rules, "session"))
+    if participants:
+        text = "\n".join("\t".join(r) for r in [["participant_id", *header], *participants]) + "\n"
+        atomic_write_text(out_dir / "participants.tsv", text)
+        atomic_write_text(out_dir / "participants.json", _columns(rules, "participant (a dataset without sessions)"))
