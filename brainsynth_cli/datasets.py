@@ -5,7 +5,12 @@ BIDS layout read::
     DATASET/participants.tsv                         participant_id, age, sex (optional)
     DATASET/sub-X/sub-X_sessions.tsv                 session_id, age (or acq_time) (optional)
     DATASET/sub-X/ses-Y/anat/sub-X_ses-Y[_*]_T1w.nii[.gz]
-    LABELS/sub-X/ses-Y/anat/sub-X_ses-Y[_*]_dseg.nii[.gz]   (a derivatives folder)
+    DATASET/sub-X/anat/sub-X[_*]_T1w.nii[.gz]        (no session level: one session, ``session == ""``)
+    LABELS/sub-X/ses-Y/anat/sub-X_ses-Y[_*]_dseg.nii[.gz]   (a derivatives folder; sub-X/anat/... without sessions)
+
+Several runs of one T1w in a session (``..._run-1_T1w``, ``..._run-2_T1w``, the other entities
+equal): the last run, or the one ``run=`` names; ``Dataset.notes`` says which was taken. Files
+and folders matched by ``DATASET/.bidsignore`` (gitignore-style patterns) are not read.
 
 CSV manifest columns: ``subject, session, image`` and optionally ``labels, age, date, sex``;
 relative paths are relative to the CSV's folder.
@@ -30,7 +35,7 @@ class Session:
     """One scan of one subject."""
 
     subject: str  # BIDS label with prefix, e.g. "sub-001"
-    session: str  # e.g. "ses-01"
+    session: str  # e.g. "ses-01"; "" for a dataset without a session level
     image: Path
     labels: Path | None = None
     age: float | None = None
@@ -39,7 +44,7 @@ class Session:
 
     @property
     def key(self) -> str:
-        return f"{self.subject}_{self.session}"
+        return f"{self.subject}_{self.session}" if self.session else self.subject
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Dataset:
     root: Path
     kind: str  # "bids" or "csv"
     sessions: list[Session] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # choices a user should hear about (runs taken)
 
     def subjects(self) -> dict[str, list[Session]]:
         """Sessions per subject, ordered prior -> target."""
@@ -110,35 +116,117 @@ def bids_entity(value: str, prefix: str, where: Path, context: str = "") -> str:
 
 
 def find_labels(labels_dir: Path, subject: str, session: str) -> Path | None:
-    """The ``*_dseg.nii[.gz]`` of a session in a derivatives folder, if there is exactly one."""
-    folder = labels_dir / subject / session / "anat"
-    hits = sorted(p for p in folder.glob(f"{subject}_{session}*_dseg.nii*") if p.name.endswith((".nii", ".nii.gz")))
+    """The ``*_dseg.nii[.gz]`` of a session in a derivatives folder, if there is exactly one
+    (``session == ""``: ``sub-X/anat/sub-X*_dseg.nii[.gz]``)."""
+    folder = labels_dir / subject / session / "anat" if session else labels_dir / subject / "anat"
+    stem = f"{subject}_{session}" if session else subject
+    hits = sorted(p for p in folder.glob(f"{stem}*_dseg.nii*") if p.name.endswith((".nii", ".nii.gz")))
+    if not session:  # sub-X*_dseg also matches sub-X_ses-Y_..._dseg: not this level's
+        hits = [p for p in hits if "_ses-" not in p.name]
     if len(hits) > 1:
-        raise InputError(folder, f"holds {len(hits)} label maps for {subject} {session}", "keep one *_dseg.nii.gz per session")
+        raise InputError(folder, f"holds {len(hits)} label maps for {stem.replace('_', ' ')}", "keep one *_dseg.nii.gz per session")
     return hits[0] if hits else None
 
 
-def read_bids(root: Path, labels_dir: Path | None = None) -> Dataset:
+def read_bidsignore(root: Path) -> list[str]:
+    """Patterns of ``DATASET/.bidsignore`` (gitignore style; blank lines and ``#`` comments skipped)."""
+    path = root / ".bidsignore"
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def ignored(rel: str, patterns: list[str]) -> bool:
+    """Whether ``rel`` (a path relative to the dataset, ``/``-separated) or a folder above it
+    matches a ``.bidsignore`` pattern: ``/x`` anchored at the root, ``x/`` a folder, ``*`` within a
+    name, ``**`` across folders; a pattern without ``/`` matches a name at any depth."""
+    import fnmatch
+
+    parts = rel.strip("/").split("/")
+    for pat in patterns:
+        anchored = pat.startswith("/") or "/" in pat.rstrip("/")
+        body = pat.strip("/")
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            if anchored:
+                if fnmatch.fnmatchcase(prefix, body) or fnmatch.fnmatchcase(prefix, body.replace("**/", "")):
+                    return True
+            elif fnmatch.fnmatchcase(parts[i - 1], body):
+                return True
+    return False
+
+
+_RUN = re.compile(r"_run-([A-Za-z0-9]+)(?=_)")
+
+
+def pick_run(images: list[Path], where: Path, run: str | None, notes: list[str]) -> Path:
+    """One T1w of a session: the only one, or among runs of the same acquisition (names equal
+    but for ``_run-N``) the one ``run`` names, else the last run (natural order)."""
+    if len(images) == 1 and run is None:
+        return images[0]
+    runs = {}
+    for p in images:
+        m = _RUN.search(p.name)
+        runs[(m.group(1) if m else None, _RUN.sub("", p.name))] = p
+    rest = {k[1] for k in runs}
+    if len(images) > 1 and (len(rest) > 1 or any(k[0] is None for k in runs)):
+        names = ", ".join(p.name for p in images[:3]) + (" ..." if len(images) > 3 else "")
+        raise InputError(where, f"holds {len(images)} T1w images that are not runs of one acquisition ({names})",
+                         "keep one T1w per session, or list the scans in a CSV manifest")
+    by_run = {k[0]: p for k, p in runs.items() if k[0] is not None}
+    if run is not None:
+        label = run.removeprefix("run-")
+        if label not in by_run:
+            if not by_run and len(images) == 1:
+                return images[0]  # a session with one scan and no run entity
+            raise InputError(where, f"has no run-{label} T1w (runs: {', '.join('run-' + r for r in sorted(by_run, key=_natural)) or 'none'})",
+                             "give a run every session has, or leave --run out to take the last run")
+        return by_run[label]
+    last = max(by_run, key=_natural)
+    notes.append(f"{where}: {len(by_run)} T1w runs, took run-{last}")
+    return by_run[last]
+
+
+def _t1w_images(folder: Path, stem: str, root: Path, patterns: list[str]) -> list[Path]:
+    hits = sorted(p for p in folder.glob(f"{stem}_*T1w.nii*") if p.name.endswith(("_T1w.nii", "_T1w.nii.gz")))
+    if stem.count("_") == 0:  # sub-X/anat: sub-X*_T1w without a session entity
+        hits = [p for p in hits if "_ses-" not in p.name]
+    return [p for p in hits if not ignored(p.relative_to(root).as_posix(), patterns)]
+
+
+def read_bids(root: Path, labels_dir: Path | None = None, run: str | None = None) -> Dataset:
     participants = {_prefixed(r.get("participant_id", ""), "sub-"): r for r in _read_tsv(root / "participants.tsv")}
     ds = Dataset(root=root, kind="bids")
+    patterns = read_bidsignore(root)
     for sub_dir in sorted(root.glob("sub-*")):
-        if not sub_dir.is_dir():
+        if not sub_dir.is_dir() or ignored(sub_dir.name, patterns):
             continue
         subject = bids_entity(sub_dir.name, "sub-", sub_dir)
         info = {(_prefixed(r.get("session_id", ""), "ses-")): r for r in _read_tsv(sub_dir / f"{subject}_sessions.tsv")}
-        sex = (participants.get(subject) or {}).get("sex") or None
-        for ses_dir in sorted(sub_dir.glob("ses-*")):
-            if not ses_dir.is_dir():
-                continue
+        participant = participants.get(subject) or {}
+        sex = participant.get("sex") or None
+        ses_dirs = [d for d in sorted(sub_dir.glob("ses-*")) if d.is_dir() and not ignored(d.relative_to(root).as_posix(), patterns)]
+        if not ses_dirs:  # no session level: one session, named "" (no ses- entity in outputs)
+            images = _t1w_images(sub_dir / "anat", subject, root, patterns)
+            if images:
+                ds.sessions.append(Session(
+                    subject=subject, session="", image=pick_run(images, sub_dir / "anat", run, ds.notes),
+                    labels=find_labels(labels_dir, subject, "") if labels_dir else None,
+                    age=_float(participant.get("age")), sex=sex,
+                ))
+            continue
+        for ses_dir in ses_dirs:
             session = bids_entity(ses_dir.name, "ses-", ses_dir)
-            images = sorted(p for p in (ses_dir / "anat").glob(f"{subject}_{session}*_T1w.nii*") if p.name.endswith((".nii", ".nii.gz")))
+            images = _t1w_images(ses_dir / "anat", f"{subject}_{session}", root, patterns)
             if not images:
                 continue
-            if len(images) > 1:
-                raise InputError(ses_dir / "anat", f"holds {len(images)} T1w images", "keep one T1w per session (or use a CSV manifest)")
             row = info.get(session, {})
             ds.sessions.append(Session(
-                subject=subject, session=session, image=images[0],
+                subject=subject, session=session, image=pick_run(images, ses_dir / "anat", run, ds.notes),
                 labels=find_labels(labels_dir, subject, session) if labels_dir else None,
                 age=_float(row.get("age")), date=(row.get("acq_time") or None), sex=sex,
             ))
@@ -176,16 +264,19 @@ def read_manifest(path: Path, labels_dir: Path | None = None) -> Dataset:
     return ds
 
 
-def read_dataset(path: str | os.PathLike[str], labels_dir: str | os.PathLike[str] | None = None) -> Dataset:
-    """Read a BIDS tree (a folder) or a CSV manifest (a .csv file); refuse an empty one."""
+def read_dataset(path: str | os.PathLike[str], labels_dir: str | os.PathLike[str] | None = None,
+                 run: str | None = None) -> Dataset:
+    """Read a BIDS tree (a folder) or a CSV manifest (a .csv file); refuse an empty one.
+    ``run``: which run to take where a session has several T1w runs (default: the last)."""
     p = Path(path)
     lab = Path(labels_dir) if labels_dir is not None else None
     if lab is not None and not lab.is_dir():
         raise InputError(lab, "labels folder not found", "give the derivatives folder that holds sub-*/ses-*/anat/*_dseg.nii.gz")
     if p.is_dir():
-        ds = read_bids(p, lab)
+        ds = read_bids(p, lab, run)
         if not ds.sessions:
-            raise InputError(p, "holds no sub-*/ses-*/anat/*_T1w.nii[.gz] images", "point at a BIDS dataset or a CSV manifest")
+            raise InputError(p, "holds no sub-*/ses-*/anat/*_T1w.nii[.gz] (or sub-*/anat/*_T1w.nii[.gz]) images",
+                             "point at a BIDS dataset or a CSV manifest")
     elif p.is_file() and p.suffix.lower() == ".csv":
         ds = read_manifest(p, lab)
         if not ds.sessions:

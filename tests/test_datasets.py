@@ -48,3 +48,52 @@ def test_csv_manifest_relative_paths_and_dates(tmp_path):
 def test_bad_datasets(tmp_path, setup, needle):
     with pytest.raises(InputError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         read_dataset(setup(tmp_path))
+
+
+def test_labels_found_in_segment_layout_beside_their_sidecar_and_table(tmp_path):
+    """`segment --bids` writes *_desc-aseg_dseg.nii.gz with a .json and .tsv of the same name; the
+    older layout (*_dseg.nii.gz) is read too (test above)."""
+    touch(tmp_path / "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz")
+    anat = tmp_path / "derivatives/brainsynth-segment/sub-01/ses-1/anat"
+    for name in ("desc-aseg_dseg.nii.gz", "desc-aseg_dseg.json", "desc-aseg_dseg.tsv", "desc-aseg_qc.png"):
+        touch(anat / f"sub-01_ses-1_{name}")
+    ds = read_dataset(tmp_path, tmp_path / "derivatives/brainsynth-segment")
+    assert ds.sessions[0].labels == anat / "sub-01_ses-1_desc-aseg_dseg.nii.gz"
+
+
+def test_bids_without_sessions_runs_and_bidsignore(tmp_path):
+    """No ses- level: one session named "" per subject; several runs: the last (noted) or --run;
+    .bidsignore'd folders and files are not read."""
+    touch(tmp_path / "sub-01/anat/sub-01_run-1_T1w.nii.gz")
+    touch(tmp_path / "sub-01/anat/sub-01_run-2_T1w.nii.gz")
+    touch(tmp_path / "sub-01/anat/sub-01_run-10_T1w.nii.gz")
+    touch(tmp_path / "sub-02/ses-1/anat/sub-02_ses-1_acq-a_T1w.nii.gz")
+    touch(tmp_path / "sub-02/ses-1/anat/sub-02_ses-1_acq-b_T1w.nii.gz")  # not runs: refused unless ignored
+    touch(tmp_path / "sub-03/ses-1/anat/sub-03_ses-1_T1w.nii.gz")
+    touch(tmp_path / "sub-03/ses-1/anat/sub-03_ses-1_acq-old_T1w.nii.gz")
+    touch(tmp_path / "derivatives/seg/sub-01/anat/sub-01_desc-aseg_dseg.nii.gz")
+    with pytest.raises(InputError, match="not runs of one acquisition"):
+        read_dataset(tmp_path)
+    (tmp_path / ".bidsignore").write_text("# comment\nsub-02/\n*_acq-old_T1w.nii.gz\n")
+    ds = read_dataset(tmp_path, tmp_path / "derivatives/seg")
+    subjects = ds.subjects()
+    assert list(subjects) == ["sub-01", "sub-03"]
+    one = subjects["sub-01"][0]
+    assert one.session == "" and one.key == "sub-01" and one.image.name == "sub-01_run-10_T1w.nii.gz"
+    assert one.labels.name == "sub-01_desc-aseg_dseg.nii.gz"
+    assert ds.notes == [f"{tmp_path / 'sub-01/anat'}: 3 T1w runs, took run-10"]
+    assert subjects["sub-03"][0].image.name == "sub-03_ses-1_T1w.nii.gz"
+    ds = read_dataset(tmp_path, run="run-1")
+    assert ds.subjects()["sub-01"][0].image.name == "sub-01_run-1_T1w.nii.gz" and ds.notes == []
+    with pytest.raises(InputError, match="no run-7 T1w"):
+        read_dataset(tmp_path, run="7")
+
+
+def test_bidsignore_patterns():
+    from brainsynth_cli.datasets import ignored
+
+    assert ignored("sub-02/ses-1/anat/x_T1w.nii.gz", ["sub-02/"])
+    assert ignored("sub-01/anat/sub-01_qc.png", ["*_qc.png"])
+    assert ignored("volumes.tsv", ["/volumes.tsv"]) and not ignored("sub-01/volumes.tsv", ["/volumes.tsv"])
+    assert ignored("sub-01/ses-1/anat/a.nii", ["sub-01/**/a.nii"])
+    assert not ignored("sub-01/anat/sub-01_T1w.nii.gz", ["*_qc.png", "sub-02/"])

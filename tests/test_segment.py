@@ -52,7 +52,7 @@ def test_atlas_dice_on_simulated_cohort(sim_cohort):
     data, deriv = sim_cohort
     for sub in ("sub-001", "sub-002"):
         for ses in ("ses-01", "ses-02"):
-            labels = read_labels(deriv / sub / ses / "anat" / f"{sub}_{ses}_dseg.nii.gz")
+            labels = read_labels(deriv / sub / ses / "anat" / f"{sub}_{ses}_desc-aseg_dseg.nii.gz")
             image = read_volume(next((data / sub / ses / "anat").glob("*_T1w.nii.gz")))
             assert labels.shape == image.shape
             np.testing.assert_allclose(labels.affine, image.affine)
@@ -70,14 +70,14 @@ def test_dataset_layout_volumes_and_resume(sim_cohort, cli):
     rows = (deriv / "volumes.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:3] == ["participant_id", "session_id", "cortex_mm3"]
     assert len(rows) == 1 + 4
-    vol = json.loads((deriv / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_volumes.json").read_text())
-    labels = read_labels(deriv / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_dseg.nii.gz").data
+    vol = json.loads((deriv / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_desc-aseg_dseg.json").read_text())
+    labels = read_labels(deriv / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_desc-aseg_dseg.nii.gz").data
     assert vol["structures_mm3"]["ventricle"] == pytest.approx(np.isin(labels, (4, 5, 43, 44)).sum() * 8.0)
-    assert (deriv / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_qc.png").is_file()
+    assert (deriv / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_desc-aseg_qc.png").is_file()
     desc = json.loads((deriv / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Segmenter"] == "atlas"
     # a re-run skips every finished session and leaves the files as they were
-    target = deriv / "sub-002" / "ses-02" / "anat" / "sub-002_ses-02_dseg.nii.gz"
+    target = deriv / "sub-002" / "ses-02" / "anat" / "sub-002_ses-02_desc-aseg_dseg.nii.gz"
     before = (target.stat().st_mtime_ns, target.read_bytes())
     r = cli("segment", data, "--bids", "-o", deriv)
     assert r.exit_code == 0, r.stderr
@@ -88,16 +88,119 @@ def test_dataset_layout_volumes_and_resume(sim_cohort, cli):
     assert r.exit_code == 2 and "longitudinal" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_derivatives_are_bids(sim_cohort):
+    """The layout BIDS derivatives ask for: a look-up table and a sidecar beside every label map,
+    units in the NIfTI header, volumes per session in sub-X_sessions.tsv."""
+    import nibabel as nib
+
+    data, deriv = sim_cohort
+    anat = deriv / "sub-001" / "ses-02" / "anat"
+    img = nib.load(anat / "sub-001_ses-02_desc-aseg_dseg.nii.gz")
+    assert img.header.get_xyzt_units() == ("mm", "sec")
+    lut = list(csv.DictReader((anat / "sub-001_ses-02_desc-aseg_dseg.tsv").read_text().splitlines(), delimiter="\t"))
+    assert list(lut[0]) == ["index", "name", "color"]
+    names = {int(r["index"]): r["name"] for r in lut}
+    assert names[0] == "Unknown" and names[4] == "Left-Lateral-Ventricle" and names[42] == "Right-Cerebral-Cortex"
+    assert set(np.unique(np.asarray(img.dataobj)).tolist()) <= set(names)
+    assert all(len(r["color"]) == 7 and r["color"].startswith("#") for r in lut)
+    side = json.loads((anat / "sub-001_ses-02_desc-aseg_dseg.json").read_text())
+    assert side["Sources"] == ["bids:raw:sub-001/ses-02/anat/sub-001_ses-02_T1w.nii.gz"] and side["from_session"] == "ses-01"
+    desc = json.loads((deriv / "dataset_description.json").read_text())
+    assert desc["DatasetLinks"]["raw"] == data.resolve().as_uri() == desc["SourceDatasets"][0]["URL"]
+    rows = list(csv.DictReader((deriv / "sub-001" / "sub-001_sessions.tsv").read_text().splitlines(), delimiter="\t"))
+    assert [r["session_id"] for r in rows] == ["ses-01", "ses-02"]
+    assert float(rows[1]["ventricle_mm3"]) == pytest.approx(side["structures_mm3"]["ventricle"], abs=1e-3)
+    assert set(json.loads((deriv / "sessions.json").read_text())) >= {f"{k}_mm3" for k in side["structures_mm3"]}
+    assert "*_qc.png" in (deriv / ".bidsignore").read_text().splitlines()
+
+
+def test_derivatives_pass_the_bids_validator(sim_cohort):
+    """`bids-validator-deno` (the schema-based BIDS validator; in the dev extra) finds no error."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("bids-validator-deno")
+    if exe is None:
+        pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
+    _, deriv = sim_cohort
+    run = subprocess.run([exe, str(deriv), "--format", "json"], check=False, capture_output=True, text=True, timeout=300)
+    report = json.loads(run.stdout)
+    issues = report["issues"]["issues"]
+    errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
+    assert errors == [], errors
+    warnings = {i["code"] for i in issues if i["severity"] == "warning"}
+    assert not warnings & {"NIFTI_UNIT", "SIDECAR_KEY_RECOMMENDED", "README_FILE_MISSING",
+                           "TSV_ADDITIONAL_COLUMNS_UNDEFINED"}, warnings
+    assert report["summary"]["dataTypes"] == ["anat"] and len(report["summary"]["subjects"]) == 2
+
+
+def test_dataset_without_sessions_and_with_runs(sim_cohort, cli, tmp_path):
+    """No ses- level: outputs without a ses- entity, volumes in participants.tsv; two runs: the
+    last is taken and said; --run with another run into the same folder is refused."""
+    import shutil
+    import subprocess
+
+    data, _ = sim_cohort
+    raw = tmp_path / "raw"
+    (raw / "sub-001" / "anat").mkdir(parents=True)
+    shutil.copy(data / "dataset_description.json", raw)
+    for run, ses in ((1, "ses-01"), (2, "ses-02")):
+        shutil.copy(data / "sub-001" / ses / "anat" / f"sub-001_{ses}_T1w.nii.gz", raw / "sub-001" / "anat" / f"sub-001_run-{run}_T1w.nii.gz")
+    deriv = raw / "derivatives" / "brainsynth-segment"
+    r = cli("segment", raw, "--bids", "-o", deriv)
+    assert r.exit_code == 0, r.stderr
+    assert "2 T1w runs, took run-2" in r.stdout
+    anat = deriv / "sub-001" / "anat"
+    assert sorted(p.name for p in anat.iterdir()) == [f"sub-001_desc-aseg_{x}" for x in ("dseg.json", "dseg.nii.gz", "dseg.tsv", "qc.png")]
+    side = json.loads((anat / "sub-001_desc-aseg_dseg.json").read_text())
+    assert side["Sources"] == ["bids:raw:sub-001/anat/sub-001_run-2_T1w.nii.gz"]
+    assert json.loads((deriv / "dataset_description.json").read_text())["DatasetLinks"] == {"raw": "../.."}
+    rows = (deriv / "participants.tsv").read_text().splitlines()
+    assert rows[0].startswith("participant_id\tcortex_mm3") and rows[1].startswith("sub-001\t") and len(rows) == 2
+    assert not (deriv / "sessions.json").exists()
+    from brainsynth_cli.datasets import read_dataset
+
+    assert read_dataset(raw, deriv).sessions[0].labels == anat / "sub-001_desc-aseg_dseg.nii.gz"
+    r = cli("segment", raw, "--bids", "-o", deriv, "--run", "1")
+    assert r.exit_code == 2 and "run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    exe = shutil.which("bids-validator-deno")
+    if exe is not None:
+        run = subprocess.run([exe, str(deriv), "--format", "json"], check=False, capture_output=True, text=True, timeout=300)
+        errors = [(i["code"], i.get("location")) for i in json.loads(run.stdout)["issues"]["issues"] if i["severity"] == "error"]
+        assert errors == [], errors
+
+
+def test_old_layout_folder_is_refused(sim_cohort, cli, tmp_path):
+    data, _ = sim_cohort
+    old = tmp_path / "old" / "sub-001" / "ses-01" / "anat"
+    old.mkdir(parents=True)
+    (old / "sub-001_ses-01_volumes.json").write_text("{}")
+    r = cli("segment", data, "--bids", "-o", tmp_path / "old")
+    assert r.exit_code == 2 and "older brainsynth layout" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_sources_are_bids_uris_or_file_uris(tmp_path):
+    from brainsynth_cli.commands.segment import _raw_link, source_uri
+
+    raw = tmp_path / "raw"
+    img = raw / "sub-1" / "ses-1" / "anat" / "sub-1_ses-1_T1w.nii.gz"
+    assert source_uri(img, str(raw.resolve())) == "bids:raw:sub-1/ses-1/anat/sub-1_ses-1_T1w.nii.gz"
+    assert source_uri(tmp_path / "elsewhere.nii.gz", str(raw.resolve())) == (tmp_path / "elsewhere.nii.gz").resolve().as_uri()
+    assert source_uri(img, None) == img.resolve().as_uri()  # a CSV manifest's image
+    assert _raw_link(raw / "derivatives" / "brainsynth-segment", raw, "bids") == "../.."
+    assert _raw_link(tmp_path / "out", raw, "bids") == raw.resolve().as_uri()
+
+
 def test_resumed_subject_is_redone_byte_for_byte(sim_cohort, cli):
     """Longitudinal mode redoes a subject with a missing session as a whole; deterministic."""
     data, deriv = sim_cohort
     anat = {ses: deriv / "sub-001" / ses / "anat" for ses in ("ses-01", "ses-02")}
-    before = {ses: (a / f"sub-001_{ses}_dseg.nii.gz").read_bytes() for ses, a in anat.items()}
-    (anat["ses-02"] / "sub-001_ses-02_dseg.nii.gz").unlink()
+    before = {ses: (a / f"sub-001_{ses}_desc-aseg_dseg.nii.gz").read_bytes() for ses, a in anat.items()}
+    (anat["ses-02"] / "sub-001_ses-02_desc-aseg_dseg.nii.gz").unlink()
     r = cli("segment", data, "--bids", "-o", deriv)
     assert r.exit_code == 0, r.stderr
     assert "segmented 1 subject(s)" in r.stdout and "(2 session(s) already done)" in r.stdout
-    after = {ses: (a / f"sub-001_{ses}_dseg.nii.gz").read_bytes() for ses, a in anat.items()}
+    after = {ses: (a / f"sub-001_{ses}_desc-aseg_dseg.nii.gz").read_bytes() for ses, a in anat.items()}
     assert after == before
 
 
@@ -155,7 +258,7 @@ def test_change_rates_follow_the_truth(sim_cohort):
     for sub in ("sub-001", "sub-002"):
         vols = {}
         for ses in ("ses-01", "ses-02"):
-            doc = json.loads((deriv / sub / ses / "anat" / f"{sub}_{ses}_volumes.json").read_text())
+            doc = json.loads((deriv / sub / ses / "anat" / f"{sub}_{ses}_desc-aseg_dseg.json").read_text())
             vols[ses] = doc["structures_mm3"]["ventricle"]
         est = change_rate(vols["ses-01"], vols["ses-02"])
         truth = float(_realised(data, sub)["ses-02"]["ventricle_rate_pv"])

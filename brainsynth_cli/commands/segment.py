@@ -4,10 +4,13 @@ Two forms, generic over the segmenter registry (``--segmenter NAME``, options wi
 ``--option KEY=VALUE``):
 
 - one image: ``brainsynth segment T1.nii.gz -o LABELS.nii.gz [--volumes V.csv|.json] [--qc QC.png]``
-- a dataset: ``brainsynth segment DATASET --bids -o DERIVATIVES [--jobs N]`` writes
-  ``DERIVATIVES/sub-X/ses-Y/anat/sub-X_ses-Y_dseg.nii.gz`` (what ``--labels`` of the other
-  commands reads), ``*_volumes.json`` and ``*_qc.png`` next to it, ``volumes.tsv`` and
-  ``dataset_description.json`` at the top. Finished sessions are skipped on a re-run.
+- a dataset: ``brainsynth segment DATASET --bids -o DERIVATIVES [--jobs N]`` writes a BIDS
+  derivative dataset (it passes the BIDS validator):
+  ``DERIVATIVES/sub-X/ses-Y/anat/sub-X_ses-Y_desc-aseg_dseg.nii.gz`` (what ``--labels`` of the
+  other commands reads) with its sidecar ``_dseg.json`` (BIDS metadata and the volumes),
+  look-up table ``_dseg.tsv`` and ``_qc.png`` next to it, ``sub-X/sub-X_sessions.tsv`` (volumes
+  per session), and ``dataset_description.json``, ``README.md``, ``sessions.json``,
+  ``.bidsignore`` and ``volumes.tsv`` at the top. Finished sessions are skipped on a re-run.
 
 When the segmenter offers ``segment_followup(image, prior_image, prior_labels, progress)``
 (the ``atlas`` segmenter does), later sessions of a subject are segmented from the first
@@ -53,6 +56,7 @@ def register(app: typer.Typer) -> None:
         longitudinal: bool = typer.Option(True, "--longitudinal/--independent", help="With --bids: segment later sessions from the first one when the segmenter can."),
         rules: Optional[Path] = typer.Option(None, "--rules", help="TOML rules file defining structure groups (default: built-in)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="With --bids: redo finished sessions."),
+        run: str | None = typer.Option(None, "--run", help="With --bids: the T1w run to take where a session has several (default: the last)."),
     ) -> None:
         """Segment a T1w image (or every session of a dataset) into FreeSurfer aseg labels on the
         input grid, with structure volumes and a QC picture."""
@@ -66,10 +70,12 @@ def register(app: typer.Typer) -> None:
         spec = _spec(segmenter)
         if bids:
             if volumes is not None or qc is not None:
-                raise UserError("--volumes and --qc are for one image; with --bids each session gets *_volumes.json and *_qc.png")
+                raise UserError("--volumes and --qc are for one image; with --bids each session gets *_dseg.json (volumes) and *_qc.png")
             segment_dataset(source, output, segmenter, options, jobs=jobs, longitudinal=longitudinal,
-                            rules=the_rules, overwrite=overwrite)
+                            rules=the_rules, overwrite=overwrite, run=run)
             return
+        if run is not None:
+            raise UserError("--run is for a dataset (with --bids)")
         if source.is_dir():
             raise InputError(source, "is a folder", "add --bids to segment a dataset, or give one image file")
         check_output(output, volumes, qc)
@@ -273,37 +279,65 @@ def write_results(image: "Volume", labels: "Volume", output: Path, volumes: Path
 
 
 def _nifti_header(image: "Volume") -> Any:
+    """The image's NIfTI header (a new one for other formats) with units set to mm and seconds:
+    brainsynth reads every affine in mm, and BIDS asks for the units to be stated."""
     import nibabel as nib
 
-    hdr = image.header
-    return hdr if isinstance(hdr, nib.Nifti1Header) else None
+    hdr = image.header.copy() if isinstance(image.header, nib.Nifti1Header) else nib.Nifti1Header()
+    hdr.set_xyzt_units("mm", "sec")
+    return hdr
 
 
 # ------------------------------------------------------------------------------------------
 # datasets
 
 
+#: The ``desc-`` entity of the label maps: FreeSurfer aseg ids, as fMRIPrep names its aseg.
+DESC = "aseg"
+
+
 def session_paths(root: Path, subject: str, session: str) -> dict[str, Path]:
-    folder = root / subject / session / "anat"
-    stem = f"{subject}_{session}"
-    return {"labels": folder / f"{stem}_dseg.nii.gz", "volumes": folder / f"{stem}_volumes.json",
-            "qc": folder / f"{stem}_qc.png"}
+    """A session's files in a derivatives folder: the label map (written last), its sidecar
+    (BIDS metadata and volumes), its look-up table and the QC picture."""
+    folder = root / subject / session / "anat" if session else root / subject / "anat"  # "": no session level
+    stem = f"{subject}_{session}_desc-{DESC}" if session else f"{subject}_desc-{DESC}"
+    return {"labels": folder / f"{stem}_dseg.nii.gz", "sidecar": folder / f"{stem}_dseg.json",
+            "lut": folder / f"{stem}_dseg.tsv", "qc": folder / f"{stem}_qc.png"}
 
 
 def _finished(paths: dict[str, Path]) -> bool:
-    return paths["labels"].is_file() and paths["volumes"].is_file()
+    return paths["labels"].is_file() and paths["sidecar"].is_file() and paths["lut"].is_file()
 
 
-def _description(segmenter: str, options: dict[str, str], longitudinal: bool) -> dict[str, Any]:
+def _raw_link(out_dir: Path, root: Path, kind: str) -> str:
+    """Where the source dataset lies, seen from DERIVATIVES: a relative path when DERIVATIVES is
+    inside it (DATASET/derivatives/...: they move together), else a file URI."""
+    import os
+
+    from brainsynth_cli.outputs import is_inside
+
+    if kind == "bids" and is_inside(out_dir, root):
+        return Path(os.path.relpath(root.resolve(), out_dir.resolve())).as_posix()
+    return root.resolve().as_uri()
+
+
+def _description(segmenter: str, options: dict[str, str], longitudinal: bool, source: str | None = None,
+                 run: str | None = None) -> dict[str, Any]:
     from brainsynth_cli import __version__
 
-    return {
+    out: dict[str, Any] = {
         "Name": "brainsynth segment",
         "BIDSVersion": "1.9.0",
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "brainsynth", "Version": __version__,
-                         "Segmenter": segmenter, "Options": dict(sorted(options.items())), "Longitudinal": longitudinal}],
+                         "Description": "brainsynth segment --bids: FreeSurfer aseg labels and structure volumes",
+                         "Segmenter": segmenter, "Options": dict(sorted(options.items())), "Longitudinal": longitudinal,
+                         "Run": run or "last"}],
     }
+    if source is not None:
+        out["SourceDatasets"] = [{"URL": source}]
+        out["DatasetLinks"] = {"raw": source}
+    return out
 
 
 def _check_description(out_dir: Path, want: dict[str, Any], overwrite: bool) -> None:
@@ -326,22 +360,23 @@ def _check_description(out_dir: Path, want: dict[str, Any], overwrite: bool) -> 
     if overwrite:
         return
     mine = want["GeneratedBy"][0]
-    for key in ("Segmenter", "Options", "Longitudinal"):
-        if gen.get(key) != mine[key]:
+    for key in ("Segmenter", "Options", "Longitudinal", "Run"):
+        if gen.get(key, "last" if key == "Run" else None) != mine[key]:
             raise InputError(out_dir, f"was made with {key.lower()} {gen.get(key)!r}, not {mine[key]!r}",
                              "use another output folder, the same settings, or --overwrite")
 
 
 def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[str, str], *, jobs: int = 1,
-                    longitudinal: bool = True, rules: "Rules", overwrite: bool = False) -> None:
+                    longitudinal: bool = True, rules: "Rules", overwrite: bool = False, run: str | None = None) -> None:
     """Segment every session of a dataset into a BIDS derivatives folder (resumable)."""
     from brainsynth_cli.datasets import read_dataset
     from brainsynth_cli.outputs import check_inside, locked_output, on_interrupt, refuse_overwriting_inputs
 
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "exists and is not a folder", "give a derivatives folder")
-    dataset = read_dataset(source)
+    dataset = read_dataset(source, run=run)
     check_derivatives_place(out_dir, dataset.root, dataset.kind)
+    check_layout(out_dir)
     subjects = dataset.subjects()
     spec = _spec(segmenter)
     create_segmenter(spec, options)  # options and requirements checked before any work
@@ -353,7 +388,11 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
             for p in paths.values():
                 check_inside(p, out_dir)
             refuse_overwriting_inputs(paths.values(), inputs)
-    description = _description(segmenter, options, longitudinal)
+    description = _description(segmenter, options, longitudinal, _raw_link(out_dir, dataset.root, dataset.kind), run)
+    if dataset.notes:  # several runs in a session: say which was taken
+        more = f" (and {len(dataset.notes) - 1} more session(s) like it)" if len(dataset.notes) > 1 else ""
+        typer.echo(f"{dataset.notes[0]}{more}; --run LABEL takes another")
+    raw_root = str(dataset.root.resolve()) if dataset.kind == "bids" else None
 
     def finished_any() -> bool:
         return any(_finished(session_paths(out_dir, sub, s.session)) for sub, ses in subjects.items() for s in ses)
@@ -363,7 +402,7 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
         on_interrupt(lambda: f"the finished sessions in {out_dir} are kept; run the same command again to resume"
                      if finished_any() else "no session was finished, nothing was kept; run the command again")
         _segment_sessions(out_dir, subjects, description, segmenter, options, jobs=jobs, longitudinal=longitudinal,
-                          rules=rules, overwrite=overwrite)
+                          rules=rules, overwrite=overwrite, raw_root=raw_root)
 
 
 def check_derivatives_place(out_dir: Path, root: Path, kind: str) -> None:
@@ -379,8 +418,19 @@ def check_derivatives_place(out_dir: Path, root: Path, kind: str) -> None:
                          f"write them to {root / 'derivatives' / DERIVATIVE_NAME} or a folder outside the dataset")
 
 
+def check_layout(out_dir: Path) -> None:
+    """Refuse a folder written by an older brainsynth, before the BIDS-valid layout
+    (``sub-X_ses-Y_dseg.nii.gz`` with ``*_volumes.json``): new files beside old ones would give
+    a session two label maps. The old folders are still read by ``--labels``."""
+    old = next(iter(sorted(out_dir.glob("sub-*/ses-*/anat/sub-*_volumes.json"))), None) if out_dir.is_dir() else None
+    if old is not None:
+        raise InputError(out_dir, f"holds derivatives in an older brainsynth layout ({old.name})",
+                         "segment into a new folder (the old one still works as --labels of make-pairs and evaluate)")
+
+
 def _segment_sessions(out_dir: Path, subjects: dict[str, list[Any]], description: dict[str, Any], segmenter: str,
-                      options: dict[str, str], *, jobs: int, longitudinal: bool, rules: "Rules", overwrite: bool) -> None:
+                      options: dict[str, str], *, jobs: int, longitudinal: bool, rules: "Rules", overwrite: bool,
+                      raw_root: str | None = None) -> None:
     import json
 
     from brainsynth_cli.images import atomic_write_text
@@ -390,6 +440,7 @@ def _segment_sessions(out_dir: Path, subjects: dict[str, list[Any]], description
             if overwrite or not all(_finished(session_paths(out_dir, sub, s.session)) for s in ses)}
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "dataset_description.json", json.dumps(description, indent=2) + "\n")
+    _write_top_files(out_dir, rules, segmenter)
     total = sum(len(v) for v in subjects.values())
     done = total - sum(len(v) for v in todo.values())
     tasks = [(sub, [(s.session, str(s.image)) for s in ses]) for sub, ses in todo.items()]
@@ -398,14 +449,14 @@ def _segment_sessions(out_dir: Path, subjects: dict[str, list[Any]], description
         bar(done, total, "")
         if jobs <= 1 or len(tasks) <= 1:
             for task in tasks:
-                done += _segment_subject(task, out_dir, segmenter, options, longitudinal, rules.to_toml(), overwrite)
+                done += _segment_subject(task, out_dir, segmenter, options, longitudinal, rules.to_toml(), overwrite, raw_root)
                 bar(done, total, task[0])
         else:
             import concurrent.futures as cf
             import multiprocessing as mp
 
             with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(_segment_subject, t, out_dir, segmenter, options, longitudinal, rules.to_toml(), overwrite)
+                futures = [pool.submit(_segment_subject, t, out_dir, segmenter, options, longitudinal, rules.to_toml(), overwrite, raw_root)
                            for t in tasks]
                 for fut in cf.as_completed(futures):
                     done += fut.result()
@@ -445,7 +496,7 @@ def _check_header(path: Path) -> None:
 
 
 def _segment_subject(task: tuple[str, list[tuple[str, str]]], out_dir: Path, segmenter: str, options: dict[str, str],
-                     longitudinal: bool, rules_toml: str, overwrite: bool) -> int:
+                     longitudinal: bool, rules_toml: str, overwrite: bool, raw_root: str | None = None) -> int:
     """Segment the sessions of one subject (in order); returns how many were written.
 
     Independent mode: each unfinished session with ``segment``. Longitudinal mode (when the
@@ -468,7 +519,7 @@ def _segment_subject(task: tuple[str, list[tuple[str, str]]], out_dir: Path, seg
         initial = run_segmenter(seg, first)
         for session, path, image in images:
             labels = run_segmenter(seg, image, prior=(first, initial))
-            _write_session(out_dir, subject, session, path, image, labels, rules, segmenter, options, sessions[0][0])
+            _write_session(out_dir, subject, session, path, image, labels, rules, segmenter, options, sessions[0][0], raw_root)
             count += 1
         return count
     for session, path in sessions:
@@ -477,38 +528,132 @@ def _segment_subject(task: tuple[str, list[tuple[str, str]]], out_dir: Path, seg
         image = read_volume(path)
         check_brain_image(image)
         labels = run_segmenter(seg, image)
-        _write_session(out_dir, subject, session, path, image, labels, rules, segmenter, options, None)
+        _write_session(out_dir, subject, session, path, image, labels, rules, segmenter, options, None, raw_root)
         count += 1
     return count
 
 
+def source_uri(image_path: str | Path, raw_root: str | None) -> str:
+    """The scan a label map was made from: a BIDS URI into the raw dataset (``bids:raw:sub-X/...``,
+    resolved through ``DatasetLinks``), or a file URI for a CSV manifest's image."""
+    import os
+
+    p = Path(image_path).resolve()
+    if raw_root is not None:
+        rel = Path(os.path.relpath(p, raw_root))
+        if not rel.as_posix().startswith("../"):
+            return f"bids:raw:{rel.as_posix()}"
+    return p.as_uri()
+
+
+def lookup_table(label_ids: Any, rules: Rules) -> str:
+    """BIDS ``dseg.tsv``: ``index``, ``name`` (FreeSurfer LUT names from the rules), ``color``
+    (the QC picture's outline colours), for every label of the rules and every id present."""
+    from brainsynth_cli.figures import label_colour
+
+    ids = sorted({int(k) for k in rules.labels} | {int(k) for k in label_ids})
+    lines = ["index\tname\tcolor"]
+    for i in ids:
+        r, g, b = label_colour(i) if i else (0, 0, 0)
+        lines.append(f"{i}\t{rules.labels.get(i, f'label-{i}')}\t#{r:02x}{g:02x}{b:02x}")
+    return "\n".join(lines) + "\n"
+
+
 def _write_session(out_dir: Path, subject: str, session: str, image_path: str, image: Any, labels: Any, rules: "Rules",
-                   segmenter: str, options: dict[str, str], from_session: str | None) -> None:
+                   segmenter: str, options: dict[str, str], from_session: str | None, raw_root: str | None = None) -> None:
     import json
 
     from brainsynth_cli.images import atomic_write_text, write_labels
 
     paths = session_paths(out_dir, subject, session)
-    ctx = {"subject": subject, "session": session, "image": str(image_path), "segmenter": segmenter,
-           "options": options, "from_session": from_session}
-    atomic_write_text(paths["volumes"], json.dumps({**ctx, **volume_table(labels, rules)}, indent=2) + "\n")
+    source = source_uri(image_path, raw_root)
+    how = f"from {from_session}'s labels (longitudinal)" if from_session else "independently"
+    who = f"{subject} {session}" if session else subject
+    table = volume_table(labels, rules)
+    sidecar = {
+        "Description": f"FreeSurfer aseg labels of {who} by brainsynth segment ({segmenter}), {how}; "
+                       "look-up table in the _dseg.tsv beside it, volumes in mm^3 below",
+        "Sources": [source], "SpatialReference": source,
+        "subject": subject, "session": session, "image": str(image_path), "segmenter": segmenter,
+        "options": options, "from_session": from_session, **table,
+    }
+    atomic_write_text(paths["sidecar"], json.dumps(sidecar, indent=2) + "\n")
+    atomic_write_text(paths["lut"], lookup_table(table["labels_mm3"], rules))
     write_qc(paths["qc"], image, labels)
     write_labels(paths["labels"], labels.data, image.affine, _nifti_header(image))  # last: marks the session done
 
 
+BIDSIGNORE = "# not (yet) in the BIDS specification: QC pictures and the cohort-wide volume table\n*_qc.png\n/volumes.tsv\n"
+
+
+def _readme(segmenter: str) -> str:
+    return f"""# brainsynth segment derivatives
+
+Made by `brainsynth segment DATASET --bids` with the `{segmenter}` segmenter: FreeSurfer aseg
+label maps of every session on the session's own grid, and structure volumes.
+
+- `sub-X/ses-Y/anat/sub-X_ses-Y_desc-{DESC}_dseg.nii.gz`: the labels (FreeSurfer aseg ids);
+- `..._dseg.tsv` beside it: the look-up table (index, name, color);
+- `..._dseg.json` beside it: where the labels come from (`Sources`), how they were made, and the
+  volumes in mm^3 per structure group (`structures_mm3`) and per label (`labels_mm3`);
+- `..._qc.png`: label outlines on three slices (listed in `.bidsignore`);
+- `sub-X/sub-X_sessions.tsv`: structure group volumes per session (columns in `sessions.json`);
+  for a dataset without sessions `participants.tsv` (columns in `participants.json`);
+- `volumes.tsv`: the same for every session of the dataset in one table (listed in `.bidsignore`).
+"""
+
+
+def _write_top_files(out_dir: Path, rules: Rules, segmenter: str) -> None:
+    """README and ``.bidsignore``."""
+    from brainsynth_cli.images import atomic_write_text
+
+    atomic_write_text(out_dir / "README.md", _readme(segmenter))
+    atomic_write_text(out_dir / ".bidsignore", BIDSIGNORE)
+
+
+def _columns(rules: Rules, per: str) -> str:
+    """``sessions.json`` / ``participants.json``: what the volume columns mean."""
+    import json
+
+    columns: dict[str, Any] = {"Description": f"structure group volumes per {per}, measured by brainsynth segment"}
+    for s in rules.structures:
+        ids = ", ".join(str(i) for i in s.labels)
+        columns[f"{s.name}_mm3"] = {"Description": f"volume of {s.name}: {s.help or s.name} (aseg labels {ids})",
+                                    "Units": "mm^3"}
+    return json.dumps(columns, indent=2) + "\n"
+
+
 def _write_table(out_dir: Path, subjects: dict[str, list[Any]], rules: "Rules") -> None:
-    """``volumes.tsv``: one row per finished session, one column per structure group."""
+    """``sub-X/sub-X_sessions.tsv`` (BIDS) and ``volumes.tsv`` (the whole dataset): one row per
+    finished session, one column per structure group."""
     import json
 
     from brainsynth_cli.images import atomic_write_text
 
     groups = rules.names()
-    lines = ["\t".join(["participant_id", "session_id", *[f"{g}_mm3" for g in groups]])]
+    header = [f"{g}_mm3" for g in groups]
+    lines = ["\t".join(["participant_id", "session_id", *header])]
+    participants = []  # subjects without a session level: their volumes go to participants.tsv
+    with_sessions = False
     for subject, sessions in subjects.items():
+        rows = []
         for s in sessions:
-            p = session_paths(out_dir, subject, s.session)["volumes"]
+            p = session_paths(out_dir, subject, s.session)["sidecar"]
             if not p.is_file():
                 continue
             vols = json.loads(p.read_text(encoding="utf-8"))["structures_mm3"]
-            lines.append("\t".join([subject, s.session, *[f"{vols.get(g, 0.0):.4f}" for g in groups]]))
+            rows.append([s.session or "n/a", *[f"{vols.get(g, 0.0):.4f}" for g in groups]])
+        if rows and not sessions[0].session:
+            participants.append([subject, *rows[0][1:]])
+        elif rows:
+            text = "\n".join("\t".join(r) for r in [["session_id", *header], *rows]) + "\n"
+            atomic_write_text(out_dir / subject / f"{subject}_sessions.tsv", text)
+            with_sessions = True
+        lines += ["\t".join([subject, *r]) for r in rows]
     atomic_write_text(out_dir / "volumes.tsv", "\n".join(lines) + "\n")
+    if with_sessions:
+        atomic_write_text(out_dir / "sessions.json", _columns(rules, "session"))
+    if participants:
+        text = "\n".join("\t".join(r) for r in [["participant_id", *header], *participants]) + "\n"
+        atomic_write_text(out_dir / "participants.tsv", text)
+        atomic_write_text(out_dir / "participants.json", _columns(rules, "participant (a dataset without sessions)"))
