@@ -93,6 +93,11 @@ def test_edit_nifti_keeps_grid_and_is_seeded(tiny, volume, tmp_path):
     side = json.loads((tmp_path / "a.json").read_text())
     assert side["prompt"] == PROMPT and side["structures"] == ["ventricle"] and side["edit_path"]["blender"] == "poisson"
     assert side["edit_path"]["residual"] is True and side["edit_path"]["region_voxels"] > 0
+    # sampling: --steps as given, the rest as the model folder recommends (its preset's, from a sweep)
+    recommended = json.loads((model / "brainsynth.json").read_text())["sampling"]
+    assert side["sampling"]["steps"] == 4 and side["sampling_from"]["steps"] == "option"
+    assert side["sampling"]["guidance_scale"] == recommended["guidance_scale"] and side["sampling_from"]["guidance_scale"] == "model"
+    assert side["sampling"]["scheduler"] == recommended["scheduler"]
     # only the chosen slices change
     code, _, err = edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "d.nii.gz", "--steps", "2", "--slices", "3:4",
                             "--labels", labels_of(volume))

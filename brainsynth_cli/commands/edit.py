@@ -109,10 +109,10 @@ def register(app: typer.Typer) -> None:
         margin: float = typer.Option(3.0, "--margin", help="Margin around the named structures, mm."),
         blender: str = typer.Option("poisson", "--blender", help="How the change is merged into the input inside the region (see `brainsynth plugins`)."),
         residual: bool = typer.Option(True, "--residual/--no-residual", help="Decode the change and add it to the input (a latent model's autoencoder then touches nothing else)."),
-        steps: int = typer.Option(20, "--steps", help="Denoising steps."),
-        scheduler: str = typer.Option("ddim", "--scheduler", help="ddim, dpm++ or euler-a."),
-        guidance_scale: float = typer.Option(7.5, "--guidance-scale", help="Text guidance scale."),
-        image_guidance_scale: float = typer.Option(1.5, "--image-guidance-scale", help="Image guidance scale (closeness to INPUT)."),
+        steps: int | None = typer.Option(None, "--steps", help="Denoising steps (default: the model's recommendation, else 20)."),
+        scheduler: str | None = typer.Option(None, "--scheduler", help="ddim, dpm++ or euler-a (default: the model's, else ddim)."),
+        guidance_scale: float | None = typer.Option(None, "--guidance-scale", help="Text guidance scale (default: the model's, else 7.5)."),
+        image_guidance_scale: float | None = typer.Option(None, "--image-guidance-scale", help="Image guidance scale, closeness to INPUT (default: the model's, else 1.5)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise."),
         slices: str = typer.Option("all", "--slices", help="2D models: axial slices of a volume to edit: all, center:N or A:B (empty slices are skipped)."),
         batch_size: int = typer.Option(4, "--batch-size", help="Slices per batch."),
@@ -131,6 +131,7 @@ def register(app: typer.Typer) -> None:
         from brainsynth_cli.outputs import check_writable, on_interrupt, refuse_overwriting_inputs, staged_outputs
         from brainsynth_cli.plugin_manager import registry
         from brainsynth_cli.progress import progress_bar
+        from brainsynth_cli.sampling import resolve as resolve_sampling
         from brainsynth_cli.structures import default_rules, rules_from_text
 
         kind = edit_io.kind_of(input)
@@ -141,10 +142,13 @@ def register(app: typer.Typer) -> None:
         if edit_io.kind_of(output) != kind:
             want = ".nii.gz" if kind == "nifti" else ".png"
             raise InputError(output, f"must be a {want} file like the input", f"name the output *{want}")
-        check_number("--steps", steps, low=1, high=1000, integer=True)
+        if steps is not None:
+            check_number("--steps", steps, low=1, high=1000, integer=True)
         check_number("--batch-size", batch_size, low=1, high=1024, integer=True)
-        check_number("--guidance-scale", guidance_scale, low=0, high=100)
-        check_number("--image-guidance-scale", image_guidance_scale, low=0, high=100)
+        if guidance_scale is not None:
+            check_number("--guidance-scale", guidance_scale, low=0, high=100)
+        if image_guidance_scale is not None:
+            check_number("--image-guidance-scale", image_guidance_scale, low=0, high=100)
         check_seed(seed)
         if pixel_size is not None:
             check_number("--pixel-size", pixel_size, low=1e-3, high=20)
@@ -203,8 +207,9 @@ def register(app: typer.Typer) -> None:
         dims = tuple(getattr(loaded, "dims", ("2d",)))
         resolution = getattr(loaded, "resolution", None)
         convention = str((info.get("intensity_normalisation") or {}).get("slice_convention") or "brainsynth_cli.slices v1")
-        options = dict(steps=steps, scheduler=scheduler, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale,
-                       seed=seed, batch_size=batch_size, residual=residual)
+        sampling, sampling_from = resolve_sampling(info, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
+                                       image_guidance_scale=image_guidance_scale)
+        options = dict(**sampling, seed=seed, batch_size=batch_size, residual=residual)
         within = None
         if kind == "nifti" and "3d" in dims:
             with progress_bar("edit (volume)", 1) as progress:
@@ -232,7 +237,7 @@ def register(app: typer.Typer) -> None:
             "structures": [s.name for s in structures], "labels": label_source,
             "edit_path": {**settings.as_dict(), "region_voxels": int(mask.sum()) if mask is not None else None,
                           "description": settings.describe()},
-            "sampling": {k: v for k, v in options.items() if k != "residual"}, "edited_slices": edited_slices,
+            "sampling": {k: v for k, v in options.items() if k != "residual"}, "sampling_from": sampling_from, "edited_slices": edited_slices,
             "slice_convention": convention if "3d" not in dims or kind == "png" else None,
         }
         with staged_outputs([output, sidecar, fig]) as staged:  # all three or none

@@ -16,10 +16,10 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Report folder (created; re-running resumes)."),
         split: str = typer.Option("test", help="Which split's rows to edit (train, validation, test, or all)."),
         measure: str = typer.Option("registration", help="Measurement plugin that labels edited slices (see `brainsynth plugins`)."),
-        steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps per edit (default 20) or sample (--task generate: 50)."),
-        scheduler: str = typer.Option("ddim", help="ddim, dpm++ or euler-a."),
-        guidance_scale: Optional[float] = typer.Option(None, help="Text guidance scale (default 7.5; --task generate: 1, no guidance)."),
-        image_guidance_scale: float = typer.Option(1.5, help="Image guidance scale."),
+        steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps per edit (default: the model's recommendation, else 20) or sample (--task generate: 50)."),
+        scheduler: Optional[str] = typer.Option(None, help="ddim, dpm++ or euler-a (default: the model's, else ddim)."),
+        guidance_scale: Optional[float] = typer.Option(None, help="Text guidance scale (default: the model's, else 7.5; --task generate: 1, no guidance)."),
+        image_guidance_scale: Optional[float] = typer.Option(None, help="Image guidance scale (default: the model's, else 1.5)."),
         seed: int = typer.Option(0, help="Seed; row N is edited with seed + N."),
         limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N rows of the split."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
@@ -43,14 +43,15 @@ def register(app: typer.Typer) -> None:
         from brainsynth_cli.limits import check_number, check_seed
         from brainsynth_cli.outputs import locked_output, on_interrupt, refuse_folder_over_input
         from brainsynth_cli.progress import progress_bar
+        from brainsynth_cli.sampling import resolve as resolve_sampling
 
         from brainsynth_plugins.evaluate.engine import EvalSettings
-        from brainsynth_plugins.evaluate.run import run_evaluation
+        from brainsynth_plugins.evaluate.run import model_info, run_evaluation
 
         if task == "generate":
             from brainsynth_plugins.ldm.evaluation import run_command
 
-            run_command(model, output, steps=steps or 50, scheduler=scheduler, seed=seed, grid=grid, per_value=per_value,
+            run_command(model, output, steps=steps or 50, scheduler=scheduler or "ddim", seed=seed, grid=grid, per_value=per_value,
                         guidance_scale=1.0 if guidance_scale is None else guidance_scale,
                         segmenter=segmenter, measure=measure, data=data, device=device)
             return
@@ -62,10 +63,12 @@ def register(app: typer.Typer) -> None:
             model, pairs = None, model
         elif pairs is None:
             raise InputError(None, "missing PAIRS", "give the pairs folder written by `brainsynth make-pairs`")
-        steps = steps or 20
-        guidance_scale = 7.5 if guidance_scale is None else guidance_scale
         if model is not None and not model.is_dir():
             raise InputError(model, "model folder not found", "give the folder written by `brainsynth train`")
+        sampling, _ = resolve_sampling(model_info(model), steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
+                                       image_guidance_scale=image_guidance_scale)
+        steps, scheduler = sampling["steps"], sampling["scheduler"]
+        guidance_scale, image_guidance_scale = sampling["guidance_scale"], sampling["image_guidance_scale"]
         if output.exists() and not output.is_dir():
             raise InputError(output, "exists and is not a folder", "choose another --output")
         check_number("--guidance-scale", guidance_scale, low=0, high=100)

@@ -17,6 +17,17 @@ from brainsynth_cli.structures import default_rules, rules_from_text
 from brainsynth_plugins.evaluate import engine, report
 
 
+def model_info(model_dir: Path | None) -> dict[str, Any]:
+    """The model folder's ``brainsynth.json`` ({} when there is none or it is unreadable: the
+    evaluation itself then says what is wrong)."""
+    info = None if model_dir is None else Path(model_dir) / "brainsynth.json"
+    try:
+        data = json.loads(info.read_text(encoding="utf-8")) if info is not None and info.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def model_generator(model_dir: Path) -> str:
     info = model_dir / "brainsynth.json"
     if not info.is_file():

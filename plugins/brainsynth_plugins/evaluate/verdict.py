@@ -136,7 +136,8 @@ def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None,
                    "no edit 1.00): against real and Poisson targets it is dominated by scan-to-scan intensity differences "
                    "and noise, which an edit cannot reproduce.")
     if math.isfinite(m["leak"]):
-        reasons.append(f"Leak into structures a disentangled prompt does not name: {_f(m['leak'])} pp.")
+        reasons.append(f"Leak into structures a disentangled prompt does not name: {_f(m['leak'])} pp"
+                       + (" (over 1 pp: the edit also changes what the prompt leaves alone)." if m["leak"] > 1.0 else "."))
     if vae:
         reasons.append(f"The model's autoencoder reconstructs {vae.get('split', 'validation')} slices at PSNR {_f(vae.get('psnr'))} dB, "
                        f"SSIM {_f(vae.get('ssim'), 3)} ({vae.get('slices')} slices): the ceiling of any edit that decodes whole images.")

@@ -44,6 +44,7 @@ COMMON: dict[str, Any] = {
     "conditioning_dropout": 0.05, "ema": False, "ema_decay": 0.999, "gradient_accumulation": 1,
     "validation_count": 4, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup", "vae_lr_scheduler": None,
     "mixed_precision": "no", "gradient_checkpointing": False, "prediction_type": "epsilon", "latent_target": "image", "region_weight": 0.0, "region_margin_mm": 3.0, "guidance_scale": 7.5, "image_guidance_scale": 1.5,
+    "sampling_steps": 20, "sampling_scheduler": "ddim",
 }
 
 #: What each setting may be (checked after ``--set`` overrides, before anything is written).
@@ -60,6 +61,7 @@ SETTINGS: dict[str, tuple] = {
     "gradient_accumulation": ("int", 1, 1024), "validation_count": ("int", 0, 1000), "checkpoints_total_limit": ("int", 1, 1000),
     "lr_scheduler": ("choice", SCHEDULERS), "mixed_precision": ("choice", ("no", "fp16", "bf16")),
     "gradient_checkpointing": ("bool",), "guidance_scale": ("float", 0, 100), "image_guidance_scale": ("float", 0, 100),
+    "sampling_steps": ("int", 1, 1000), "sampling_scheduler": ("choice", ("ddim", "dpm++", "euler-a")),
     "vae_lr_scheduler": ("choice", (None, *SCHEDULERS)), "prediction_type": ("choice", ("epsilon", "sample", "v_prediction")),
     "vae.mid_block_attention": ("bool",), "latent_target": ("choice", ("image", "change")),
     "region_weight": ("float", 0, 1000), "region_margin_mm": ("float", 0, 50),

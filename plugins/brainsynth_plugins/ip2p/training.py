@@ -712,6 +712,10 @@ class Trainer(StagedTrainer):
             "training": {k: self.cfg[k] for k in ("seed", "vae_steps", "unet_steps", "vae_lr", "unet_lr", "vae_batch_size",
                                                   "unet_batch_size", "ema", "conditioning_dropout", "mixed_precision", "stage")},
             "data": self.cfg["data"], "pairs": {k: v for k, v in self.pairs.info.items() if k != "rules"},
+            # what `edit` and `evaluate` use when their options are not given (the preset's, chosen by a sweep)
+            "sampling": {"steps": int(self.cfg["sampling_steps"]), "scheduler": str(self.cfg["sampling_scheduler"]),
+                         "guidance_scale": float(self.cfg["guidance_scale"]),
+                         "image_guidance_scale": float(self.cfg["image_guidance_scale"])},
         }
         tmp = self.out / ".brainsynth.json.tmp"
         tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")

@@ -1,0 +1,19 @@
+"""Sampling settings: the option, else the model folder's recommendation, else InstructPix2Pix's defaults."""
+
+from __future__ import annotations
+
+from brainsynth_cli.sampling import FALLBACK, resolve
+
+
+def test_options_win_then_the_model_then_the_defaults() -> None:
+    info = {"sampling": {"steps": 10, "guidance_scale": 3.0, "image_guidance_scale": 1.0}}
+    settings, sources = resolve(info, steps=None, scheduler=None, guidance_scale=12.0, image_guidance_scale=None)
+    assert settings == {"steps": 10, "scheduler": "ddim", "guidance_scale": 12.0, "image_guidance_scale": 1.0}
+    assert sources == {"steps": "model", "scheduler": "default", "guidance_scale": "option", "image_guidance_scale": "model"}
+
+
+def test_models_without_a_recommendation_get_the_defaults() -> None:
+    settings, sources = resolve({}, steps=None)
+    assert settings == FALLBACK and set(sources.values()) == {"default"}
+    settings, _ = resolve(None, steps=7)
+    assert settings["steps"] == 7 and isinstance(settings["steps"], int)
