@@ -22,6 +22,7 @@ by date, else by session label (natural order).
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -126,6 +127,63 @@ def find_labels(labels_dir: Path, subject: str, session: str) -> Path | None:
     if len(hits) > 1:
         raise InputError(folder, f"holds {len(hits)} label maps for {stem.replace('_', ' ')}", "keep one *_dseg.nii.gz per session")
     return hits[0] if hits else None
+
+
+def _volume(value: object) -> float | None:
+    """A recorded volume: a number, or None for a structure recorded as not labelled
+    (``null`` in JSON, ``n/a`` in TSV)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    return _float(str(value))
+
+
+def recorded_volumes(labels: Path, subject: str, session: str) -> tuple[dict[str, float | None], str | None] | None:
+    """Structure group volumes (mm^3) that a derivatives folder records for the label map
+    ``labels`` of one session, and the segmenter that made it (when said): from the sidecar
+    beside it (``*_dseg.json``, ``structures_mm3``), an older ``*_volumes.json`` beside it, or
+    the subject's ``sub-X_sessions.tsv`` (``participants.tsv`` without a session level) with
+    ``<group>_mm3`` columns. A group recorded as null / n/a is one the segmenter does not label
+    (None). Returns None when nothing is recorded."""
+    import json
+
+    name = labels.name
+    stem = name.removesuffix(".gz").removesuffix(".nii")
+    sidecars = [labels.with_name(stem + ".json")]
+    if stem.endswith("_dseg"):
+        sidecars.append(labels.with_name(stem.removesuffix("_dseg") + "_volumes.json"))
+    for path in sidecars:
+        if not path.is_file():
+            continue
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        table = doc.get("structures_mm3") if isinstance(doc, dict) else None
+        if isinstance(table, dict):
+            seg = doc.get("segmenter")
+            return {str(k): _volume(v) for k, v in table.items()}, (str(seg) if seg else None)
+    # the subject's table in the derivatives folder: walk up from the label map to sub-X/
+    folder = next((d for d in labels.parents if d.name == subject), None)
+    if folder is None:
+        return None
+    if session:
+        rows = [r for r in _read_tsv(folder / f"{subject}_sessions.tsv") if _prefixed(r.get("session_id", ""), "ses-") == session]
+    else:
+        rows = [r for r in _read_tsv(folder.parent / "participants.tsv") if _prefixed(r.get("participant_id", ""), "sub-") == subject]
+    if not rows:
+        return None
+    vols = {k[: -len("_mm3")]: _volume(v) for k, v in rows[0].items() if k and k.endswith("_mm3")}
+    if not vols:
+        return None
+    seg = None
+    try:
+        gen = json.loads((folder.parent / "dataset_description.json").read_text(encoding="utf-8")).get("GeneratedBy") or [{}]
+        seg = gen[0].get("Segmenter") if isinstance(gen[0], dict) else None
+    except (OSError, ValueError, AttributeError):
+        pass
+    return vols, (str(seg) if seg else None)
 
 
 def read_bidsignore(root: Path) -> list[str]:
