@@ -27,6 +27,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from brainsynth_cli.errors import InputError
 
@@ -139,13 +140,16 @@ def _volume(value: object) -> float | None:
     return _float(str(value))
 
 
-def recorded_volumes(labels: Path, subject: str, session: str) -> tuple[dict[str, float | None], str | None] | None:
+def recorded_volumes(labels: Path, subject: str, session: str, rules: Any = None) -> tuple[dict[str, float | None], str | None] | None:
     """Structure group volumes (mm^3) that a derivatives folder records for the label map
     ``labels`` of one session, and the segmenter that made it (when said): from the sidecar
     beside it (``*_dseg.json``, ``structures_mm3``), an older ``*_volumes.json`` beside it, or
     the subject's ``sub-X_sessions.tsv`` (``participants.tsv`` without a session level) with
     ``<group>_mm3`` columns. A group recorded as null / n/a is one the segmenter does not label
-    (None). Returns None when nothing is recorded."""
+    (None). With ``rules`` and a sidecar that records volumes per label (``labels_mm3``), each
+    rules group is summed from those (so groups defined by ``--rules`` are measured as the rules
+    say), and a group none of whose ids the segmenter produces (``labels_produced``) is None.
+    Returns None when nothing is recorded."""
     import json
 
     name = labels.name
@@ -163,7 +167,16 @@ def recorded_volumes(labels: Path, subject: str, session: str) -> tuple[dict[str
         table = doc.get("structures_mm3") if isinstance(doc, dict) else None
         if isinstance(table, dict):
             seg = doc.get("segmenter")
-            return {str(k): _volume(v) for k, v in table.items()}, (str(seg) if seg else None)
+            vols = {str(k): _volume(v) for k, v in table.items()}
+            per_label, produced = doc.get("labels_mm3"), doc.get("labels_produced")
+            if rules is not None and isinstance(per_label, dict):
+                have = {int(i) for i in produced} if isinstance(produced, list) else None
+                for g in rules.structures:
+                    if have is not None and not have & set(g.labels):
+                        vols[g.name] = None
+                    else:
+                        vols[g.name] = float(sum(_volume(per_label.get(str(i))) or 0.0 for i in g.labels))
+            return vols, (str(seg) if seg else None)
     # the subject's table in the derivatives folder: walk up from the label map to sub-X/
     folder = next((d for d in labels.parents if d.name == subject), None)
     if folder is None:

@@ -118,3 +118,34 @@ def test_unknown_age_and_sex_are_null_not_invented(cohort, tmp_path):
     assert rows and all(r["prior_age"] is None and r["target_age"] is None and r["sex"] is None and r["interval_years"] is None
                         for r in rows)
     assert all(r["prior_volumes_mm3"]["ventricle"] > 0 for r in rows)
+
+
+def test_sidecar_label_volumes_follow_the_rules(cohort, tmp_path):
+    """A sidecar with per-label volumes (as `segment --bids` writes): each group of make-pairs'
+    own rules is summed from them, and a group of ids the segmenter does not produce is null."""
+    import shutil
+
+    import numpy as np
+
+    from brainsynth_cli.images import read_labels
+
+    labels = tmp_path / "labels"
+    shutil.copytree(cohort / "derivatives" / "brainsynth-truth", labels)
+    left = {}
+    for dseg in labels.glob("sub-*/ses-*/anat/*_dseg.nii.gz"):
+        lab = read_labels(dseg)
+        ids, counts = np.unique(lab.data, return_counts=True)
+        per = {str(int(i)): float(c) * lab.voxel_volume for i, c in zip(ids, counts) if i > 0}
+        left[tuple(dseg.name.split("_")[:2])] = per.get("4", 0.0)
+        dseg.with_name(dseg.name.replace(".nii.gz", ".json")).write_text(json.dumps(
+            {"segmenter": "truth", "structures_mm3": {"ventricle": 1.0}, "labels_mm3": per,
+             "labels_produced": sorted(int(i) for i in per)}))
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[structures.left-ventricle]\nlabels = [4]\n')
+    out = tmp_path / "pairs"
+    rows = _make(cohort, out, "--rules", str(rules), labels=labels)
+    assert rows
+    for r in rows:
+        assert r["prior_volumes_mm3"]["left-ventricle"] == pytest.approx(left[(r["subject"], r["sessions"][0])])
+        assert r["prior_volumes_mm3"]["hippocampus"] is None  # 17, 53 are not among the labels produced
+        assert r["prior_volumes_mm3"]["ventricle"] > 1.0  # summed from the labels, not the stale group table

@@ -487,7 +487,7 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
                          "check that both images show the same head, or put the target on the prior's grid first") from None
     vv = prior.voxel_volume
     vp = group_vols(prior_lab.data, vv, rules)
-    recorded_p = recorded_volumes(p.labels, p.subject, p.session)
+    recorded_p = recorded_volumes(p.labels, p.subject, p.session, rules)
     for s in rules.described():
         if vp[s.name] <= 0:
             labels = ", ".join(map(str, s.labels))
@@ -500,7 +500,7 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
             raise InputError(p.labels, f"{p.subject} {p.session}: structure group '{s.name}' (labels {labels}) is empty in the prior's label map",
                              "check the segmentation, or leave the group out of the rules (--rules)")
     prior_vols = covariate_volumes(vp, recorded_p, rules)
-    target_vols = covariate_volumes(vt, recorded_volumes(t.labels, t.subject, t.session), rules)
+    target_vols = covariate_volumes(vt, recorded_volumes(t.labels, t.subject, t.session, rules), rules)
     rates = {g: _rate(vp[g], vt[g]) for g in rules.names()}
     years = interval_years(p, t)
     context = dict(age=t.age, sex=t.sex, modality="T1w", interval_years=years)
