@@ -22,10 +22,12 @@ by date, else by session label (natural order).
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from brainsynth_cli.errors import InputError
 
@@ -126,6 +128,75 @@ def find_labels(labels_dir: Path, subject: str, session: str) -> Path | None:
     if len(hits) > 1:
         raise InputError(folder, f"holds {len(hits)} label maps for {stem.replace('_', ' ')}", "keep one *_dseg.nii.gz per session")
     return hits[0] if hits else None
+
+
+def _volume(value: object) -> float | None:
+    """A recorded volume: a number, or None for a structure recorded as not labelled
+    (``null`` in JSON, ``n/a`` in TSV)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    return _float(str(value))
+
+
+def recorded_volumes(labels: Path, subject: str, session: str, rules: Any = None) -> tuple[dict[str, float | None], str | None] | None:
+    """Structure group volumes (mm^3) that a derivatives folder records for the label map
+    ``labels`` of one session, and the segmenter that made it (when said): from the sidecar
+    beside it (``*_dseg.json``, ``structures_mm3``), an older ``*_volumes.json`` beside it, or
+    the subject's ``sub-X_sessions.tsv`` (``participants.tsv`` without a session level) with
+    ``<group>_mm3`` columns. A group recorded as null / n/a is one the segmenter does not label
+    (None). With ``rules`` and a sidecar that records volumes per label (``labels_mm3``), each
+    rules group is summed from those (so groups defined by ``--rules`` are measured as the rules
+    say), and a group none of whose ids the segmenter produces (``labels_produced``) is None.
+    Returns None when nothing is recorded."""
+    import json
+
+    name = labels.name
+    stem = name.removesuffix(".gz").removesuffix(".nii")
+    sidecars = [labels.with_name(stem + ".json")]
+    if stem.endswith("_dseg"):
+        sidecars.append(labels.with_name(stem.removesuffix("_dseg") + "_volumes.json"))
+    for path in sidecars:
+        if not path.is_file():
+            continue
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        table = doc.get("structures_mm3") if isinstance(doc, dict) else None
+        if isinstance(table, dict):
+            seg = doc.get("segmenter")
+            vols = {str(k): _volume(v) for k, v in table.items()}
+            per_label, produced = doc.get("labels_mm3"), doc.get("labels_produced")
+            if rules is not None and isinstance(per_label, dict):
+                have = {int(i) for i in produced} if isinstance(produced, list) else None
+                for g in rules.structures:
+                    if have is not None and not have & set(g.labels):
+                        vols[g.name] = None
+                    else:
+                        vols[g.name] = float(sum(_volume(per_label.get(str(i))) or 0.0 for i in g.labels))
+            return vols, (str(seg) if seg else None)
+    # the subject's table in the derivatives folder: walk up from the label map to sub-X/
+    folder = next((d for d in labels.parents if d.name == subject), None)
+    if folder is None:
+        return None
+    if session:
+        rows = [r for r in _read_tsv(folder / f"{subject}_sessions.tsv") if _prefixed(r.get("session_id", ""), "ses-") == session]
+    else:
+        rows = [r for r in _read_tsv(folder.parent / "participants.tsv") if _prefixed(r.get("participant_id", ""), "sub-") == subject]
+    if not rows:
+        return None
+    vols = {k[: -len("_mm3")]: _volume(v) for k, v in rows[0].items() if k and k.endswith("_mm3")}
+    if not vols:
+        return None
+    seg = None
+    try:
+        gen = json.loads((folder.parent / "dataset_description.json").read_text(encoding="utf-8")).get("GeneratedBy") or [{}]
+        seg = gen[0].get("Segmenter") if isinstance(gen[0], dict) else None
+    except (OSError, ValueError, AttributeError):
+        pass
+    return vols, (str(seg) if seg else None)
 
 
 def read_bidsignore(root: Path) -> list[str]:

@@ -39,7 +39,10 @@ def register_segmenters(register: Register) -> None:
     The factory is called with keyword options (may be none) and returns an object that
     follows :class:`brainsynth_cli.interfaces.Segmenter`: ``segment(volume, progress=None)``
     returns a :class:`brainsynth_cli.images.Volume` of integer FreeSurfer aseg label ids on
-    the input grid (same shape and affine).
+    the input grid (same shape and affine). Optionally the object has ``labels``: the aseg ids
+    it can produce (an iterable of ints, or a method returning one); structure groups none of
+    whose ids it produces are reported as missing (n/a, null) rather than 0. Without it,
+    every label of its output counts.
     """
 
 

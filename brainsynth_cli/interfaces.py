@@ -28,9 +28,28 @@ class Segmenter(Protocol):
     present) and returns an integer Volume with the same shape and affine. Problems the user
     can fix (a missing external program, an image that is not a brain) are raised as
     :class:`brainsynth_cli.errors.UserError`.
+
+    Optionally a segmenter says which aseg ids it can produce with a ``labels`` attribute (an
+    iterable of ints, or a method returning one). Structure groups none of whose ids it
+    produces are then reported as missing (n/a, null) instead of as 0 mm^3. Without it, every
+    label of its output counts (a group with no voxels measures 0).
     """
 
     def segment(self, image: "Volume", progress: Progress | None = None) -> "Volume": ...
+
+
+def segmenter_labels(segmenter: Any) -> frozenset[int] | None:
+    """The aseg ids ``segmenter`` declares it produces (its optional ``labels``), or None when
+    it declares nothing (then everything in its output counts)."""
+    declared = getattr(segmenter, "labels", None)
+    if callable(declared):
+        declared = declared()
+    if declared is None:
+        return None
+    try:
+        return frozenset(int(i) for i in declared)
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

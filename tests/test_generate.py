@@ -279,3 +279,31 @@ def test_train_from_template_pairs_reads_covariates_from_captions(cohort, tmp_pa
     vent = [float(r["ventricle_mm3"]) for r in targets]
     assert info["data"]["kind"] == "pairs" and info["data"]["images"] == len(targets)
     assert info["covariates"]["ranges"]["ventricle_volume"] == pytest.approx([min(vent), max(vent)], abs=0.5)  # captions round to mm3
+
+
+def test_train_on_default_pairs_reads_covariates_from_rows(cohort, tmp_path, cli):
+    """The default make-pairs output (quantized prompts, no covariates in the text) trains with
+    the default --condition: age, sex and volumes come from the rows, equal to the cohort's truth."""
+    pairs = tmp_path / "pairs"
+    assert _run("make-pairs", cohort, "--labels", cohort / "derivatives" / "brainsynth-truth", "--slices", 1, "--size", 32,
+                "--split", "1:0:0", "--montage", 0, "-o", pairs) == 0
+    rows = [json.loads(line) for line in (pairs / "metadata.jsonl").read_text().splitlines()]
+    assert rows and all("year" not in r["edit_prompt"] and "mm3" not in r["edit_prompt"] for r in rows)
+    out = tmp_path / "model"
+    assert _run("train", pairs, "--task", "generate", "--resolution", 32, "--steps", 2, "--device", "cpu", "-o", out) == 0
+    info = json.loads((out / "brainsynth.json").read_text())
+    assert info["condition"] == "both"
+    targets = {(r["subject"], r["sessions"][1]) for r in rows if r["kind"] == "real"}
+    truth = [r for r in _sessions(cohort) if r["session_id"] != "ses-01"]
+    assert len(truth) == len(targets) == info["data"]["images"]
+    ranges = info["covariates"]["ranges"]
+    for name, column in (("age", "age"), ("ventricle_volume", "ventricle_mm3"), ("brain_volume", "brain_mm3")):
+        values = [float(r[column]) for r in truth]
+        assert ranges[name] == pytest.approx([min(values), max(values)], abs=1e-3), name
+    # a folder whose rows lack the fields (made before they were written) is refused in one line
+    for r in rows:
+        for key in ("prior_age", "target_age", "sex", "prior_volumes_mm3", "target_volumes_mm3"):
+            r.pop(key)
+    (pairs / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = cli("train", pairs, "--task", "generate", "--resolution", 32, "--steps", 2, "--device", "cpu", "-o", tmp_path / "m2")
+    assert res.exit_code == 2 and "has no age" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -384,3 +384,44 @@ def test_ants_missing_gives_install_hint(cli, tmp_path):
     write_volume(img, np.ones((60, 60, 60)), np.diag([2.0, 2.0, 2.0, 1.0]))
     _one_line_error(cli("segment", img, "-o", tmp_path / "o.nii.gz", "--segmenter", "ants"), 'brainsynth[ants]')
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_atlas_declares_its_labels_and_unlabelled_groups_are_missing(sim_cohort, cli, tmp_path):
+    """`atlas` labels no hippocampus: its volumes say n/a / null (not 0), the log says so in one
+    line, and a rules file describing the hippocampus fails in make-pairs with a one-line error
+    naming the segmenter."""
+    from brainsynth_cli.commands.segment import volume_table
+    from brainsynth_cli.images import Volume
+    from brainsynth_cli.interfaces import segmenter_labels
+    from brainsynth_cli.structures import default_rules
+    from brainsynth_plugins.segment.atlas import AtlasSegmenter
+
+    data, deriv = sim_cohort
+    produced = segmenter_labels(AtlasSegmenter())
+    assert produced is not None and not produced & {17, 53, 18, 54, 13, 52, 14, 15} and {2, 3, 4, 41, 42, 43} <= produced
+    labels = read_labels(deriv / "sub-001" / "ses-02" / "anat" / "sub-001_ses-02_desc-aseg_dseg.nii.gz").data
+    assert set(np.unique(labels).tolist()) - {0} <= produced  # it declares what it writes
+    side = json.loads((deriv / "sub-001" / "ses-01" / "anat" / "sub-001_ses-01_desc-aseg_dseg.json").read_text())
+    assert side["structures_mm3"]["hippocampus"] is None and side["structures_not_labelled"] == ["hippocampus"]
+    assert side["structures_mm3"]["ventricle"] > 0
+    with open(deriv / "sub-001" / "sub-001_sessions.tsv", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert [r["hippocampus_mm3"] for r in rows] == ["n/a", "n/a"] and all(float(r["cortex_mm3"]) > 0 for r in rows)
+    # a third party's segmenter that declares nothing: every group is measured (0 when empty)
+    table = volume_table(Volume(labels, np.eye(4)), default_rules(), None)
+    assert table["structures_mm3"]["hippocampus"] == 0.0 and "structures_not_labelled" not in table
+    # the one-line note of the single-image form
+    image_path = next((data / "sub-001" / "ses-01" / "anat").glob("*_T1w.nii.gz"))
+    r = cli("segment", image_path, "-o", tmp_path / "l.nii.gz", "--volumes", tmp_path / "v.csv", "-O", "deformable=false")
+    assert r.exit_code == 0, r.stderr
+    notes = [line for line in r.stdout.splitlines() if "labels no" in line]
+    assert len(notes) == 1 and "hippocampus (17, 53)" in notes[0] and "n/a" in notes[0]
+    assert "structure,hippocampus,,n/a" in (tmp_path / "v.csv").read_text()
+    # make-pairs on these derivatives with the hippocampus described: one clear line
+    rules = tmp_path / "hippo.toml"
+    rules.write_text('[structures.hippocampus]\nlabels = [17, 53]\n[[structures.hippocampus.intervals]]\n'
+                     'name = "loss"\nmax = -2\nmax_closed = true\nphrase = "hippocampal atrophy"\n')
+    r = cli("make-pairs", data, "--labels", deriv, "--rules", rules, "-o", tmp_path / "pairs", "--slices", "1", "--size", "32")
+    assert r.exit_code == 2 and not (tmp_path / "pairs").exists()
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "'hippocampus' (labels 17, 53) is not labelled by segmenter 'atlas'" in r.stderr and "freesurfer" in r.stderr

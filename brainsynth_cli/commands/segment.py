@@ -85,13 +85,18 @@ def register(app: typer.Typer) -> None:
         on_interrupt("nothing was written (the outputs are written together at the end); run the command again")
         seg = create_segmenter(spec, options)
         from brainsynth_cli.images import read_volume
+        from brainsynth_cli.interfaces import segmenter_labels
         from brainsynth_cli.progress import progress_bar
 
         image = read_volume(source)
         check_brain_image(image)
         with progress_bar(f"segment ({segmenter})", 1) as bar:
             labels = run_segmenter(seg, image, progress=bar)
-        write_results(image, labels, output, volumes, qc, the_rules, segmenter=segmenter)
+        produced = segmenter_labels(seg)
+        write_results(image, labels, output, volumes, qc, the_rules, segmenter=segmenter, produced=produced)
+        note = missing_note(segmenter, the_rules, produced) if volumes is not None else None
+        if note:
+            typer.echo(note)
         typer.echo(f"wrote {output}" + (f", {volumes}" if volumes else "") + (f", {qc}" if qc else ""))
 
 
@@ -206,16 +211,44 @@ def run_segmenter(seg: Any, image: "Volume", *, progress: Any = None, prior: tup
 # volumes and QC
 
 
-def volume_table(labels: "Volume", rules: "Rules") -> dict[str, Any]:
+def not_labelled(rules: "Rules", produced: frozenset[int] | None) -> list[str]:
+    """The structure groups none of whose ids the segmenter produces (none when it declares nothing)."""
+    if produced is None:
+        return []
+    return [s.name for s in rules.structures if not set(s.labels) & produced]
+
+
+def missing_note(segmenter: str, rules: "Rules", produced: frozenset[int] | None) -> str | None:
+    """One log line naming the groups a segmenter does not label, or None."""
+    missing = not_labelled(rules, produced)
+    if not missing:
+        return None
+    parts = ", ".join(f"{g} ({', '.join(map(str, rules[g].labels))})" for g in missing)
+    return (f"segmenter '{segmenter}' labels no {parts}: reported as n/a, not 0; "
+            "for these give --segmenter freesurfer (or a SynthSeg plugin)")
+
+
+def volume_table(labels: "Volume", rules: "Rules", produced: frozenset[int] | None = None) -> dict[str, Any]:
+    """Volumes per structure group and per label; a group none of whose ids the segmenter
+    produces (``produced``, its declared labels) is None (missing), not 0."""
     from brainsynth_cli.structures import group_volumes, label_volumes
 
     per_label = label_volumes(labels.data, labels.voxel_volume)
-    return {
+    missing = set(not_labelled(rules, produced))
+    table: dict[str, Any] = {
         "voxel_volume_mm3": labels.voxel_volume,
-        "structures_mm3": {k: round(v, 4) for k, v in group_volumes(per_label, rules).items()},
+        "structures_mm3": {k: (None if k in missing else round(v, 4)) for k, v in group_volumes(per_label, rules).items()},
         "labels_mm3": {str(k): round(v, 4) for k, v in sorted(per_label.items())},
         "label_names": {str(k): rules.labels.get(k, f"label-{k}") for k in sorted(per_label)},
     }
+    if produced is not None:
+        table["labels_produced"] = sorted(produced)
+        table["structures_not_labelled"] = sorted(missing, key=rules.names().index)
+    return table
+
+
+def _mm3(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def volumes_text(table: dict[str, Any], path: Path, **context: Any) -> str:
@@ -225,7 +258,7 @@ def volumes_text(table: dict[str, Any], path: Path, **context: Any) -> str:
         return json.dumps({**context, **table}, indent=2) + "\n"
     lines = ["kind,name,label,volume_mm3"]
     for name, v in table["structures_mm3"].items():
-        lines.append(f"structure,{name},,{v:.4f}")
+        lines.append(f"structure,{name},,{_mm3(v)}")
     for lab, v in table["labels_mm3"].items():
         lines.append(f"label,{table['label_names'][lab]},{lab},{v:.4f}")
     return "\n".join(lines) + "\n"
@@ -262,13 +295,13 @@ def write_qc(path: Path, image: "Volume", labels: "Volume") -> None:
 
 
 def write_results(image: "Volume", labels: "Volume", output: Path, volumes: Path | None, qc: Path | None,
-                  rules: "Rules", *, segmenter: str) -> None:
+                  rules: "Rules", *, segmenter: str, produced: frozenset[int] | None = None) -> None:
     """Labels (on the input grid and header), volumes and QC, all or nothing: each is written to a
     temporary file first and all are renamed into place at the end."""
     from brainsynth_cli.images import atomic_write_text, write_labels
     from brainsynth_cli.outputs import staged_outputs
 
-    text = volumes_text(volume_table(labels, rules), volumes, image=str(image.path), labels=str(output),
+    text = volumes_text(volume_table(labels, rules, produced), volumes, image=str(image.path), labels=str(output),
                         segmenter=segmenter) if volumes is not None else None
     with staged_outputs([output, volumes, qc]) as staged:
         write_labels(staged[output], labels.data, image.affine, _nifti_header(image))
@@ -379,7 +412,7 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
     check_layout(out_dir)
     subjects = dataset.subjects()
     spec = _spec(segmenter)
-    create_segmenter(spec, options)  # options and requirements checked before any work
+    checked = create_segmenter(spec, options)  # options and requirements checked before any work
     inputs = [p for ses in subjects.values() for s in ses for p in (s.image, s.labels)] + option_files(options)
     for sub, sessions in subjects.items():
         for s in sessions:
@@ -393,6 +426,11 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
         more = f" (and {len(dataset.notes) - 1} more session(s) like it)" if len(dataset.notes) > 1 else ""
         typer.echo(f"{dataset.notes[0]}{more}; --run LABEL takes another")
     raw_root = str(dataset.root.resolve()) if dataset.kind == "bids" else None
+    from brainsynth_cli.interfaces import segmenter_labels
+
+    note = missing_note(segmenter, rules, segmenter_labels(checked))
+    if note:
+        typer.echo(note)
 
     def finished_any() -> bool:
         return any(_finished(session_paths(out_dir, sub, s.session)) for sub, ses in subjects.items() for s in ses)
@@ -510,6 +548,9 @@ def _segment_subject(task: tuple[str, list[tuple[str, str]]], out_dir: Path, seg
     subject, sessions = task
     seg = create_segmenter(_spec(segmenter), options)
     followup = longitudinal and callable(getattr(seg, "segment_followup", None))
+    from brainsynth_cli.interfaces import segmenter_labels
+
+    produced = segmenter_labels(seg)
     count = 0
     if followup:
         images = [(session, path, read_volume(path)) for session, path in sessions]
@@ -519,7 +560,8 @@ def _segment_subject(task: tuple[str, list[tuple[str, str]]], out_dir: Path, seg
         initial = run_segmenter(seg, first)
         for session, path, image in images:
             labels = run_segmenter(seg, image, prior=(first, initial))
-            _write_session(out_dir, subject, session, path, image, labels, rules, segmenter, options, sessions[0][0], raw_root)
+            _write_session(out_dir, subject, session, path, image, labels, rules, segmenter, options, sessions[0][0], raw_root,
+                           produced)
             count += 1
         return count
     for session, path in sessions:
@@ -528,7 +570,7 @@ def _segment_subject(task: tuple[str, list[tuple[str, str]]], out_dir: Path, seg
         image = read_volume(path)
         check_brain_image(image)
         labels = run_segmenter(seg, image)
-        _write_session(out_dir, subject, session, path, image, labels, rules, segmenter, options, None, raw_root)
+        _write_session(out_dir, subject, session, path, image, labels, rules, segmenter, options, None, raw_root, produced)
         count += 1
     return count
 
@@ -560,7 +602,8 @@ def lookup_table(label_ids: Any, rules: Rules) -> str:
 
 
 def _write_session(out_dir: Path, subject: str, session: str, image_path: str, image: Any, labels: Any, rules: "Rules",
-                   segmenter: str, options: dict[str, str], from_session: str | None, raw_root: str | None = None) -> None:
+                   segmenter: str, options: dict[str, str], from_session: str | None, raw_root: str | None = None,
+                   produced: frozenset[int] | None = None) -> None:
     import json
 
     from brainsynth_cli.images import atomic_write_text, write_labels
@@ -569,7 +612,7 @@ def _write_session(out_dir: Path, subject: str, session: str, image_path: str, i
     source = source_uri(image_path, raw_root)
     how = f"from {from_session}'s labels (longitudinal)" if from_session else "independently"
     who = f"{subject} {session}" if session else subject
-    table = volume_table(labels, rules)
+    table = volume_table(labels, rules, produced)
     sidecar = {
         "Description": f"FreeSurfer aseg labels of {who} by brainsynth segment ({segmenter}), {how}; "
                        "look-up table in the _dseg.tsv beside it, volumes in mm^3 below",
@@ -618,7 +661,8 @@ def _columns(rules: Rules, per: str) -> str:
     columns: dict[str, Any] = {"Description": f"structure group volumes per {per}, measured by brainsynth segment"}
     for s in rules.structures:
         ids = ", ".join(str(i) for i in s.labels)
-        columns[f"{s.name}_mm3"] = {"Description": f"volume of {s.name}: {s.help or s.name} (aseg labels {ids})",
+        columns[f"{s.name}_mm3"] = {"Description": f"volume of {s.name}: {s.help or s.name} (aseg labels {ids}); "
+                                                   "n/a when the segmenter labels none of them",
                                     "Units": "mm^3"}
     return json.dumps(columns, indent=2) + "\n"
 
@@ -642,7 +686,7 @@ def _write_table(out_dir: Path, subjects: dict[str, list[Any]], rules: "Rules") 
             if not p.is_file():
                 continue
             vols = json.loads(p.read_text(encoding="utf-8"))["structures_mm3"]
-            rows.append([s.session or "n/a", *[f"{vols.get(g, 0.0):.4f}" for g in groups]])
+            rows.append([s.session or "n/a", *[_mm3(vols.get(g, 0.0)) for g in groups]])
         if rows and not sessions[0].session:
             participants.append([subject, *rows[0][1:]])
         elif rows:

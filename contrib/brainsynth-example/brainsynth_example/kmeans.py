@@ -40,6 +40,9 @@ def kmeans_1d(values: np.ndarray, k: int = 3, iterations: int = 50) -> np.ndarra
 
 
 class KMeansTissueSegmenter:
+    #: the aseg ids it writes: structure groups of none of them (ventricles, hippocampus) are n/a
+    labels = (WM, GM, CSF)
+
     def __init__(self, classes: int = 3) -> None:
         if classes != 3:
             raise ValueError("kmeans-tissue knows 3 classes: CSF, grey matter, white matter")

@@ -16,8 +16,9 @@ world-to-world, so they must already be in MNI space, as Brain LDM's registered 
 (``brainsynth_cli.slices``: RAS orientation, 0.5-99.5 percentile window, centred square).
 
 A pairs folder (``make-pairs``) gives the edited images of its ``real`` training rows with their
-prompts as captions; with ``--prompt-builder template`` those captions state the volumes, age
-and sex, which are read back as covariates.
+prompts as captions. Their covariates are the rows' own fields (``target_age``, ``sex``,
+``target_volumes_mm3``), which make-pairs writes whatever the prompt builder; for folders made
+before rows carried them, a ``template`` caption's stated volumes, age and sex are read back.
 """
 
 from __future__ import annotations
@@ -262,15 +263,20 @@ def _read_pairs(root: Path, *, dim: str, resolution: int, progress: Any) -> Trai
             if r.prompt not in seen[r.target].captions:
                 seen[r.target].captions.append(r.prompt)
             continue
-        vols: dict[str, float] = {}
-        age = sex = None
-        if parse is not None:
-            try:
-                vols = dict(parse.volumes(r.prompt))
-            except UserError:
-                vols = {}
+        # covariates: the row's own fields (make-pairs writes them whatever the prompt builder),
+        # then what a `template` caption states (folders made before rows carried covariates)
+        recorded = r.data.get("target_volumes_mm3")
+        vols = {k: float(v) for k, v in recorded.items() if v is not None} if isinstance(recorded, dict) else {}
+        age, sex = r.data.get("target_age"), r.data.get("sex")
+        if parse is not None and (age is None or sex is None or not vols):
+            if not vols:
+                try:
+                    vols = dict(parse.volumes(r.prompt))
+                except UserError:
+                    vols = {}
             ctx = parse.context(r.prompt)
-            age, sex = ctx.get("age"), ctx.get("sex")
+            age = age if age is not None else ctx.get("age")
+            sex = sex if sex is not None else ctx.get("sex")
         sessions = r.data.get("sessions") or ["", ""]
         labels = None
         if dim == "2d":
@@ -309,6 +315,8 @@ def check_covariates(ts: TrainingSet) -> None:
         bad = np.flatnonzero(~np.isfinite(cov[:, j]))
         if bad.size:
             item = ts.items[int(bad[0])]
-            where = "participants.tsv / sessions.tsv (age, sex)" if ts.kind == "dataset" else "the captions (make-pairs --prompt-builder template)"
+            where = ("participants.tsv / sessions.tsv (age, sex)" if ts.kind == "dataset" else
+                     "the dataset's participants.tsv / sessions.tsv (age, sex) and make the pairs again (rows carry target_age, sex, "
+                     "target_volumes_mm3)")
             raise InputError(item.source, f"has no {name.replace('_', ' ')} ({bad.size} of {len(ts.items)} images lack it)",
                              f"add it to {where}, or train with --condition text")

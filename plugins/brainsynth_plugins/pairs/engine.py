@@ -29,6 +29,8 @@ from brainsynth_cli.slices import CONVENTION
 FORMAT = "brainsynth-pairs"
 VERSION = 1
 PARTS = ".parts"
+#: Part files record it; a part without it was made before rows carried covariates (redone).
+COVARIATES_VERSION = 1
 SPLITS = ("train", "validation", "test")
 
 #: Words that make ``datasets``' imagefolder guess splits from paths (see datasets.data_files).
@@ -340,6 +342,40 @@ def group_vols(labels, voxel_volume: float, rules) -> dict[str, float]:
     return group_volumes(label_volumes(labels, voxel_volume), rules)
 
 
+def covariate_volumes(measured: dict[str, float], recorded: tuple[dict[str, Any], Any] | None, rules) -> dict[str, float | None]:
+    """Structure group volumes (mm^3) of a session for its rows: what the derivatives record
+    (``recorded``, from :func:`brainsynth_cli.datasets.recorded_volumes`; None where the
+    segmenter does not label a group), else what the label map measures."""
+    table = recorded[0] if recorded else {}
+    out: dict[str, float | None] = {}
+    for g in rules.names():
+        v = table[g] if g in table else measured.get(g)
+        out[g] = None if v is None else round(float(v), 4)
+    return out
+
+
+def volumes_after(prior: dict[str, float | None], rates: dict[str, float | None], measured: dict[str, float]) -> dict[str, float | None]:
+    """Target volumes of a made (disentangled, deformed) target: the prior's volumes changed by
+    the row's rates; where a rate is null (empty prior), the made label map's volume; None where
+    the prior's volume is unknown (a group the segmenter does not label)."""
+    out: dict[str, float | None] = {}
+    for g, v in prior.items():
+        r = rates.get(g)
+        if v is None:
+            out[g] = None
+        elif r is not None:
+            out[g] = round(v * (1.0 + r / 100.0), 4)
+        else:
+            out[g] = round(float(measured.get(g, 0.0)), 4)
+    return out
+
+
+def sex_of(value: str | None) -> str | None:
+    """The dataset's sex value as given; None when unknown (empty, n/a)."""
+    v = (value or "").strip()
+    return None if v.lower() in ("", "n/a", "na", "nan", "unknown") else v
+
+
 def structure_mask(labels, structure) -> Any:
     import numpy as np
 
@@ -422,6 +458,7 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
     """Make one pair's files (in a temporary folder renamed into place) and return its part."""
     import numpy as np
 
+    from brainsynth_cli.datasets import recorded_volumes
     from brainsynth_cli.images import read_labels, read_volume, write_labels, write_png, write_volume
     from brainsynth_cli.interfaces import Change
     from brainsynth_cli.slices import normalisation, normalise, to_canonical, to_png16, to_square, to_view
@@ -450,10 +487,20 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
                          "check that both images show the same head, or put the target on the prior's grid first") from None
     vv = prior.voxel_volume
     vp = group_vols(prior_lab.data, vv, rules)
+    recorded_p = recorded_volumes(p.labels, p.subject, p.session, rules)
     for s in rules.described():
         if vp[s.name] <= 0:
-            raise InputError(p.labels, f"{p.subject} {p.session}: structure group '{s.name}' (labels {', '.join(map(str, s.labels))}) is empty in the prior's label map",
+            labels = ", ".join(map(str, s.labels))
+            if recorded_p is not None and s.name in recorded_p[0] and recorded_p[0][s.name] is None:
+                by = f"segmenter '{recorded_p[1]}'" if recorded_p[1] else "its segmenter"
+                raise InputError(p.labels, f"{p.subject} {p.session}: structure group '{s.name}' (labels {labels}) is not labelled by {by}, "
+                                 "which labels none of these ids",
+                                 f"segment with one that labels {s.name} (e.g. --segmenter freesurfer, or a SynthSeg plugin), "
+                                 "or leave the group out of the rules (--rules)")
+            raise InputError(p.labels, f"{p.subject} {p.session}: structure group '{s.name}' (labels {labels}) is empty in the prior's label map",
                              "check the segmentation, or leave the group out of the rules (--rules)")
+    prior_vols = covariate_volumes(vp, recorded_p, rules)
+    target_vols = covariate_volumes(vt, recorded_volumes(t.labels, t.subject, t.session, rules), rules)
     rates = {g: _rate(vp[g], vt[g]) for g in rules.names()}
     years = interval_years(p, t)
     context = dict(age=t.age, sex=t.sex, modality="T1w", interval_years=years)
@@ -482,7 +529,7 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
     pair_psnr = psnr(prior01, target01)
     base = {"pair": pair.key, "subject": pair.subject, "sessions": [p.session, t.session], "folder": pair.folder,
             "registered": alignment.registered, "psnr": round(pair_psnr, 4) if math.isfinite(pair_psnr) else None, "rows": [], "files": [], "skipped": None,
-            "rates": rates, "intensity_matched": matched is not None}
+            "rates": rates, "intensity_matched": matched is not None, "covariates": COVARIATES_VERSION}
     if options.min_psnr is not None and pair_psnr < options.min_psnr:
         base["skipped"] = f"psnr {pair_psnr:.2f} dB < {options.min_psnr:g}"
         return base
@@ -492,7 +539,8 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
     real_prompt = builder.build(Change(rates=num_rates(rates), volumes=vt, **context))
     if real_prompt is not None:
         outputs.append(("real", target01, tn, target_lab.data, {"kind": "real", "structure": None, "edit_prompt": real_prompt,
-                                                 "rates": rates, "intervals": intervals_of(rates), "blender": None}))
+                                                 "rates": rates, "intervals": intervals_of(rates), "blender": None,
+                                                 "target_volumes_mm3": target_vols}))
     for s in rules.described():
         if rates[s.name] is None or s.interval_for(rates[s.name]) is None:
             continue
@@ -513,7 +561,8 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
         bn = normalisation(blended)
         outputs.append((f"dis-{safe_component(s.name)}", normalise(blended, bn), bn, composite, {
             "kind": "disentangled", "structure": s.name, "edit_prompt": prompt, "rates": realised,
-            "intervals": intervals_of(realised, only=s.name), "blender": options.blender}))
+            "intervals": intervals_of(realised, only=s.name), "blender": options.blender,
+            "target_volumes_mm3": volumes_after(prior_vols, realised, vb)}))
         base.setdefault("omega_voxels", {})[s.name] = int(mask.sum())
     if options.deformed and (pair.split is None or pair.split in options.deformed_splits):
         from brainsynth_plugins.pairs.deformed import deformed_outputs
@@ -522,6 +571,9 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
     if len(outputs) == 1:
         base["skipped"] = "no described change"
         return base
+    for _, _, _, lab, fields in outputs[1:]:  # deformed rows: the prior's volumes changed by their rates
+        if fields is not None and "target_volumes_mm3" not in fields:
+            fields["target_volumes_mm3"] = volumes_after(prior_vols, fields["rates"], group_vols(lab, vv, rules))
 
     out = options.out
     tmp = out / PARTS / f".tmp-{pair.key}-{os.getpid()}"
@@ -533,7 +585,8 @@ def make_pair(pair: Pair, options: Options, rules) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     files: list[str] = []
     common = {"subject": pair.subject, "sessions": [p.session, t.session], "interval_years": years,
-              "prior_normalisation": pn.as_dict()}
+              "prior_normalisation": pn.as_dict(), "prior_age": p.age, "target_age": t.age, "sex": sex_of(p.sex or t.sex),
+              "prior_volumes_mm3": prior_vols}
     try:
         if options.dim == "2d":
             prior_c, ornt = to_canonical(prior_lab.data, prior.affine)
@@ -609,6 +662,8 @@ def _row(folder: str, prior: str, edited: str, prior_labels: str, edited_labels:
            "edit_prompt": fields["edit_prompt"], "subject": common["subject"], "sessions": common["sessions"],
            "kind": fields["kind"], "structure": fields["structure"], "rates": fields["rates"],
            "intervals": fields["intervals"], "interval_years": fields.get("interval_years", common["interval_years"]),
+           "prior_age": common["prior_age"], "target_age": common["target_age"], "sex": common["sex"],
+           "prior_volumes_mm3": common["prior_volumes_mm3"], "target_volumes_mm3": fields["target_volumes_mm3"],
            "blender": fields["blender"], "slice": k, "split": None, "prior_normalisation": common["prior_normalisation"],
            "target_normalisation": norm.as_dict(),
            "input_labels_file_name": f"{folder}/{prior_labels}", "edited_labels_file_name": f"{folder}/{edited_labels}"}
@@ -634,6 +689,8 @@ def read_part(out: Path, pair: Pair) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     if part.get("pair") != pair.key or not all((out / f).is_file() for f in part.get("files", [])):
+        return None
+    if part.get("covariates") != COVARIATES_VERSION:  # made before rows carried covariates: make it again
         return None
     return part
 

@@ -110,6 +110,18 @@ class AtlasSegmenter:
         if self.threads < 1 or self.work_mm <= 0 or not self.demons_iterations:
             raise UserError("atlas segmenter: threads must be >= 1, work_mm > 0 and demons_iterations non-empty")
 
+    @property
+    def labels(self) -> frozenset[int]:
+        """The aseg ids this segmenter writes: those of its atlas. The bundled template labels
+        cerebral white matter and cortex, lateral ventricles, thalamus, caudate, putamen,
+        cerebellum, brain stem and CSF; no hippocampus, amygdala, pallidum, accumbens, ventral
+        DC, inferior lateral ventricles or 3rd/4th ventricle."""
+        if self._template is not None:
+            return frozenset(int(i) for i in np.unique(self._template[1].data) if i > 0)
+        from brainsynth_plugins.simulate.template import BRAINSTEM, CSF, LEFT, RIGHT
+
+        return frozenset([*LEFT.values(), *RIGHT.values(), BRAINSTEM, CSF])
+
     # -- template --------------------------------------------------------------------------
     def template(self, voxel_mm: float) -> tuple[Volume, Volume]:
         """(T1, labels) of the atlas: labels at 1 mm for fine subjects, 2 mm otherwise."""
