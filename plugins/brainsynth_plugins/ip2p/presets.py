@@ -17,6 +17,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"]},
         "vae_steps": 800, "unet_steps": 400, "vae_lr": 2e-3, "unet_lr": 1e-3, "vae_batch_size": 8, "unet_batch_size": 16,
         "ssim_weight": 0.0, "vae_lr_scheduler": "cosine", "prediction_type": "sample", "region_weight": 4.0,
+        # edit defaults from a sweep on the demo's validation pairs (benchmarks/RESULTS.md, "edit quality")
+        "guidance_scale": 3.0, "image_guidance_scale": 1.0, "sampling_steps": 10, "sampling_scheduler": "ddim",
         "warmup_steps": 20, "validation_steps": 10, "checkpoint_every": 100,
     },
     # From scratch, sized for one GPU at 256x256 (latents 4x32x32).
