@@ -41,10 +41,10 @@ def plan(out: Path, subjects: int, seed: int) -> list[tuple[str, list[str]]]:
 def pictures(out: Path) -> list[Path]:
     found: list[Path] = []
     for pattern in ("cohort/derivatives/brainsynth-truth/*/figures/*montage*.png", "labels/sub-*/ses-01/anat/*_qc.png",
-                    "pairs/montage-*.png", "model/validation/*.png", "report/montage.png", "report/montage-deform.png",
+                    "pairs/montage-*.png", "model/validation/vae-*.png", "model/validation/unet-*.png", "report/montage.png", "report/montage-deform.png",
                     "report/rates.png"):
         hits = sorted(out.glob(pattern))
-        found.extend(hits[-2:] if pattern.startswith("model/") else hits[:3])
+        found.extend(hits[-1:] if pattern.startswith("model/") else hits[:3])  # the last validation of each stage
     return found
 
 
