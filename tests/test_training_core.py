@@ -222,3 +222,14 @@ def test_sizes_must_fit_builds_on_meta_and_fails_in_one_line():
     assert msg.startswith("the model sizes do not fit together (") and "\n" not in msg and "--set vae.*/unet.*" in msg
     with pytest.raises(UserError, match="^own message$"), sizes_must_fit():
         raise UserError("own message")
+
+
+def test_validation_rows_show_one_prompt_after_another() -> None:
+    from types import SimpleNamespace
+
+    from brainsynth_plugins.ip2p.training import one_per_prompt
+
+    rows = [SimpleNamespace(prompt=p, n=i) for i, p in enumerate(["a", "a", "a", "b", "b", "c"])]
+    assert [r.n for r in one_per_prompt(rows, 4)] == [0, 3, 5, 1]
+    assert [r.n for r in one_per_prompt(rows, 10)] == [0, 3, 5, 1, 4, 2]
+    assert one_per_prompt(rows, 0) == [] and one_per_prompt([], 4) == []

@@ -197,6 +197,20 @@ def patch_discriminator(channels: int) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # the trainer
+def one_per_prompt(rows: list[Any], count: int) -> list[Any]:
+    """Up to ``count`` rows for the validation images: the first row of each prompt in turn (so
+    the pictures show different requests, not one prompt four times), then the next of each."""
+    by_prompt: dict[str, list[Any]] = {}
+    for r in rows:
+        by_prompt.setdefault(r.prompt, []).append(r)
+    chosen: list[Any] = []
+    depth = 0
+    while len(chosen) < min(count, len(rows)):
+        chosen += [group[depth] for group in by_prompt.values() if depth < len(group)][: count - len(chosen)]
+        depth += 1
+    return chosen
+
+
 # ---------------------------------------------------------------------------------------------
 class Trainer(StagedTrainer):
     LOSS_FIELDS = ("stage", "step", "loss", "l1", "ssim", "kl", "gan", "lr")
@@ -207,7 +221,7 @@ class Trainer(StagedTrainer):
         self.res = int(cfg["resolution"])
         self.channels = int(cfg["channels"])
         self.train_pairs = pairs.split("train")
-        self.val_pairs = (pairs.split("validation") or self.train_pairs)[: int(cfg["validation_count"])]
+        self.val_pairs = one_per_prompt(pairs.split("validation") or self.train_pairs, int(cfg["validation_count"]))
         self._images: dict[Path, Any] = {}
 
     # -- validation of what we need before writing anything ----------------------------------
