@@ -85,6 +85,37 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert (tmp_path / "a" / "logs" / "loss.csv").read_text() == (tmp_path / "b" / "logs" / "loss.csv").read_text()
 
 
+def test_resume_a_run_started_by_an_older_version(tmp_path):
+    """A run file without the settings added since (here the sampling recommendation) resumes,
+    and those settings take the common defaults."""
+    import json
+
+    from brainsynth_cli.interfaces import TrainOptions
+    from brainsynth_cli.plugin_manager import get_manager
+    from brainsynth_plugins.ip2p.presets import COMMON
+
+    pairs = make_pairs(tmp_path / "pairs", size=32, subjects=2, slices=1)
+    sets = dict(a.split("=", 1) for a in FAST[FAST.index("--set") :: 1] if "=" in a)
+    sets.update({"vae_steps": "2", "unet_steps": "4", "validation_count": "0"})
+    extra = {"preset": "tiny", "resolution": 32, "batch_size": 2, "checkpoint_every": 2, "set": sets}
+    gen = get_manager().registry("generator").create("instruct-pix2pix")
+
+    def stop(done, total, message=""):
+        if message.startswith("stage 2") and done == 3:
+            raise KeyboardInterrupt
+
+    with one_thread():
+        with pytest.raises(KeyboardInterrupt):
+            gen.train(TrainOptions(data=pairs, output=tmp_path / "m", seed=1, device="cpu", extra=extra), stop)
+        run = tmp_path / "m" / "checkpoints" / "run.json"
+        old = {k: v for k, v in json.loads(run.read_text()).items() if k not in ("sampling_steps", "sampling_scheduler")}
+        run.write_text(json.dumps(old))
+        gen.train(TrainOptions(data=pairs, output=tmp_path / "m", seed=1, device="cpu", resume=True, extra=extra))
+    sampling = json.loads((tmp_path / "m" / "brainsynth.json").read_text())["sampling"]
+    assert sampling["steps"] == COMMON["sampling_steps"] and sampling["scheduler"] == COMMON["sampling_scheduler"]
+    assert sampling["guidance_scale"] == old["guidance_scale"]  # what the run file holds wins
+
+
 def _one_line_error(code, err, *words):
     lines = [line for line in err.strip().splitlines() if line.startswith("brainsynth: error:")]
     assert code == 2 and len(lines) == 1, err

@@ -100,7 +100,8 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
     if options.resume:
-        cfg = run_folder.resume_run(out)
+        # a run started by an older version lacks the settings added since: they take the common defaults
+        cfg = {**copy.deepcopy(COMMON), **run_folder.resume_run(out)}
         pairs = read_pairs(cfg["data"])
     else:
         cfg = build_config(options)
