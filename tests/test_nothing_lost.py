@@ -515,3 +515,22 @@ def test_a_plugin_that_exits_at_import_is_reported_and_left_out(tmp_path):
     assert "plugin 'raising' failed to load and is left out (BaseException: odd)" in lines[1]
     report = {p["name"]: p for p in json.loads(run_brainsynth("plugins", "--json", PYTHONPATH=str(tmp_path)).stdout)["plugins"]}
     assert report["exiting"]["status"] == "failed" and report["raising"]["status"] == "failed"
+
+
+def test_a_failing_demo_step_gives_one_error_line(tmp_path, monkeypatch, capsys):
+    """The failing step prints its own one-line error; the demo only says how to resume (stdout) and
+    exits with the step's status."""
+    import brainsynth_cli.main
+    from brainsynth_cli.main import run as real_run
+
+    def fail_segment(args):
+        if args[0] == "segment":
+            return real_run(["segment", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "x.nii.gz")])
+        return 0
+
+    monkeypatch.setattr(brainsynth_cli.main, "run", fail_segment)
+    code = real_run(["demo", "-o", str(tmp_path / "demo")])
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("brainsynth: error:")]
+    assert code == 2 and len(errors) == 1 and "missing.nii.gz" in errors[0], err
+    assert "segment failed" in out and f"brainsynth demo -o {tmp_path / 'demo'}" in out

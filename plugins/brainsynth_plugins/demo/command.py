@@ -61,7 +61,6 @@ def register(app: typer.Typer) -> None:
         import os
         import sys
 
-        from brainsynth_cli.errors import UserError
         from brainsynth_cli.main import run
 
         # torch on at most two threads (the tiny model's 64x64 convolutions train 1.7-2x faster on
@@ -83,8 +82,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"[{i}/{len(STEPS)}] brainsynth {' '.join(args)}")
             t0 = time.perf_counter()
             code = run(args)
-            if code != 0:
-                raise UserError(f"demo step {name!r} failed (exit {code}); fix the problem above and re-run `brainsynth demo -o {output}` to resume")
+            if code != 0:  # the step printed its own one-line error; the demo adds how to go on, on stdout
+                typer.echo(f"      {name} failed; fix the problem above and run `brainsynth demo -o {output}` again to resume")
+                raise typer.Exit(code)
             typer.echo(f"      {name} done in {time.perf_counter() - t0:.0f} s")
         typer.echo(f"\ndemo finished in {time.perf_counter() - t_all:.0f} s. Pictures:")
         for p in pictures(output):
