@@ -22,6 +22,7 @@ by date, else by session label (natural order).
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import re
@@ -212,23 +213,21 @@ def read_bidsignore(root: Path) -> list[str]:
 
 
 def ignored(rel: str, patterns: list[str]) -> bool:
-    """Whether ``rel`` (a path relative to the dataset, ``/``-separated) or a folder above it
-    matches a ``.bidsignore`` pattern: ``/x`` anchored at the root, ``x/`` a folder, ``*`` within a
-    name, ``**`` across folders; a pattern without ``/`` matches a name at any depth."""
-    import fnmatch
+    """Whether ``rel`` (a path relative to the dataset, ``/``-separated; a file or a folder)
+    matches the ``.bidsignore`` patterns, with git's rules (pathspec's GitIgnoreSpec: ``/x``
+    anchored at the root, ``x/`` a folder, ``*``, ``**``, ``!`` negation)."""
+    if not patterns:
+        return False
+    spec = _bidsignore_spec(tuple(patterns))
+    rel = rel.strip("/")
+    return spec.match_file(rel) or spec.match_file(rel + "/")
 
-    parts = rel.strip("/").split("/")
-    for pat in patterns:
-        anchored = pat.startswith("/") or "/" in pat.rstrip("/")
-        body = pat.strip("/")
-        for i in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:i])
-            if anchored:
-                if fnmatch.fnmatchcase(prefix, body) or fnmatch.fnmatchcase(prefix, body.replace("**/", "")):
-                    return True
-            elif fnmatch.fnmatchcase(parts[i - 1], body):
-                return True
-    return False
+
+@functools.lru_cache(maxsize=8)
+def _bidsignore_spec(patterns: tuple[str, ...]) -> Any:
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
 
 
 _RUN = re.compile(r"_run-([A-Za-z0-9]+)(?=_)")

@@ -97,3 +97,10 @@ def test_bidsignore_patterns():
     assert ignored("volumes.tsv", ["/volumes.tsv"]) and not ignored("sub-01/volumes.tsv", ["/volumes.tsv"])
     assert ignored("sub-01/ses-1/anat/a.nii", ["sub-01/**/a.nii"])
     assert not ignored("sub-01/anat/sub-01_T1w.nii.gz", ["*_qc.png", "sub-02/"])
+
+
+def test_bidsignore_negation():
+    from brainsynth_cli.datasets import ignored
+
+    assert not ignored("sub-01/anat/keep_qc.png", ["*_qc.png", "!keep_qc.png"])
+    assert ignored("sub-01/anat/other_qc.png", ["*_qc.png", "!keep_qc.png"])
