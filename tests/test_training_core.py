@@ -233,3 +233,17 @@ def test_validation_rows_show_one_prompt_after_another() -> None:
     assert [r.n for r in one_per_prompt(rows, 4)] == [0, 3, 5, 1]
     assert [r.n for r in one_per_prompt(rows, 10)] == [0, 3, 5, 1, 4, 2]
     assert one_per_prompt(rows, 0) == [] and one_per_prompt([], 4) == []
+
+
+def test_high_timestep_sampling_puts_more_of_the_batch_at_high_noise():
+    import torch
+
+    from brainsynth_plugins.ip2p.training import training_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    uni = training_timesteps("uniform", 1000, 20000, g, "cpu")
+    high = training_timesteps("high", 1000, 20000, g, "cpu")
+    assert int(high.min()) >= 0 and int(high.max()) <= 999
+    # density 2t/T: P(t >= T/2) = 3/4 against 1/2 for uniform
+    assert abs(float((high >= 500).float().mean()) - 0.75) < 0.02
+    assert abs(float((uni >= 500).float().mean()) - 0.5) < 0.02

@@ -45,7 +45,7 @@ COMMON: dict[str, Any] = {
     "kl_weight": 1e-6, "ssim_weight": 0.5, "gan_weight": 0.0, "gan_start": 0,
     "conditioning_dropout": 0.05, "ema": False, "ema_decay": 0.999, "gradient_accumulation": 1,
     "validation_count": 4, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup", "vae_lr_scheduler": None,
-    "mixed_precision": "no", "gradient_checkpointing": False, "prediction_type": "epsilon", "latent_target": "image", "region_weight": 0.0, "region_margin_mm": 3.0, "guidance_scale": 7.5, "image_guidance_scale": 1.5,
+    "mixed_precision": "no", "gradient_checkpointing": False, "prediction_type": "epsilon", "latent_target": "image", "timestep_sampling": "uniform", "region_weight": 0.0, "region_margin_mm": 3.0, "guidance_scale": 7.5, "image_guidance_scale": 1.5,
     "sampling_steps": 20, "sampling_scheduler": "ddim",
 }
 
@@ -65,11 +65,16 @@ SETTINGS: dict[str, tuple] = {
     "gradient_checkpointing": ("bool",), "guidance_scale": ("float", 0, 100), "image_guidance_scale": ("float", 0, 100),
     "sampling_steps": ("int", 1, 1000), "sampling_scheduler": ("choice", ("ddim", "dpm++", "euler-a")),
     "vae_lr_scheduler": ("choice", (None, *SCHEDULERS)), "prediction_type": ("choice", ("epsilon", "sample", "v_prediction")),
-    "vae.mid_block_attention": ("bool",), "latent_target": ("choice", ("image", "change")),
+    "vae.mid_block_attention": ("bool",), "latent_target": ("choice", ("image", "change")), "timestep_sampling": ("choice", ("uniform", "high")),
     "region_weight": ("float", 0, 1000), "region_margin_mm": ("float", 0, 50),
     "vae.block_out_channels": ("ints", 1, 4096, 1, 8), "vae.layers_per_block": ("int", 1, 16),
     "vae.latent_channels": ("int", 1, 64), "vae.norm_num_groups": ("int", 1, 1024),
     "unet.block_out_channels": ("ints", 1, 8192, 1, 8), "unet.layers_per_block": ("int", 1, 16),
     "unet.attention_head_dim": ("int", 1, 1024), "unet.norm_num_groups": ("int", 1, 1024),
     "unet.down_block_types": ("strs", 1, 8), "unet.up_block_types": ("strs", 1, 8),
+    "unet.addition_embed_type": ("choice", (None, "text")), "unet.addition_embed_type_num_heads": ("int", 1, 1024),
+    "unet.resnet_time_scale_shift": ("choice", ("default", "scale_shift")),
 }
+
+#: UNet settings passed to diffusers' UNet2DConditionModel only when a preset or --set gives them.
+OPTIONAL_UNET = ("addition_embed_type", "addition_embed_type_num_heads", "resnet_time_scale_shift")

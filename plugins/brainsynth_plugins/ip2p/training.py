@@ -21,7 +21,7 @@ from brainsynth_cli.limits import check_settings
 from brainsynth_cli.weights import refuse_pickled_weights
 from brainsynth_plugins.ip2p.data import PairsFolder, load_slice, read_pairs, trained_intervals, trained_prompts
 from brainsynth_plugins.ip2p.model import image_conditioning, residual_edit
-from brainsynth_plugins.ip2p.presets import COMMON, PRESETS, SETTINGS
+from brainsynth_plugins.ip2p.presets import COMMON, OPTIONAL_UNET, PRESETS, SETTINGS
 from brainsynth_plugins.training_core import checkpoints as ckpts
 from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
@@ -183,6 +183,18 @@ def diffusion_target(noise_sched: Any, latents: Any, noise: Any, t: Any) -> Any:
     if kind == "v_prediction":
         return noise_sched.get_velocity(latents, noise, t)
     raise UserError(f"prediction_type {kind!r}: use epsilon, sample or v_prediction")
+
+
+def training_timesteps(kind: str, T: int, n: int, gen: Any, device: Any) -> Any:
+    """``n`` diffusion timesteps in [0, T): ``uniform`` (DDPM, InstructPix2Pix), or ``high``, drawn with
+    density growing linearly with t (t = floor(T * sqrt(u))): more of the batch at high noise, where
+    the prior and the prompt, not the noisy target, decide the prediction."""
+    import torch
+
+    if kind == "uniform":
+        return torch.randint(0, T, (n,), generator=gen, device=device)
+    u = torch.rand(n, generator=gen, device=device)
+    return (T * u.sqrt()).long().clamp_(0, T - 1)
 
 
 def patch_discriminator(channels: int) -> Any:
@@ -466,7 +478,7 @@ class Trainer(StagedTrainer):
             down_block_types=tuple(u["down_block_types"]), up_block_types=tuple(u["up_block_types"]),
             block_out_channels=tuple(u["block_out_channels"]), layers_per_block=int(u["layers_per_block"]),
             attention_head_dim=int(u["attention_head_dim"]), norm_num_groups=int(u["norm_num_groups"]),
-            cross_attention_dim=hidden,
+            cross_attention_dim=hidden, **{k: u[k] for k in OPTIONAL_UNET if u.get(k) is not None},
         )
         noise = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               prediction_type=str(self.cfg["prediction_type"]), clip_sample=False, timestep_spacing="trailing")
@@ -583,7 +595,7 @@ class Trainer(StagedTrainer):
                     target = target - prior * scale
                 text = torch.stack([emb[r.prompt] for r in rows])
                 noise = torch.randn(target.shape, generator=gen, device=acc.device)
-                t = torch.randint(0, T, (len(rows),), generator=gen, device=acc.device)
+                t = training_timesteps(str(cfg["timestep_sampling"]), T, len(rows), gen, acc.device)
                 noisy = noise_sched.add_noise(target, noise, t)
                 if drop > 0:  # InstructPix2Pix: drop text, both, image (each with probability `drop`)
                     u = torch.rand(len(rows), generator=gen, device=acc.device)
