@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 #: The logger namespaces brainsynth configures (the kernel's modules and the plugins').
 NAMESPACES: tuple[str, ...] = ("brainsynth_cli", "brainsynth_plugins")
@@ -27,7 +27,7 @@ NAMESPACES: tuple[str, ...] = ("brainsynth_cli", "brainsynth_plugins")
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
-_state = {"verbosity": 0, "depth": 0}
+_state = {"depth": 0}
 
 
 class StderrHandler(logging.StreamHandler):
@@ -78,9 +78,16 @@ def level_for(verbose: int = 0, quiet: int = 0) -> int:
     return logging.ERROR
 
 
-def configure(verbose: int = 0, quiet: int = 0) -> None:
-    """(Re)configure the brainsynth loggers; idempotent (one handler each, replaced on each call)."""
-    _state["verbosity"] = verbose - quiet
+def _snapshot() -> list[tuple[logging.Logger, list[logging.Handler], int, bool]]:
+    loggers = [logging.getLogger(name) for name in NAMESPACES] + [logging.getLogger()]
+    return [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+
+
+def configure(verbose: int = 0, quiet: int = 0) -> Callable[[], None]:
+    """(Re)configure the brainsynth loggers (one stderr handler each, replacing ours); returns a
+    function that puts back what was there before (the CLI calls it when the command ends, so
+    library use after a command, and an outer command after a nested one, are as they were)."""
+    before = _snapshot()
     level = level_for(verbose, quiet)
     for name in NAMESPACES:
         logger = logging.getLogger(name)
@@ -100,10 +107,16 @@ def configure(verbose: int = 0, quiet: int = 0) -> None:
         root.addHandler(handler)
         root.setLevel(logging.DEBUG)
 
+    def restore() -> None:
+        for logger, handlers, lvl, propagate in before:
+            for h in list(logger.handlers):
+                logger.removeHandler(h)
+            for h in handlers:
+                logger.addHandler(h)
+            logger.setLevel(lvl)
+            logger.propagate = propagate
 
-def verbosity() -> int:
-    """``-v`` count minus ``-q`` count of the running command (0 by default)."""
-    return _state["verbosity"]
+    return restore
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -112,17 +125,6 @@ def get_logger(name: str) -> logging.Logger:
     if name.split(".")[0] in NAMESPACES:
         return logging.getLogger(name)
     return logging.getLogger(f"brainsynth_plugins.{name}")
-
-
-def shows(level: int, name: str = "brainsynth_cli") -> bool:
-    """Whether a record of ``level`` from logger ``name`` would be shown now."""
-    return logging.getLogger(name).isEnabledFor(level)
-
-
-def configure_default() -> None:
-    """The default configuration, if nothing configured the loggers yet (library use, tests)."""
-    if not any(isinstance(h, StderrHandler) for h in logging.getLogger(NAMESPACES[0]).handlers):
-        configure()
 
 
 @contextlib.contextmanager

@@ -51,6 +51,7 @@ def build_app() -> typer.Typer:
 
     @app.callback()
     def root(
+        ctx: typer.Context,
         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
         verbose: int = typer.Option(0, "-v", "--verbose", count=True,
@@ -63,7 +64,7 @@ def build_app() -> typer.Typer:
 
         # a command run inside another (the demo's steps) keeps the caller's -v/-q unless it gives its own
         if logs.depth() <= 1 or verbose or quiet:
-            logs.configure(verbose, quiet)
+            ctx.call_on_close(logs.configure(verbose, quiet))  # as it was once the command ends
         log.debug("brainsynth %s, Python %s; plugins: %s", __version__, sys.version.split()[0],
                   ", ".join(f"{r.name} ({r.status})" for r in get_manager().records.values()))
 

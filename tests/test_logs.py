@@ -90,11 +90,19 @@ def test_a_bad_progress_interval_is_one_line_exit_2(app, cli, monkeypatch):
         "brainsynth: error: BRAINSYNTH_PROGRESS_EVERY='soon': expected a number of seconds >= 0 (e.g. 30, or 0 for every step)"]
 
 
-def test_plain_progress_writes_a_line_at_most_every_n_seconds(capsys):
+@pytest.fixture
+def logging_on():
+    """Logging as the CLI sets it up by default, for the duration of one test."""
     from brainsynth_cli import logs
+
+    restore = logs.configure()
+    yield
+    restore()
+
+
+def test_plain_progress_writes_a_line_at_most_every_n_seconds(capsys, logging_on):
     from brainsynth_cli.progress import progress_bar
 
-    logs.configure()
     now = [100.0]
     with progress_bar("train", unit="step", every=30, clock=lambda: now[0]) as progress:
         for step in range(1, 401):  # 1.1 s a step
@@ -107,11 +115,9 @@ def test_plain_progress_writes_a_line_at_most_every_n_seconds(capsys):
     assert lines[-1].endswith("train: stage 2 (unet) loss 0.0600; step 400/400 (100 %), 1.1 s/step"), lines[-1]
 
 
-def test_plain_progress_starts_again_at_a_new_stage(capsys):
-    from brainsynth_cli import logs
+def test_plain_progress_starts_again_at_a_new_stage(capsys, logging_on):
     from brainsynth_cli.progress import progress_bar
 
-    logs.configure()
     now = [0.0]
     with progress_bar("train", unit="step", every=0, clock=lambda: now[0]) as progress:
         for step in range(1, 3):
@@ -125,16 +131,23 @@ def test_plain_progress_starts_again_at_a_new_stage(capsys):
                      "train: stage 2 (unet); step 1/4 (25 %)", "train: stage 2 (unet); step 2/4 (50 %), 1 s/step, ~2 s left"]
 
 
-def test_quiet_progress_is_silent_and_library_use_too(capsys):
+def test_quiet_progress_is_silent_and_library_use_too(capsys, app):
     from brainsynth_cli import logs
     from brainsynth_cli.progress import progress_bar
 
-    logs.configure(quiet=1)
-    with progress_bar("work", 2, every=0) as progress:
-        progress(1, 2, "")
-        progress(2, 2, "")
+    def work():
+        with progress_bar("work", 2, every=0) as progress:
+            progress(1, 2, "")
+            progress(2, 2, "")
+        logging.getLogger("brainsynth_plugins.logtest").info("an info line")
+
+    restore = logs.configure(quiet=1)
+    work()
+    restore()
     assert capsys.readouterr().err == ""
-    logs.configure()
+    assert invoke(app, "log-test")[0] == 0  # a command configures logging and puts it back when it ends
+    work()  # library use: no output unless the caller configures logging
+    assert capsys.readouterr().err == ""
 
 
 # ---------------------------------------------------------------------------------------------
