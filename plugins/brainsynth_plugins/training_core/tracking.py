@@ -47,12 +47,16 @@ class Reporting:
         log.debug("reporting the training metrics to %s in %s", self.report_to, self.logs / RUN_NAME)
 
     def end(self) -> None:
+        """Finish (flush and close) the open trackers. Not ``accelerator.end_training()``: that also
+        destroys the process group, which the next stage of a multi-GPU run still needs."""
         while self.open:
             acc = self.open.pop()
-            try:
-                acc.end_training()
-            except Exception as exc:  # noqa: BLE001 - closing a tracker must not hide the run's own outcome
-                log.warning("brainsynth: warning: could not close the %s tracker (%s)", self.report_to, exc)
+            for tracker in acc.trackers:
+                try:
+                    tracker.finish()
+                except Exception as exc:  # noqa: BLE001 - closing a tracker must not hide the run's own outcome
+                    log.warning("brainsynth: warning: could not close the %s tracker (%s)", self.report_to, exc)
+            acc.trackers = []
 
 
 _current: contextvars.ContextVar[Reporting | None] = contextvars.ContextVar("brainsynth_reporting", default=None)
