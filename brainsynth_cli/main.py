@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import logging
 import os
 import sys
 import traceback
@@ -18,6 +19,8 @@ import typer
 from brainsynth_cli import __version__
 from brainsynth_cli.errors import UserError, caused_by_interrupt
 from brainsynth_cli.plugin_manager import get_manager
+
+log = logging.getLogger("brainsynth_cli.main")  # not __name__: "__main__" under python -m
 
 #: Kernel commands, one module each under ``brainsynth_cli.commands``.
 KERNEL_COMMANDS: tuple[str, ...] = ("plugins", "blend", "train", "edit", "segment")
@@ -48,10 +51,22 @@ def build_app() -> typer.Typer:
 
     @app.callback()
     def root(
+        ctx: typer.Context,
         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+        verbose: int = typer.Option(0, "-v", "--verbose", count=True,
+                                    help="More diagnostics on stderr: -v debug lines, -vv also the libraries'."),
+        quiet: int = typer.Option(0, "-q", "--quiet", count=True,
+                                  help="Less on stderr: -q no progress and no info lines (warnings and errors only), -qq errors only."),
     ) -> None:
         """Text-editable brain MRI."""
+        from brainsynth_cli import logs
+
+        # a command run inside another (the demo's steps) keeps the caller's -v/-q unless it gives its own
+        if logs.depth() <= 1 or verbose or quiet:
+            ctx.call_on_close(logs.configure(verbose, quiet))  # as it was once the command ends
+        log.debug("brainsynth %s, Python %s; plugins: %s", __version__, sys.version.split()[0],
+                  ", ".join(f"{r.name} ({r.status})" for r in get_manager().records.values()))
 
     for name in KERNEL_COMMANDS:
         importlib.import_module(f"brainsynth_cli.commands.{name.replace('-', '_')}").register(app)
@@ -76,13 +91,14 @@ def run(args: Sequence[str]) -> int:
     Ctrl-C prints one line saying what the command kept and how to resume (exit status 130).
     A ``run`` inside a running command (the demo's steps) lets an interruption through to it.
     """
-    from brainsynth_cli import outputs
+    from brainsynth_cli import logs, outputs
 
     global _depth
     _depth += 1
     saved = list(outputs._interrupt_note)  # a nested run's note is its own, not its caller's
     try:
-        return _run(args, nested=_depth > 1)
+        with logs.command():
+            return _run(args, nested=_depth > 1)
     finally:
         _depth -= 1
         if _depth:

@@ -378,7 +378,9 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, tm
     with one_thread():
         res = cli(*args)
     assert res.exit_code == 0, res.stderr
-    warnings = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    warnings = [ln for ln in lines if " INFO " not in ln]  # info lines: the checkpoint resumed from
+    assert any(f"INFO resuming from checkpoint {ck / 'unet-0000012'} (stage unet, step 12)" in ln for ln in lines), lines
     assert len(warnings) == 1 and "warning: checkpoint unet-0000018 is unreadable" in warnings[0]
     assert "model.safetensors is truncated" in warnings[0] and "resuming from unet-0000012" in warnings[0]
     name = "unet/diffusion_pytorch_model.safetensors"

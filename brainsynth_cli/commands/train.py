@@ -7,6 +7,8 @@ are imported by the generator, never here.
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,8 +16,56 @@ import typer
 
 from brainsynth_cli.errors import InputError, UserError
 
+log = logging.getLogger(__name__)
+
 #: The most optimiser steps a stage may ask for.
 MAX_STEPS = 10_000_000
+
+#: ``--report-to`` choices: accelerate trackers (besides logs/loss.csv) and the package each needs.
+TRACKERS = {"none": None, "tensorboard": "tensorboard"}
+
+
+def check_report_to(report_to: str) -> None:
+    """``--report-to``: a known tracker whose package is installed (found without importing it)."""
+    import importlib.util
+
+    if report_to not in TRACKERS:
+        raise UserError(f"--report-to must be {' or '.join(TRACKERS)}, got {report_to!r}")
+    package = TRACKERS[report_to]
+    if package and importlib.util.find_spec(package) is None:
+        raise UserError(f"--report-to {report_to}: the {package} package is not installed; "
+                        f"install it with pip install 'brainsynth[{package}]' (or pip install {package}), or leave --report-to out")
+
+
+_CHECKPOINT = re.compile(r"^([A-Za-z0-9]+)-(\d+)$")
+
+
+def latest_checkpoint(output: Path) -> tuple[Path, str, int] | None:
+    """The checkpoint folder written last under ``OUTPUT/checkpoints`` (``STAGE-STEP`` holding a
+    ``state.json``) as (path, stage, step), or None."""
+    found = []
+    root = output / "checkpoints"
+    if root.is_dir():
+        for d in root.iterdir():
+            m = _CHECKPOINT.match(d.name)
+            if m and (d / "state.json").is_file():
+                found.append(((d / "state.json").stat().st_mtime_ns, d, m.group(1), int(m.group(2))))
+    if not found:
+        return None
+    _, path, stage, step = max(found)
+    return path, stage, step
+
+
+def interrupt_note(output: Path, resume_command: str) -> str:
+    """What an interrupted training run kept and how to go on (after ``brainsynth: interrupted;``)."""
+    if not (output / "checkpoints" / "run.json").is_file():
+        return "nothing was kept; run the command again"
+    latest = latest_checkpoint(output)
+    if latest is None:
+        return (f"no checkpoint was written yet, the run's settings are kept in {output}; "
+                f"`{resume_command}` starts it again from step 0")
+    path, stage, step = latest
+    return f"kept checkpoint {path} (stage {stage}, step {step}); resume with `{resume_command}`"
 
 
 def _parse_set(items: list[str]) -> dict[str, str]:
@@ -57,6 +107,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT from its latest checkpoint."),
         seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+        report_to: str = typer.Option("none", "--report-to", help="Also send the training metrics to: none or tensorboard (event files in OUTPUT/logs/tensorboard; needs the tensorboard extra). logs/loss.csv is always written."),
         set_: List[str] = typer.Option([], "--set", help="Generator setting KEY=VALUE (repeatable), e.g. vae_steps=100, unet.block_out_channels=32,64."),
     ) -> None:
         """Train a text-conditioned image editing model (InstructPix2Pix latent diffusion by default).
@@ -95,6 +146,7 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--mixed-precision must be no, fp16 or bf16, got {mixed_precision!r}")
         if device not in ("auto", "cpu", "cuda", "mps"):
             raise UserError(f"--device must be auto, cpu, cuda or mps, got {device!r}")
+        check_report_to(report_to)
         manager = get_manager()
         if text_encoder is not None:
             manager.registry("text-encoder").get(text_encoder)  # one-line error listing the available ones
@@ -106,8 +158,10 @@ def register(app: typer.Typer) -> None:
                    "batch_size": batch_size, "lr": lr, "resolution": resolution, "channels": channels,
                    "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing, "ema": ema,
                    "conditioning_dropout": conditioning_dropout, "checkpoint_every": checkpoint_every,
-                   "set": _parse_set(set_), "task": task, "dim": dim, "condition": condition, "labels": labels or None},
+                   "set": _parse_set(set_), "task": task, "dim": dim, "condition": condition, "labels": labels or None,
+                   "report_to": report_to},
         )
+        log.debug("train: generator %s, options %s", type(gen).__name__, options)
         from brainsynth_cli.outputs import locked_output, on_interrupt, refuse_folder_over_input
 
         refuse_folder_over_input(output, {"pairs folder" if task == "edit" else "dataset": pairs,
@@ -115,12 +169,10 @@ def register(app: typer.Typer) -> None:
         run_file = output / "checkpoints" / "run.json"
 
         def note() -> str:
-            if run_file.is_file():
-                return (f"the checkpoints in {output} are kept; resume with `brainsynth train {pairs} -o {output} --resume`")
-            return "nothing was kept; run the command again"
+            return interrupt_note(output, f"brainsynth train {pairs} -o {output} --resume")
 
         with locked_output(output, command="train", keep=run_file.is_file):
             on_interrupt(note)
-            with progress_bar("train") as progress:
+            with progress_bar("train", unit="step") as progress:
                 model = gen.train(options, progress)
         typer.echo(f"model: {model}")

@@ -16,8 +16,10 @@ class LatentDiffusion:
 
     def train(self, options: TrainOptions, progress: Progress | None = None) -> Path:
         from brainsynth_plugins.ldm.training import train
+        from brainsynth_plugins.training_core.tracking import reporting
 
-        return train(options, progress)
+        with reporting(options.extra.get("report_to"), options.output):  # --report-to: accelerate's trackers
+            return train(options, progress)
 
     def load(self, model_dir: Path, device: str = "auto") -> Any:
         from brainsynth_plugins.ldm.model import LDMModel

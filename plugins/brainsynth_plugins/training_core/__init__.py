@@ -6,6 +6,7 @@
 - :mod:`.checkpoints`: checkpoints as safetensors + JSON (no pickle), RNG state, damaged ones set aside;
 - :mod:`.ema`: ``EMA`` of a model's weights;
 - :mod:`.loss_log`: ``logs/loss.csv``;
+- :mod:`.tracking`: ``--report-to``, accelerate's experiment trackers (TensorBoard) besides loss.csv;
 - :mod:`.run_folder`: ``checkpoints/run.json``, new-folder checks and ``--resume``;
 - :mod:`.config`: ``--set`` overrides and the network-size check;
 - :mod:`.runtime`: ``resolve_device`` and ``quiet`` (also used when a model is loaded).

@@ -4,13 +4,16 @@ the training generator's RNG state. Each trainer keeps its own stages, losses an
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from brainsynth_cli.interfaces import Progress
-from brainsynth_plugins.training_core import checkpoints
+from brainsynth_plugins.training_core import checkpoints, tracking
 from brainsynth_plugins.training_core.loss_log import append_log, trim_log
 from brainsynth_plugins.training_core.runtime import resolve_device
+
+log = logging.getLogger(__name__)
 
 
 class StagedTrainer:
@@ -19,12 +22,23 @@ class StagedTrainer:
     def __init__(self, cfg: dict[str, Any], out: Path, *, device: str, progress: Progress) -> None:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.device_name = resolve_device(device)
+        self._reporting = tracking.current()  # --report-to: accelerate's trackers, besides loss.csv
+        self._acc: Any = None
 
     def _accelerator(self) -> Any:
+        """A stage's accelerator (with the run's trackers, if it reports to any)."""
         from accelerate import Accelerator
 
-        return Accelerator(mixed_precision=self.cfg["mixed_precision"], cpu=self.device_name == "cpu",
-                           gradient_accumulation_steps=int(self.cfg.get("gradient_accumulation", 1)))
+        rep = self._reporting
+        acc = Accelerator(mixed_precision=self.cfg["mixed_precision"], cpu=self.device_name == "cpu",
+                          gradient_accumulation_steps=int(self.cfg.get("gradient_accumulation", 1)),
+                          **(rep.accelerator_options() if rep else {}))
+        if rep is not None:
+            rep.start(acc)
+        self._acc = acc
+        log.debug("accelerator: device %s, %d process(es), mixed precision %s", acc.device, acc.num_processes,
+                  self.cfg["mixed_precision"])
+        return acc
 
     def _lr_scheduler(self, opt: Any, total: int, world: int = 1, name: str | None = None) -> Any:
         """diffusers' schedule ``name`` (default ``lr_scheduler``) over ``total`` steps after
@@ -35,7 +49,10 @@ class StagedTrainer:
                              num_training_steps=total * world)
 
     def _log(self, row: dict[str, Any]) -> None:
+        """One step's losses: a row of ``logs/loss.csv``, and the trackers' values (``--report-to``)."""
         append_log(self.out / "logs" / "loss.csv", self.LOSS_FIELDS, row)
+        if self._acc is not None and self._reporting is not None and self._reporting.report_to is not None:
+            self._acc.log(tracking.metrics(row), step=int(row["step"]))
 
     def _trim_log(self, stage: str, step: int) -> None:
         """Drop log rows a killed run wrote after the checkpoint we resume from."""
@@ -44,14 +61,16 @@ class StagedTrainer:
     def _save_checkpoint(self, stage: str, step: int, modules: dict[str, Any], optimizers: dict[str, Any], sched: Any,
                          gen: Any, extra: dict[str, Any] | None = None) -> None:
         """``modules``: state dicts by name; optimizers and scheduler may be accelerate's wrappers."""
-        checkpoints.save_checkpoint(self.out, stage, step, modules=modules, optimizers=optimizers, scheduler=sched,
-                                    rng=checkpoints.rng_state(gen), extra=extra or {},
-                                    keep=int(self.cfg["checkpoints_total_limit"]))
+        path = checkpoints.save_checkpoint(self.out, stage, step, modules=modules, optimizers=optimizers, scheduler=sched,
+                                           rng=checkpoints.rng_state(gen), extra=extra or {},
+                                           keep=int(self.cfg["checkpoints_total_limit"]))
+        log.info("checkpoint %s written (stage %s, step %d)", path, stage, step)
 
     def _restore(self, start: checkpoints.Checkpoint, modules: dict[str, Any], optimizers: dict[str, Any], sched: Any,
                  gen: Any) -> tuple[int, dict[str, Any]]:
         """Load a checkpoint into the modules and optimizers of the same names, the scheduler and the
         RNGs; returns its step and everything it holds."""
+        log.info("resuming from checkpoint %s (stage %s, step %d)", start.path, start.stage, start.step)
         data = checkpoints.load_checkpoint(start)
         for name, module in modules.items():
             module.load_state_dict(data["modules"][name])
