@@ -3,8 +3,8 @@ trainers (input | reconstruction | reconstruction − input; real | sample) and 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

@@ -9,9 +9,9 @@ bottom (:mod:`brainsynth_cli.figures.orientation`).
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from collections.abc import Mapping, Sequence
 
 from brainsynth_cli.figures.colours import DIFFERENCE_MAP, GREY_MAP, NAMED_OUTLINE, label_colour_rgb
 from brainsynth_cli.figures.orientation import NOTE, mark_sides
