@@ -76,7 +76,7 @@ def test_internal_errors_are_one_line_exit_1(cli, register_plugin):
     assert res.exit_code == 1 and "internal error: ZeroDivisionError: bug" in res.stderr and "Traceback" not in res.stderr
 
 
-HEAVY = ("torch", "diffusers", "transformers", "SimpleITK", "numba", "nilearn", "sklearn", "scipy")
+HEAVY = ("torch", "diffusers", "transformers", "SimpleITK", "numba", "nilearn", "sklearn", "scipy", "matplotlib")
 
 
 def test_help_imports_no_heavy_library():

@@ -88,6 +88,7 @@ def test_model_folder_records_covariate_ranges(model2d, cohort):
     assert ranges["age"] == pytest.approx([min(ages), max(ages)], abs=1e-3)
     assert info["text_encoder"]["name"] == "minilm" and info["conditioning"]["cross_attention_dim"] == 384
     assert info["conditioning"]["concatenated_channels"] == 4
+    assert info["image"]["slice_convention"] == "brainsynth_cli.slices v1"  # canonical slices of the dataset
     assert (model2d / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert (model2d / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     assert not (model2d / "checkpoints").exists()
@@ -278,6 +279,7 @@ def test_train_from_template_pairs_reads_covariates_from_captions(cohort, tmp_pa
     targets = [r for r in _sessions(cohort) if r["session_id"] != "ses-01"]  # the edited images are the later sessions
     vent = [float(r["ventricle_mm3"]) for r in targets]
     assert info["data"]["kind"] == "pairs" and info["data"]["images"] == len(targets)
+    assert info["image"]["slice_convention"] == "brainsynth_cli.slices v2"  # the pairs folder's radiological view
     assert info["covariates"]["ranges"]["ventricle_volume"] == pytest.approx([min(vent), max(vent)], abs=0.5)  # captions round to mm3
 
 
@@ -307,3 +309,37 @@ def test_train_on_default_pairs_reads_covariates_from_rows(cohort, tmp_path, cli
     (pairs / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = cli("train", pairs, "--task", "generate", "--resolution", 32, "--steps", 2, "--device", "cpu", "-o", tmp_path / "m2")
     assert res.exit_code == 2 and "has no age" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_samples_montage_captions_each_sample_and_shows_the_radiological_view(tmp_path, monkeypatch):
+    """samples.png: one caption per sample (seed and what was asked for, in full), slices turned
+    to the radiological view whatever the model's slice convention."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    import brainsynth_cli.figures.save as save
+    from brainsynth_plugins.ldm.command import sample_caption, write_samples
+    from brainsynth_plugins.ldm.model import Condition
+
+    prompt = "a 71 year old woman with a ventricle volume of 31,000 mm3 and a brain volume of 1,050,000 mm3"
+    cond = Condition(prompt, {"age": 71.0, "sex": 0.0, "ventricle_volume": 31000.0, "brain_volume": 1.05e6},
+                     {"age": "option", "sex": "option", "ventricle_volume": "prompt", "brain_volume": "median"})
+    caption = sample_caption(cond, 5)
+    assert caption == f"seed 5: “{prompt}”, age 71 y, ventricle volume 31000 mm³, sex F"
+    figures = []
+    real_save = save.save_figure
+    monkeypatch.setattr(save, "save_figure", lambda fig, path: (figures.append(fig), real_save(fig, path))[1])
+    canonical = np.zeros((32, 32), np.float32)
+    canonical[24:30, 10:20] = 1.0  # high canonical x: the patient's right
+    for convention, stored in (("brainsynth_cli.slices v1", canonical), ("brainsynth_cli.slices v2", canonical[::-1, ::-1].T)):
+        ldm = SimpleNamespace(dim="2d", info={"image": {"slice_convention": convention}})
+        out = tmp_path / convention[-2:]
+        write_samples(ldm, out, [stored, stored], [cond, cond], [5, 6], steps=4, scheduler="ddim", guidance_scale=1.0)
+        fig = figures[-1]
+        assert [ax.get_title().replace("\n", " ") for ax in fig.axes] == [sample_caption(cond, 5), sample_caption(cond, 6)]
+        shown = fig.axes[0].get_images()[0].get_array()
+        cols = np.flatnonzero(np.asarray(shown).max(axis=0) > 0.5)
+        assert cols.size and cols.max() < 16  # the patient's right on the left
+        with Image.open(out / "samples.png") as im:
+            assert im.size[0] >= 2 * 180

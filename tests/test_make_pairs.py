@@ -182,6 +182,28 @@ def test_split_by_subject_and_files(pairs2d):
     assert (pairs2d / "montage-real.png").is_file() and (pairs2d / "montage-disentangled.png").is_file()
 
 
+def test_montage_rows_carry_full_titles_and_a_colour_bar(pairs2d):
+    """Each montage row is titled with its subject, sessions, kind, slice and full prompt (rows of
+    different pairs are told apart); the difference column has a colour bar; legible tiles."""
+    from brainsynth_cli.structures import load_rules
+    from brainsynth_plugins.pairs.engine import Options, montage_figure, pick_montage_rows
+
+    rows = read_rows(pairs2d)
+    for kind in ("real", "disentangled"):
+        picked = pick_montage_rows([r for r in rows if r["kind"] == kind], 3)
+        fig = montage_figure(picked, Options(dataset=pairs2d, out=pairs2d, dim="2d"), load_rules(None))
+        texts = [t.get_text().replace("\n", " ") for t in fig.texts]
+        titles = [t for t in texts if t.startswith("sub-")]
+        assert len(titles) == len(picked) == len(set(titles))
+        for r, t in zip(picked, titles):
+            assert t.startswith(f"{r['subject']} {r['sessions'][0]} → {r['sessions'][1]}") and t.endswith(f"“{r['edit_prompt']}”")
+            assert f"axial slice {r['slice']}" in t
+        assert [ax for ax in fig.axes if ax.get_label() == "colour bar"]
+        assert all(ax.get_window_extent().width >= 180 for ax in fig.axes if ax.get_label() != "colour bar")
+        if kind == "disentangled":  # the named structure is outlined and in the legend
+            assert any("named structure" in t.get_text() for t in fig.legends[0].get_texts())
+
+
 def test_png_matches_slice_convention(pairs2d, cohort):
     """The prior PNG is the canonical slice of the prior volume, windowed, turned to the radiological
     view (anterior up, the patient's right on the left) and squared; the row records its pixel size."""

@@ -223,9 +223,9 @@ def test_single_image_writes_labels_volumes_and_qc(sim_cohort, cli, tmp_path):
     from PIL import Image
 
     with Image.open(qc) as im:
-        assert im.mode == "RGB" and im.size[0] > 3 * 90 and im.size[1] > 90
-        rgb = np.asarray(im)
-    assert np.any((rgb[..., 0] == 120) & (rgb[..., 1] == 18) & (rgb[..., 2] == 134))  # ventricle outline colour
+        assert im.size[0] >= 3 * 260 and im.size[1] >= 260  # three legible panels
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    assert (np.abs(rgb - [120, 18, 134]).sum(axis=2) < 60).sum() > 20  # ventricle outlines (and legend) in their colour
 
 
 def test_volumes_csv_rows():

@@ -128,6 +128,45 @@ def test_layout_is_a_bids_dataset(made):
     for sub in subjects:
         png = cohort.montage_path(made, sub)
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        from PIL import Image
+
+        with Image.open(png) as im:
+            assert im.size[0] >= 3 * 180 and im.size[1] >= 2 * 180  # three sessions, two rows, legible tiles
+
+
+def test_montage_titles_each_session_in_full_and_keeps_the_right_on_the_left():
+    """Column titles are whole phrases per session (no "ses-0166.7y"); a change on the patient's
+    right (high canonical x) is painted on the left of the panel; a legend names the colours."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from brainsynth_cli.images import Volume
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    lab0 = np.zeros((20, 24, 6), np.int32)
+    lab0[4:16, 4:20, :] = 2
+    lab0[6:9, 8:16, :], lab0[11:14, 8:16, :] = 4, 43  # RAS: x grows towards the patient's right
+    lab1 = lab0.copy()
+    lab1[14:15, 8:16, :] = 43  # the right ventricle grows
+    img = np.where(lab0 > 0, 100.0, 0.0).astype(np.float32)
+
+    def session(name, age, lab, v):
+        return SimpleNamespace(session=name, age=age, image=Volume(img, affine), labels=Volume(lab, affine),
+                               realised={"ventricle": v, "cortex": 0.0})
+
+    sim = SimpleNamespace(subject="sub-001", plan=SimpleNamespace(sex="F", pattern="ventricle"),
+                          sessions=[session("ses-01", 66.7, lab0, 0.0), session("ses-02", 67.7, lab1, 12.5)])
+    fig = cohort.montage_figure(sim)
+    texts = [t.get_text() for t in fig.texts]
+    assert "ses-01, age 66.7 y\nventricle +0.0 %, cortex +0.0 %" in texts
+    assert "ses-02, age 67.7 y\nventricle +12.5 %, cortex +0.0 %" in texts
+    assert any(t.startswith("sub-001 (F, ventricle change only)") for t in texts)
+    assert "became ventricle" in [t.get_text() for t in fig.legends[0].get_texts()]
+    change = fig.axes[3]  # bottom row, ses-02: the painted mask is the only red in the panel
+    red = [im for im in change.get_images() if im.get_array().ndim == 3][0].get_array()
+    cols = np.flatnonzero(red[..., 3].any(axis=0))
+    assert cols.size and cols.max() < red.shape[1] // 2  # the patient's right: left half of the panel
 
 
 def test_realised_rates_hit_requested_and_are_measured_on_the_labels(made):

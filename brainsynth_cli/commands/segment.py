@@ -21,6 +21,7 @@ change between the scans rather than from two independent segmentations.
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
@@ -264,34 +265,13 @@ def volumes_text(table: dict[str, Any], path: Path, **context: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def qc_tiles(image: "Volume", labels: "Volume") -> list[Any]:
-    """Axial, coronal and sagittal slices (RAS-oriented) with label outlines, through the
-    centre of the ventricles (or of all labels)."""
-    import nibabel as nib
-    import numpy as np
+def write_qc(path: Path, image: "Volume", labels: "Volume", names: Mapping[int, str] | None = None) -> None:
+    """The QC picture (:func:`brainsynth_cli.figures.label_qc.label_qc_figure`), titled with the image's name."""
+    from brainsynth_cli.figures.label_qc import label_qc_figure
+    from brainsynth_cli.figures.save import save_figure
 
-    from brainsynth_cli.figures import display, overlay_outlines
-
-    ornt = nib.orientations.io_orientation(np.asarray(image.affine))
-    img = nib.orientations.apply_orientation(image.data, ornt)
-    lab = nib.orientations.apply_orientation(labels.data, ornt)
-    focus = np.isin(lab, (4, 43))
-    if not focus.any():
-        focus = lab > 0
-    centre = [int(round(c)) for c in np.argwhere(focus).mean(axis=0)] if focus.any() else [n // 2 for n in lab.shape]
-    i, j, k = centre
-    tiles = []
-    for sl in ((slice(None), slice(None), k), (slice(None), j, slice(None)), (i, slice(None), slice(None))):
-        tiles.append(overlay_outlines(display(img[sl]), display(lab[sl])))
-    return tiles
-
-
-def write_qc(path: Path, image: "Volume", labels: "Volume") -> None:
-    from brainsynth_cli.figures import save_grid
-
-    tiles = qc_tiles(image, labels)
-    scale = max(1, int(round(min(image.voxel_size))))
-    save_grid(path, [tiles], col_titles=["axial", "coronal", "sagittal"], scale=min(scale, 4))
+    name = Path(image.path).name if image.path else "image"
+    save_figure(label_qc_figure(image.data, labels.data, image.affine, names=names, title=f"{name}: labels outlined"), path)
 
 
 def write_results(image: "Volume", labels: "Volume", output: Path, volumes: Path | None, qc: Path | None,
@@ -308,7 +288,7 @@ def write_results(image: "Volume", labels: "Volume", output: Path, volumes: Path
         if volumes is not None and text is not None:
             atomic_write_text(staged[volumes], text)
         if qc is not None:
-            write_qc(staged[qc], image, labels)
+            write_qc(staged[qc], image, labels, rules.labels)
 
 
 def _nifti_header(image: "Volume") -> Any:
@@ -622,7 +602,7 @@ def _write_session(out_dir: Path, subject: str, session: str, image_path: str, i
     }
     atomic_write_text(paths["sidecar"], json.dumps(sidecar, indent=2) + "\n")
     atomic_write_text(paths["lut"], lookup_table(table["labels_mm3"], rules))
-    write_qc(paths["qc"], image, labels)
+    write_qc(paths["qc"], image, labels, rules.labels)
     write_labels(paths["labels"], labels.data, image.affine, _nifti_header(image))  # last: marks the session done
 
 

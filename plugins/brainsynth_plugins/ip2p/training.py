@@ -431,7 +431,9 @@ class Trainer(StagedTrainer):
     def validate_vae(self, vae: Any, step: int) -> None:
         import torch
 
-        from brainsynth_cli.figures import save_grid
+        from brainsynth_cli.figures.comparison import comparison_figure
+        from brainsynth_cli.figures.orientation import stored_view
+        from brainsynth_cli.figures.save import save_figure
 
         paths = [p.prior for p in self.val_pairs]
         if not paths:
@@ -444,12 +446,12 @@ class Trainer(StagedTrainer):
         vae.train(was)
         a = ((x + 1) / 2).clamp(0, 1).mean(1).cpu().numpy()
         b = ((rec.float() + 1) / 2).clamp(0, 1).mean(1).cpu().numpy()
+        view = lambda s: stored_view(s, self.pairs.info.get("slice_convention"))
+        items = [(f"{p.subject}: {p.prior.name}", view(a[i]), view(b[i])) for i, p in enumerate(self.val_pairs)]
         (self.out / "validation").mkdir(parents=True, exist_ok=True)
-        from brainsynth_cli.figures import to_uint8
-
-        save_grid(self.out / "validation" / f"vae-{step:07d}.png",
-                  [[to_uint8(a[i], 0.0, 1.0), to_uint8(b[i], 0.0, 1.0), to_uint8(abs(b[i] - a[i]), 0.0, 0.5)] for i in range(len(a))],
-                  col_titles=["input", "reconstruction", "|difference|"], scale=max(1, 128 // self.res))
+        save_figure(comparison_figure(items, columns=("input", "reconstruction"),
+                                      title=f"autoencoder reconstructions of validation priors after {step} steps"),
+                    self.out / "validation" / f"vae-{step:07d}.png")
 
     # -- stage 2 -------------------------------------------------------------------------
     def _new_unet(self, hidden: int, latent_channels: int, sample: int) -> tuple[Any, Any]:
@@ -653,6 +655,7 @@ class Trainer(StagedTrainer):
         import torch
 
         from brainsynth_cli.edit_montage import EditRow, edit_montage
+        from brainsynth_cli.figures.orientation import stored_view
 
         if not self.val_pairs:
             return
@@ -670,7 +673,9 @@ class Trainer(StagedTrainer):
                                       guidance_scale=float(self.cfg["guidance_scale"]),
                                       image_guidance_scale=float(self.cfg["image_guidance_scale"]), generator=g,
                                       latent_target=str(self.cfg["latent_target"]))
-                rows.append(EditRow(title=p.prompt, prior=self._image(p.prior), edited=y[0].cpu().numpy(), target=self._image(p.target)))
+                view = lambda s: stored_view(s, self.pairs.info.get("slice_convention"))
+                rows.append(EditRow(title=p.prompt, prior=view(self._image(p.prior)), edited=view(y[0].cpu().numpy()),
+                                    target=view(self._image(p.target))))
         finally:
             unet.train(was)
             if backup is not None:

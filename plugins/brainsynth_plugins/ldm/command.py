@@ -87,6 +87,19 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def sample_caption(c: Any, seed: int) -> str:
+    """What a sample was asked for: seed, prompt, and the covariates given (not the medians filled in)."""
+    asked = [f"“{c.prompt}”"] if c.prompt else []
+    units = {"age": "y", "ventricle_volume": "mm³", "brain_volume": "mm³"}
+    for k, v in c.covariates.items():
+        if k == "sex" or c.sources.get(k) == "median" or not isinstance(v, (int, float)) or not math.isfinite(v):
+            continue
+        asked.append(f"{k.replace('_', ' ')} {v:.6g} {units.get(k, '')}".rstrip())
+    if c.sex and c.sources.get("sex") != "median":
+        asked.append(f"sex {c.sex}")
+    return f"seed {seed}: " + (", ".join(asked) if asked else "unconditioned")
+
+
 def write_samples(ldm: Any, output: Path, images: Sequence[Any], conds: Sequence[Any], seeds: Sequence[int], *,
                   steps: int, scheduler: str, guidance_scale: float, prefix: str = "sample", per_row: int = 8) -> list[Path]:
     """Write samples (NIfTI on the model grid, or 16-bit PNG), a montage and ``samples.csv``."""
@@ -95,9 +108,11 @@ def write_samples(ldm: Any, output: Path, images: Sequence[Any], conds: Sequence
 
     import numpy as np
 
-    from brainsynth_cli.figures import save_grid
+    from brainsynth_cli.figures.comparison import tiles_figure
+    from brainsynth_cli.figures.orientation import axial_view, stored_view
+    from brainsynth_cli.figures.save import save_figure
     from brainsynth_cli.images import atomic_write_text, write_png, write_volume
-    from brainsynth_cli.slices import to_png16
+    from brainsynth_cli.slices import CONVENTIONS, to_png16
 
     output.mkdir(parents=True, exist_ok=True)
     files, rows, tiles = [], [], []
@@ -105,19 +120,20 @@ def write_samples(ldm: Any, output: Path, images: Sequence[Any], conds: Sequence
         if ldm.dim == "3d":
             path = output / f"{prefix}-{i:04d}.nii.gz"
             write_volume(path, img, np.asarray(ldm.info["image"]["affine"], dtype=float))
-            tiles.append(np.rot90(img[:, :, img.shape[2] // 2]))
+            tiles.append((sample_caption(c, s), axial_view(img, np.asarray(ldm.info["image"]["affine"], dtype=float))))
         else:
             path = output / f"{prefix}-{i:04d}.png"
             write_png(path, to_png16(img), bits=16)
-            tiles.append(img)
+            tiles.append((sample_caption(c, s), stored_view(img, ldm.info["image"].get("slice_convention", CONVENTIONS[0]))))
         files.append(path)
         cov = c.covariates
         rows.append({"file": path.name, "seed": s, "prompt": c.prompt or "", "age": cov.get("age"), "sex": c.sex,
                      "ventricle_volume_mm3": cov.get("ventricle_volume"), "brain_volume_mm3": cov.get("brain_volume"),
                      "steps": steps, "scheduler": scheduler, "guidance_scale": guidance_scale,
                      "from": ";".join(f"{k}={v}" for k, v in c.sources.items() if v), "warnings": " | ".join(c.warnings)})
-    grid = [tiles[k : k + per_row] for k in range(0, len(tiles), per_row)]
-    save_grid(output / f"{prefix}s.png", grid, scale=max(1, 128 // max(tiles[0].shape)))
+    what = "middle axial slice of each sample" if ldm.dim == "3d" else "samples"
+    save_figure(tiles_figure(tiles, per_row=per_row, title=f"{what}: {steps} {scheduler} steps, guidance scale {guidance_scale:g}"),
+                output / f"{prefix}s.png")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()

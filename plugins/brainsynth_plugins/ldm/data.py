@@ -297,7 +297,8 @@ def _read_pairs(root: Path, *, dim: str, resolution: int, progress: Any) -> Trai
             x = np.clip(data, 0, 1).astype(np.float32)
         seen[r.target] = Item(x, str(r.target), r.subject, str(sessions[-1]), age, sex, vols, [r.prompt], labels=labels)
     return TrainingSet(list(seen.values()), dim, "pairs", root, tuple(shape), affine,
-                       {"prompt_builder": builder_name, "rows": len(rows)})
+                       {"prompt_builder": builder_name, "rows": len(rows),
+                        "slice_convention": folder.info.get("slice_convention", "brainsynth_cli.slices v1")})
 
 
 def covariate_matrix(ts: TrainingSet) -> "np.ndarray":

@@ -270,20 +270,35 @@ class Trainer(StagedTrainer):
         os.replace(tmp, self.out / "vae")
         acc.free_memory()
 
+    def slice_convention(self) -> str:
+        """How the 2D training slices are stored: canonical ("v1") from a dataset, the pairs folder's otherwise."""
+        from brainsynth_cli.slices import CONVENTIONS
+
+        return str(self.ts.info.get("slice_convention") or CONVENTIONS[0]) if self.ts.kind == "pairs" else CONVENTIONS[0]
+
+    def _view(self, t: Any) -> Any:
+        """A [-1, 1] image tensor as a [0, 1] slice in the display orientation (3D: the middle axial slice)."""
+        from brainsynth_cli.figures.orientation import axial_view, stored_view
+
+        a = ((t.detach().float().clamp(-1, 1) + 1) / 2)[0].cpu().numpy()
+        return axial_view(a, self.ts.affine) if a.ndim == 3 else stored_view(a, self.slice_convention())
+
     def _save_validation(self, name: str, real: Any, fake: Any) -> None:
-        import numpy as np
+        from brainsynth_cli.figures.comparison import comparison_figure
+        from brainsynth_cli.figures.save import save_figure
 
-        from brainsynth_cli.figures import save_grid
-
-        def view(t: Any) -> Any:
-            a = ((t.detach().float().clamp(-1, 1) + 1) / 2)[0].cpu().numpy()
-            return np.rot90(a[:, :, a.shape[2] // 2]) if a.ndim == 3 else np.rot90(a)
-
-        rows = [[view(r), view(f)] for r, f in zip(real, fake)]
+        where = "middle axial slice" if self.dim == "3d" else "axial slice"
+        if name == "vae":
+            items = [(f"training image {i + 1} ({where})", self._view(r), self._view(f)) for i, (r, f) in enumerate(zip(real, fake))]
+            fig = comparison_figure(items, columns=("real", "reconstruction"), title="autoencoder reconstructions of training images")
+        else:
+            shown = ("smallest", "median", "largest")
+            items = [(f"{shown[i] if i < 3 else i + 1} ventricle volume of the training set ({where})", self._view(r), self._view(f))
+                     for i, (r, f) in enumerate(zip(real, fake))]
+            fig = comparison_figure(items, columns=("real image", "sample asked for its ventricle volume"), difference=False,
+                                    title="samples next to the real images whose ventricle volume they were asked for")
         (self.out / "validation").mkdir(parents=True, exist_ok=True)
-        titles = ["real", "reconstruction"] if name == "vae" else ["real (ventricle min/median/max)", "sample (same volume)"]
-        save_grid(self.out / "validation" / f"{name}.png", rows, col_titles=titles,
-                  scale=max(1, 128 // max(rows[0][0].shape)))
+        save_figure(fig, self.out / "validation" / f"{name}.png")
 
     # -- stage 2 -------------------------------------------------------------------------
     def unet_kwargs(self, in_ch: int, out_ch: int, ctx_dim: int) -> dict[str, Any] | None:
@@ -412,7 +427,9 @@ class Trainer(StagedTrainer):
         else:
             pixels = [it.pixel_mm for it in self.ts.items if it.pixel_mm]
             image = {"resolution": self.cfg["resolution"], "pixel_mm": float(np.median(pixels)) if pixels else None,
-                     "slice": "canonical axial slice through the largest lateral-ventricle extent (brainsynth_cli.slices v1)",
+                     "slice": ("canonical axial slice through the largest lateral-ventricle extent" if self.ts.kind == "dataset"
+                               else "the pairs folder's axial slices") + f" ({self.slice_convention()})",
+                     "slice_convention": self.slice_convention(),
                      "padding": [[0, 0], [0, 0]]}
         te = self.cfg["text_encoder"] if self.text is not None else None
         info = {

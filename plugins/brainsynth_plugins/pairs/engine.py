@@ -806,7 +806,7 @@ def merge(pairs: list[Pair], splits: dict[str, str], options: Options, rules, su
     for kind, rows in montage_rows.items():
         path = out / f"montage-{kind}.png"
         if rows and options.montage > 0:
-            write_montage(path, pick_montage_rows(rows, options.montage), options)
+            write_montage(path, pick_montage_rows(rows, options.montage), options, rules)
         elif path.exists():
             path.unlink()
     doc = {"pairs": len(pairs), "skipped": skipped, "rows": rows_by_kind,
@@ -838,39 +838,79 @@ def pick_montage_rows(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]
     return picked
 
 
-def _montage_image(path: Path, dim: str):
+def _montage_image(path: Path, dim: str, labels: bool = False):
+    """A pair image (or label map) in the display orientation: 2D slices are stored in it
+    (convention v2), 3D volumes give their middle canonical axial slice."""
     import numpy as np
 
-    from brainsynth_cli.figures import display
+    from brainsynth_cli.figures.orientation import axial_view
     from brainsynth_cli.images import read_png, read_volume
-    from brainsynth_cli.slices import from_png16, to_canonical
+    from brainsynth_cli.slices import from_png16
 
     if dim == "2d":
         a, _ = read_png(path)
-        return from_png16(a)  # stored in the radiological view already
+        return a.astype(np.int32) if labels else from_png16(a)
     vol = read_volume(path)
-    canon, _ = to_canonical(vol.data, vol.affine)
-    return display(canon[:, :, canon.shape[2] // 2]).astype(np.float32)
+    shown = axial_view(vol.data, vol.affine)
+    return np.rint(shown).astype(np.int32) if labels else shown.astype(np.float32)
 
 
-def write_montage(path: Path, rows: list[dict[str, Any]], options: Options) -> None:
+def montage_title(r: dict[str, Any]) -> str:
+    """The full title of a montage row: subject, sessions, interval, kind, slice and prompt."""
+    sessions = " → ".join(str(s) for s in r.get("sessions") or [])
+    years = r.get("interval_years")
+    kind = r["kind"] if not r.get("structure") else f"{r['kind']} {r['structure']}"
+    if r["kind"] == "deformed" and r.get("deform_target") is not None:
+        kind += f" {r['deform_target']:+.1f} %"
+    where = f", axial slice {r['slice']}" if r.get("slice") is not None else ", middle axial slice"
+    span = f" ({years:.1f} y)" if isinstance(years, (int, float)) else ""
+    return f"{r['subject']} {sessions}{span}, {kind}{where}: “{r['edit_prompt']}”"
+
+
+def _named_structures(r: dict[str, Any], rules) -> tuple[list[str], set[int]]:
+    names = [r["structure"]] if r.get("structure") else [k for k, v in (r.get("intervals") or {}).items() if v]
+    ids: set[int] = set()
+    for n in names:
+        try:
+            ids |= set(rules[n].labels)
+        except KeyError:
+            continue
+    return names, ids
+
+
+def montage_figure(rows: list[dict[str, Any]], options: Options, rules=None) -> Any:
+    """Prior, target and target − prior of each row (full title above it; one symmetric colour
+    scale; the structures the prompt names outlined on the prior)."""
     import numpy as np
 
-    from brainsynth_cli.figures import difference_map, save_grid
+    from brainsynth_cli.figures.grid import Legend, Panel, Row, grid_figure
 
-    tiles, titles = [], []
+    fig_rows, outlined = [], set()
     for r in rows:
         a = _montage_image(options.out / r["input_image_file_name"], options.dim)
         b = _montage_image(options.out / r["edited_image_file_name"], options.dim)
-        g = lambda x: (np.clip(x, 0, 1) * 255).astype(np.uint8)
-        tiles.append([g(a), g(b), difference_map(a, b, limit=0.25)])
-        what = r["structure"] or "real"
-        if r["kind"] == "deformed":
-            what = f"{what[:4]} {r['deform_target']:+.0f}%"
-        titles.append(f"{r['subject']} {what}")
-    size = max(t.shape[0] for row in tiles for t in row)
-    scale = max(1, 160 // max(1, size))
-    save_grid(path, tiles, row_titles=titles, col_titles=["prior", "target", "target - prior"], scale=scale)
+        outline = None
+        names, ids = _named_structures(r, rules) if rules is not None else ([], set())
+        lab_file = r.get("input_labels_file_name")
+        if ids and lab_file and (options.out / lab_file).is_file():
+            lab = _montage_image(options.out / lab_file, options.dim, labels=True)
+            if lab.shape == a.shape:
+                outline = np.isin(lab, sorted(ids))
+                outlined |= set(names)
+        fig_rows.append(Row(montage_title(r), [Panel(a, window=(0.0, 1.0), outline=outline),
+                                               Panel(b, window=(0.0, 1.0), outline=outline),
+                                               Panel(b - a, kind="difference")]))
+    legend = Legend(named_outline=f"named structure ({', '.join(sorted(outlined))}) on the prior" if outlined else "")
+    kind = rows[0]["kind"] if rows else ""
+    return grid_figure(fig_rows, columns=["prior", "target", "target − prior"], title=f"{kind} pairs: prior and target",
+                       difference_label="intensity change (fraction of the slice window)", legend=legend)
+
+
+def write_montage(path: Path, rows: list[dict[str, Any]], options: Options, rules=None) -> None:
+    """Write :func:`montage_figure` (atomic)."""
+    from brainsynth_cli.figures.save import save_figure
+
+    save_figure(montage_figure(rows, options, rules), path)
 
 
 # -- entry point ---------------------------------------------------------------------------

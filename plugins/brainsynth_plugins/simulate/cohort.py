@@ -666,34 +666,53 @@ def _session_rows(sim: SimulatedSubject) -> list[dict[str, Any]]:
     return rows
 
 
-def write_montage(path: Path, sim: SimulatedSubject) -> Path:
-    """The axial slice with the most ventricle of every session, labels outlined (top row),
-    and where the truth changed since the first session (bottom row: red = became ventricle,
-    blue = no longer ventricle, yellow = no longer cortex, green = became cortex)."""
+#: Colours of the montage's change row (matplotlib names) and their legend text.
+CHANGE_COLOURS = (("became ventricle", "red"), ("no longer ventricle", "dodgerblue"),
+                  ("no longer cortex", "gold"), ("became cortex", "limegreen"))
+
+
+def montage_figure(sim: SimulatedSubject) -> Any:
+    """The axial slice with the most ventricle of every session, labels outlined (top row), and
+    where the truth changed since the first session (bottom row, coloured over the dimmed slice,
+    with a legend); columns titled with session, age and realised changes."""
     import numpy as np
 
-    from brainsynth_cli.figures import display, overlay_outlines, save_grid, to_uint8
+    from brainsynth_cli.figures.grid import Legend, Panel, Row, grid_figure
+    from brainsynth_cli.figures.orientation import canonical_voxel_mm, display
+    from brainsynth_cli.structures import default_rules
 
     base = sim.sessions[0]
     vent = np.isin(base.labels.data, tpl.VENTRICLE_IDS).sum(axis=(0, 1))
     z = int(np.argmax(vent)) if vent.any() else base.labels.shape[2] // 2
     hi = float(np.percentile(np.concatenate([s.image.data[:, :, z].ravel() for s in sim.sessions]), 99.5)) or 1.0
-    top, bottom, titles = [], [], []
+    vx, vy, _ = canonical_voxel_mm(base.image.affine)
+    top, bottom, columns, shown = [], [], [], set()
     v0 = np.isin(base.labels.data[:, :, z], tpl.VENTRICLE_IDS)
     c0 = np.isin(base.labels.data[:, :, z], tpl.CORTEX_IDS)
+    colour = dict(CHANGE_COLOURS)
     for s in sim.sessions:
-        img, lab = s.image.data[:, :, z], s.labels.data[:, :, z]
-        top.append(overlay_outlines(display(img), display(lab), window=(0.0, hi)))
-        grey = (to_uint8(display(img), 0.0, hi) // 3)[..., None].repeat(3, axis=2)
-        v, c = np.isin(lab, tpl.VENTRICLE_IDS), np.isin(lab, tpl.CORTEX_IDS)
-        for mask, colour in ((v & ~v0, (255, 40, 40)), (v0 & ~v, (60, 90, 255)), (c0 & ~c, (255, 220, 0)), (c & ~c0, (0, 220, 90))):
-            grey[display(mask)] = colour
-        bottom.append(grey)
-        titles.append(f"{s.session} {s.age:g}y V{s.realised['ventricle']:+.1f}% C{s.realised['cortex']:+.1f}%")
-    scale = max(1, int(round(s.image.voxel_size[0])))
-    pattern = {"both": "V+C", "ventricle": "V only", "cortex": "C only"}.get(sim.plan.pattern, sim.plan.pattern)
-    return save_grid(path, [top, bottom], row_titles=[f"{sim.subject} {sim.plan.sex} {pattern}", "change vs ses-01"],
-                     col_titles=titles, scale=scale)
+        img, lab = display(s.image.data[:, :, z]), display(s.labels.data[:, :, z])
+        shown |= {int(v) for v in np.unique(lab) if v}
+        top.append(Panel(img, window=(0.0, hi), labels=lab, aspect=vy / vx))
+        v, c = np.isin(s.labels.data[:, :, z], tpl.VENTRICLE_IDS), np.isin(s.labels.data[:, :, z], tpl.CORTEX_IDS)
+        masks = [(display(m), colour[name], name) for m, name in
+                 ((v & ~v0, "became ventricle"), (v0 & ~v, "no longer ventricle"), (c0 & ~c, "no longer cortex"), (c & ~c0, "became cortex"))]
+        bottom.append(Panel(img, window=(0.0, hi), masks=masks, dim=0.45, aspect=vy / vx))
+        columns.append(f"{s.session}, age {s.age:.1f} y\nventricle {s.realised['ventricle']:+.1f} %, cortex {s.realised['cortex']:+.1f} %")
+    pattern = {"both": "ventricle and cortex change", "ventricle": "ventricle change only", "cortex": "cortex change only"}
+    names = default_rules().labels
+    legend = Legend(labels={i: names.get(i, f"label {i}") for i in sorted(shown)}, masks={n: c for n, c in CHANGE_COLOURS})
+    return grid_figure([Row("truth labels outlined", top), Row(f"change of the truth labels since {base.session}", bottom)],
+                       columns=columns, legend=legend,
+                       title=f"{sim.subject} ({sim.plan.sex}, {pattern.get(sim.plan.pattern, sim.plan.pattern)}): axial slice {z}, "
+                             "the most ventricle at the first session")
+
+
+def write_montage(path: Path, sim: SimulatedSubject) -> Path:
+    """Write :func:`montage_figure` (atomic)."""
+    from brainsynth_cli.figures.save import save_figure
+
+    return save_figure(montage_figure(sim), path)
 
 
 def write_subject(root: Path, sim: SimulatedSubject) -> None:

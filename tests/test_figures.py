@@ -1,0 +1,134 @@
+"""Figures: full titles, colour bars, legends, one stated orientation (radiological), legible size.
+
+Read the written PNGs back: an asymmetric image (a bright block on the patient's right) must land
+on the left of every slice panel."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from brainsynth_cli.figures.grid import Legend, Panel, Row, grid_figure
+from brainsynth_cli.figures.orientation import NOTE, axial_view, display, stored_view
+from brainsynth_cli.figures.save import save_figure
+from brainsynth_cli.slices import CONVENTION, CONVENTIONS, to_view
+
+PROMPT = "moderate ventricle enlargement over 2.5 years with mild cortical thinning in a 71 year old woman"
+
+
+def _texts(fig) -> list[str]:
+    """Every text of a figure (figure texts and axes titles), wrapped lines joined back with spaces."""
+    out = [t.get_text() for t in fig.texts]
+    for ax in fig.axes:
+        out += [ax.get_title(loc) for loc in ("left", "center", "right")]
+    return [t.replace("\n", " ") for t in out if t]
+
+
+def _png(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(np.int32)
+
+
+def _panel_pixels(fig, ax, rgb: np.ndarray) -> np.ndarray:
+    """The PNG pixels under an axes (matplotlib's bottom-up display box -> top-down rows)."""
+    box = ax.get_window_extent()
+    h = rgb.shape[0]
+    return rgb[round(h - box.y1) + 1 : round(h - box.y0) - 1, round(box.x0) + 1 : round(box.x1) - 1]
+
+
+def _canonical_with_block_on_the_right(shape=(40, 48, 36)) -> np.ndarray:
+    """A grey head-shaped box with a bright block at high canonical x (RAS: the patient's right)."""
+    img = np.zeros(shape, np.float32)
+    img[4:-4, 4:-4, 4:-4] = 100.0
+    img[shape[0] - 12 : shape[0] - 5, 20:28, 14:22] = 400.0
+    return img
+
+
+def test_grid_keeps_full_titles_has_colour_bar_and_states_orientation(tmp_path):
+    a = np.zeros((32, 32), np.float32)
+    b = a.copy()
+    b[8:12, 8:12] = 0.5
+    fig = grid_figure([Row(f"sub-001 ses-01 → ses-02: “{PROMPT}”", [Panel(a), Panel(b), Panel(b - a, kind="difference")]),
+                       Row("sub-002 ses-01 → ses-03", [Panel(a), Panel(b), Panel(a - b, kind="difference")])],
+                      columns=["prior", "target", "target − prior"], title="real training pairs")
+    texts = _texts(fig)
+    assert f"sub-001 ses-01 → ses-02: “{PROMPT}”" in texts  # wrapped, not cut
+    assert "sub-002 ses-01 → ses-03" in texts and "target − prior" in texts and NOTE in texts
+    bars = [ax for ax in fig.axes if ax.get_label() == "colour bar"]
+    assert len(bars) == 1
+    lo, hi = bars[0].get_ylim()
+    assert lo == pytest.approx(-hi) and hi >= 0.5 * 0.9  # symmetric, covers the change
+    # no difference panel, no colour bar
+    fig2 = grid_figure([Row("x", [Panel(a)])])
+    assert not [ax for ax in fig2.axes if ax.get_label() == "colour bar"]
+    path = save_figure(fig, tmp_path / "grid.png")
+    rgb = _png(path)
+    tiles = [ax for ax in fig.axes if ax.get_label() != "colour bar"]
+    assert len(tiles) == 6
+    for ax in tiles:  # legible: every tile at least 180 pixels wide and high
+        box = ax.get_window_extent()
+        assert box.width >= 180 and box.height >= 180
+    assert rgb.shape[1] >= 3 * 180
+
+
+def test_display_is_the_stored_radiological_view():
+    a = np.arange(12).reshape(3, 4)
+    assert np.array_equal(display(a), to_view(a))
+    assert np.array_equal(stored_view(to_view(a), CONVENTION), to_view(a))  # v2 slices are stored in the view
+    assert np.array_equal(stored_view(a, CONVENTIONS[0]), to_view(a))  # v1 slices are canonical
+    vol = _canonical_with_block_on_the_right()
+    view = axial_view(vol, np.diag([-2.0, 2.0, 2.0, 1.0]))  # LAS on disk: to_canonical flips x
+    assert view[:, : view.shape[1] // 2].max() < 400 <= view[:, view.shape[1] // 2 :].max()  # LAS x-flip: block at low RAS x
+    view = axial_view(vol, np.diag([2.0, 2.0, 2.0, 1.0]))
+    assert view[:, : view.shape[1] // 2].max() == 400  # patient's right on the left
+
+
+def test_label_qc_puts_the_right_on_the_left_in_the_png(tmp_path):
+    from brainsynth_cli.figures.label_qc import label_qc_figure
+
+    img = _canonical_with_block_on_the_right()
+    lab = np.zeros(img.shape, np.int32)
+    lab[14:18, 18:30, 14:22] = 4
+    lab[22:26, 18:30, 14:22] = 43
+    names = {4: "Left-Lateral-Ventricle", 43: "Right-Lateral-Ventricle"}
+    fig = label_qc_figure(img, lab, np.diag([2.0, 2.0, 2.0, 1.0]), names=names, title="sub-001_ses-01_T1w.nii.gz: labels outlined")
+    texts = _texts(fig)
+    assert "sub-001_ses-01_T1w.nii.gz: labels outlined" in texts
+    assert any("Radiological orientation" in t for t in texts)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["Left-Lateral-Ventricle (4)", "Right-Lateral-Ventricle (43)"]
+    rgb = _png(save_figure(fig, tmp_path / "qc.png"))
+    panels = {ax.get_title().split(",")[0]: ax for ax in fig.axes}
+    assert set(panels) == {"axial", "coronal", "sagittal"}
+    for plane in ("axial", "coronal"):
+        ax = panels[plane]
+        assert [t.get_text() for t in ax.texts][:2] == ["R", "L"]
+        px = _panel_pixels(fig, ax, rgb)
+        assert px.shape[1] >= 200  # legible
+        bright = px.min(axis=2) > 235  # the 400 block (and the white side letters, a few pixels each)
+        half = px.shape[1] // 2
+        assert bright[:, :half].sum() > 10 * max(1, bright[:, half:].sum()), plane
+    ventricle = np.abs(rgb - np.array([120, 18, 134])).sum(axis=2) < 60  # outline colour of aseg 4/43
+    assert ventricle.sum() > 20
+
+
+def test_legend_lists_masks_and_outlines():
+    m = np.zeros((16, 16), bool)
+    m[4:8, 4:8] = True
+    fig = grid_figure([Row("", [Panel(np.zeros((16, 16)), masks=[(m, "red", "became ventricle")], outline=m)])],
+                      legend=Legend(masks={"became ventricle": "red"}, named_outline="ventricle"))
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["became ventricle", "ventricle"]
+
+
+def test_figures_import_matplotlib_only_when_drawing():
+    import subprocess
+
+    from conftest import subprocess_env
+
+    code = "import sys, brainsynth_cli.figures, brainsynth_cli.figures.label_qc; print('matplotlib' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=60, check=False)
+    assert res.stdout.strip() == "False", res.stderr
