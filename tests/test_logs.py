@@ -219,24 +219,15 @@ def importlib_missing(name: str) -> bool:
 
 
 def test_ctrl_c_in_training_names_the_kept_checkpoint(tmp_path, cli, monkeypatch):
-    import contextlib
 
-    from test_train_pairs import one_thread
+    from test_train_pairs import interrupting_bar, one_thread
 
     import brainsynth_cli.progress
 
     pairs = _pairs(tmp_path)
     model = tmp_path / "model"
 
-    @contextlib.contextmanager
-    def interrupting_bar(*args, **kwargs):
-        def tick(done, total, message=""):
-            if message.startswith("stage 2") and done == 3:
-                raise KeyboardInterrupt
-
-        yield tick
-
-    monkeypatch.setattr(brainsynth_cli.progress, "progress_bar", interrupting_bar)
+    monkeypatch.setattr(brainsynth_cli.progress, "progress_bar", interrupting_bar("stage 2", 3))
     with one_thread():
         res = cli(*_train_args(pairs, model, "--set", "vae_steps=2", "--set", "unet_steps=4", "--checkpoint-every", "2"))
     assert res.exit_code == 130, res.stderr

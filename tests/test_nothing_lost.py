@@ -286,26 +286,19 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(tmp_path,
     """Ctrl-C (or a kill) after `checkpoints/run.json` and before any checkpoint: --resume starts
     at step 0 and ends with the weights of an uninterrupted run."""
     pytest.importorskip("diffusers")
-    import contextlib
 
-    from test_train_pairs import make_pairs, one_thread
+    from test_train_pairs import interrupting_bar, make_pairs, one_thread
 
     import brainsynth_cli.progress
 
     pairs = make_pairs(tmp_path / "pairs", size=32, subjects=2, slices=1)
     real_bar = brainsynth_cli.progress.progress_bar
 
-    @contextlib.contextmanager
-    def interrupting_bar(*args, **kwargs):
-        def tick(done, total, message=""):
-            if message.startswith("stage 1") and done == 1:
-                raise KeyboardInterrupt
-
-        yield tick
+    interrupting = interrupting_bar("stage 1", 1)
 
     with one_thread():
         assert cli(*_train_args(pairs, tmp_path / "a")).exit_code == 0
-        monkeypatch.setattr(brainsynth_cli.progress, "progress_bar", interrupting_bar)
+        monkeypatch.setattr(brainsynth_cli.progress, "progress_bar", interrupting)
         line = one_line(cli(*_train_args(pairs, tmp_path / "b")), "interrupted", "kept", "--resume", code=130)
         assert line.startswith("brainsynth: interrupted;")
         monkeypatch.setattr(brainsynth_cli.progress, "progress_bar", real_bar)

@@ -117,6 +117,22 @@ FAST = ["--resolution", "32", "--batch-size", "4", "--device", "cpu",
 _CACHE: dict[str, Path] = {}
 
 
+def interrupting_bar(stage: str, at: int):
+    """A stand-in for ``brainsynth_cli.progress.progress_bar`` whose tick raises KeyboardInterrupt
+    (a user's Ctrl-C) when the progress message starts with ``stage`` and reaches step ``at``."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def bar(*args, **kwargs):
+        def tick(done, total, message=""):
+            if message.startswith(stage) and done == at:
+                raise KeyboardInterrupt
+
+        yield tick
+
+    return bar
+
+
 def one_thread():
     """Context: torch on one thread (2 shared cores: OpenMP threads fight and run 5-10x slower)."""
     import contextlib
