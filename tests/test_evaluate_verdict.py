@@ -50,3 +50,16 @@ def test_verdict_yes_and_not_yet() -> None:
     assert head.startswith("**Not yet")
     head, _ = verdict(_table(_row(0.9, 11.0, 38.1)), None, good)  # no closer to the real change than no edit
     assert head.startswith("**Not yet")
+
+
+def test_verdict_is_not_yes_when_acc_is_clearly_below_the_ceiling() -> None:
+    """Every criterion met and no interval under half, but ACC 0.50 (95 % interval up to 0.70) where the
+    real targets measure 0.95: the first screen says Partly, and why."""
+    good = [{"name": "cortex atrophy", "n": 6, "truth": -2.0, "model": -0.5, "acc": 0.5, "deform": -3.0}]
+    table = _table(_row(0.5, 2.3, 38.2))
+    table["target"] = _row(0.95, 1.9, float("nan"), 1.0, 0.0)
+    head, reasons = verdict(table, None, good)
+    assert head.startswith("**Partly") and "clearly less often than the real targets" in head
+    assert any("clearly below it (95 % interval up to 0.70)" in r for r in reasons)
+    table["target"] = _row(0.65, 1.9, float("nan"), 1.0, 0.0)  # within the model's interval: Yes
+    assert verdict(table, None, good)[0].startswith("**Yes")

@@ -10,7 +10,8 @@ model is judged against the rows beside it:
 - the change error against the ``identity`` row (1 by construction) and the ``deform`` row;
 - PSNR/SSIM against the identity row, which wins them by copying the prior: an edit that keeps the
   scan stays within 1 dB and 0.01 of it;
-- everything against the ``target`` row, the measurement's own ceiling on these pairs.
+- everything against the ``target`` row, the measurement's own ceiling on these pairs: "Yes" needs
+  the model's ACC not clearly below it (the ceiling within or below the model's 95 % interval).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None,
 
     "Yes" needs every criterion of the module docstring and every requested interval hit at least
     half the time (``intervals`` from :func:`interval_rows`); "Partly" when only intervals are
-    missed (e.g. a model that enlarges the ventricles by the same amount whatever the prompt
+    missed or the ACC is clearly below the ceiling (e.g. a model that enlarges the ventricles by the same amount whatever the prompt
     asks); "Not yet" otherwise."""
     m = table.get("model")
     if m is None:
@@ -113,9 +114,17 @@ def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None,
         reasons.append(f"MAE (|achieved − real rate|) {_f(m['mae'])} pp against {_f(ident['mae'])} pp for no edit: "
                        + ("the edits come closer to the real change than doing nothing." if closer
                           else "the edits are no closer to the real change than doing nothing (changes too small or too large)."))
+    near_ceiling = True
     if target is not None:
-        reasons.append(f"The measurement itself, applied to the real targets, reaches ACC {_f(target['acc'])} and MAE "
-                       f"{_f(target['mae'])} pp: that is the ceiling.")
+        text = (f"The measurement itself, applied to the real targets, reaches ACC {_f(target['acc'])} and MAE "
+                f"{_f(target['mae'])} pp: that is the ceiling")
+        if math.isfinite(target["acc"]) and math.isfinite(hi):
+            near_ceiling = hi >= target["acc"]
+            text += ("; the model's ACC is within reach of it." if near_ceiling
+                     else f"; the model's ACC is clearly below it (95 % interval up to {_f(hi)}).")
+        else:
+            text += "."
+        reasons.append(text)
     if ident is not None:
         dp = m["psnr"] - ident["psnr"]
         keeps = dp >= -1.0 and m["ssim"] >= ident["ssim"] - 0.01
@@ -153,11 +162,14 @@ def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None,
         reasons.insert(0, "Missed: " + "; ".join(
             f"{r['name']} (real targets {r['truth']:+.1f} %, model {r['model']:+.1f} %, ACC {_f(r['acc'])}, n={r['n']})"
             for r in missed) + ".")
-    if ok and not missed:
+    if ok and not missed and near_ceiling:
         head = "**Yes: the model does what the prompts say and keeps the scan.**"
-    elif ok:
+    elif ok and missed:
         head = ("**Partly: the model keeps the scan and moves the structures towards the real change, but misses "
                 + ", ".join(r["name"] for r in missed) + " (below).**")
+    elif ok:
+        head = ("**Partly: the model keeps the scan and moves the structures towards the real change, but lands in the "
+                "requested interval clearly less often than the real targets do (below).**")
     else:
         head = "**Not yet: the model does not both follow the prompts and keep the scan (reasons below).**"
     return head, reasons
