@@ -382,7 +382,7 @@ def _check_description(out_dir: Path, want: dict[str, Any], overwrite: bool) -> 
 def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[str, str], *, jobs: int = 1,
                     longitudinal: bool = True, rules: "Rules", overwrite: bool = False, run: str | None = None) -> None:
     """Segment every session of a dataset into a BIDS derivatives folder (resumable)."""
-    from brainsynth_cli.datasets import read_dataset
+    from brainsynth_cli.datasets import read_dataset, runs_note
     from brainsynth_cli.outputs import check_inside, locked_output, on_interrupt, refuse_overwriting_inputs
 
     if out_dir.exists() and not out_dir.is_dir():
@@ -402,9 +402,8 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
                 check_inside(p, out_dir)
             refuse_overwriting_inputs(paths.values(), inputs)
     description = _description(segmenter, options, longitudinal, _raw_link(out_dir, dataset.root, dataset.kind), run)
-    if dataset.notes:  # several runs in a session: say which was taken
-        more = f" (and {len(dataset.notes) - 1} more session(s) like it)" if len(dataset.notes) > 1 else ""
-        typer.echo(f"{dataset.notes[0]}{more}; --run LABEL takes another")
+    if runs_note(dataset):  # several runs in a session: say which was taken
+        typer.echo(runs_note(dataset))
     raw_root = str(dataset.root.resolve()) if dataset.kind == "bids" else None
     from brainsynth_cli.interfaces import segmenter_labels
 

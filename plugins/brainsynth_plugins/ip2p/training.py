@@ -59,6 +59,8 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     for key in ("gradient_checkpointing", "ema"):
         if ex.get(key):
             cfg[key] = True
+    if ex.get("run") is not None:
+        raise UserError("--run picks T1w runs of a dataset (--task generate); for edit pairs give it to make-pairs")
     cfg["stage"] = ex.get("stage") or "all"
     cfg["seed"] = int(options.seed)
     cfg["data"] = str(Path(options.data).resolve())
