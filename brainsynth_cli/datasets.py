@@ -9,8 +9,10 @@ BIDS layout read::
     LABELS/sub-X/ses-Y/anat/sub-X_ses-Y[_*]_dseg.nii[.gz]   (a derivatives folder; sub-X/anat/... without sessions)
 
 Several runs of one T1w in a session (``..._run-1_T1w``, ``..._run-2_T1w``, the other entities
-equal): the last run, or the one ``run=`` names; ``Dataset.notes`` says which was taken. Files
-and folders matched by ``DATASET/.bidsignore`` (gitignore-style patterns) are not read.
+equal): the last run, or the one ``run=`` names (``--run`` of every command that reads a
+dataset); ``Dataset.notes`` says which was taken (:func:`runs_note`). A derivatives folder with a
+label map per run gives the one of the run taken. Files and folders matched by
+``DATASET/.bidsignore`` (gitignore-style patterns) are not read.
 
 CSV manifest columns: ``subject, session, image`` and optionally ``labels, age, date, sex``;
 relative paths are relative to the CSV's folder.
@@ -118,14 +120,18 @@ def bids_entity(value: str, prefix: str, where: Path, context: str = "") -> str:
     return entity
 
 
-def find_labels(labels_dir: Path, subject: str, session: str) -> Path | None:
+def find_labels(labels_dir: Path, subject: str, session: str, run: str | None = None) -> Path | None:
     """The ``*_dseg.nii[.gz]`` of a session in a derivatives folder, if there is exactly one
-    (``session == ""``: ``sub-X/anat/sub-X*_dseg.nii[.gz]``)."""
+    (``session == ""``: ``sub-X/anat/sub-X*_dseg.nii[.gz]``); of several, the one of ``run``
+    (a label) when exactly one carries ``_run-<run>_``."""
     folder = labels_dir / subject / session / "anat" if session else labels_dir / subject / "anat"
     stem = f"{subject}_{session}" if session else subject
     hits = sorted(p for p in folder.glob(f"{stem}*_dseg.nii*") if p.name.endswith((".nii", ".nii.gz")))
     if not session:  # sub-X*_dseg also matches sub-X_ses-Y_..._dseg: not this level's
         hits = [p for p in hits if "_ses-" not in p.name]
+    if len(hits) > 1 and run is not None:
+        of_run = [p for p in hits if f"_run-{run}_" in p.name]
+        hits = of_run if len(of_run) == 1 else hits
     if len(hits) > 1:
         raise InputError(folder, f"holds {len(hits)} label maps for {stem.replace('_', ' ')}", "keep one *_dseg.nii.gz per session")
     return hits[0] if hits else None
@@ -261,6 +267,20 @@ def pick_run(images: list[Path], where: Path, run: str | None, notes: list[str])
     return by_run[last]
 
 
+def run_label(image: Path) -> str | None:
+    """The ``run-`` label of a BIDS file name, or None."""
+    m = _RUN.search(image.name)
+    return m.group(1) if m else None
+
+
+def runs_note(ds: Dataset) -> str | None:
+    """The line a command prints when sessions had several T1w runs (which was taken), or None."""
+    if not ds.notes:
+        return None
+    more = f" (and {len(ds.notes) - 1} more session(s) like it)" if len(ds.notes) > 1 else ""
+    return f"{ds.notes[0]}{more}; --run LABEL takes another"
+
+
 def _t1w_images(folder: Path, stem: str, root: Path, patterns: list[str]) -> list[Path]:
     hits = sorted(p for p in folder.glob(f"{stem}_*T1w.nii*") if p.name.endswith(("_T1w.nii", "_T1w.nii.gz")))
     if stem.count("_") == 0:  # sub-X/anat: sub-X*_T1w without a session entity
@@ -283,9 +303,10 @@ def read_bids(root: Path, labels_dir: Path | None = None, run: str | None = None
         if not ses_dirs:  # no session level: one session, named "" (no ses- entity in outputs)
             images = _t1w_images(sub_dir / "anat", subject, root, patterns)
             if images:
+                image = pick_run(images, sub_dir / "anat", run, ds.notes)
                 ds.sessions.append(Session(
-                    subject=subject, session="", image=pick_run(images, sub_dir / "anat", run, ds.notes),
-                    labels=find_labels(labels_dir, subject, "") if labels_dir else None,
+                    subject=subject, session="", image=image,
+                    labels=find_labels(labels_dir, subject, "", run_label(image)) if labels_dir else None,
                     age=_float(participant.get("age")), sex=sex,
                 ))
             continue
@@ -295,9 +316,10 @@ def read_bids(root: Path, labels_dir: Path | None = None, run: str | None = None
             if not images:
                 continue
             row = info.get(session, {})
+            image = pick_run(images, ses_dir / "anat", run, ds.notes)
             ds.sessions.append(Session(
-                subject=subject, session=session, image=pick_run(images, ses_dir / "anat", run, ds.notes),
-                labels=find_labels(labels_dir, subject, session) if labels_dir else None,
+                subject=subject, session=session, image=image,
+                labels=find_labels(labels_dir, subject, session, run_label(image)) if labels_dir else None,
                 age=_float(row.get("age")), date=(row.get("acq_time") or None), sex=sex,
             ))
     return ds

@@ -132,3 +132,45 @@ def test_figures_import_matplotlib_only_when_drawing():
     code = "import sys, brainsynth_cli.figures, brainsynth_cli.figures.label_qc; print('matplotlib' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=60, check=False)
     assert res.stdout.strip() == "False", res.stderr
+
+
+def test_edit_montage_is_a_grid_figure_without_pyplot(tmp_path):
+    """The montage of edits (edit, evaluate, training validation): columns, full row titles with
+    their note, one symmetric colour bar over edits and targets, named structures outlined on
+    every panel, sides marked, the orientation stated; a missing target is a black panel."""
+    import subprocess
+
+    from conftest import subprocess_env
+
+    from brainsynth_cli.edit_montage import EditRow, edit_figure
+
+    prior = np.zeros((40, 40), np.float32)
+    prior[10:20, 10:20] = 0.4
+    outline = np.zeros((40, 40), bool)
+    outline[10:20, 10:20] = True
+    rows = [EditRow(PROMPT, prior, prior + 0.1 * outline, target=prior + 0.3 * outline, outline=outline, note="real · sub-001"),
+            EditRow("mild ventricle enlargement", prior, prior - 0.05 * outline)]
+    fig = edit_figure(rows, title="model edits: one slice per prompt")
+    texts = _texts(fig)
+    assert f"{PROMPT}   (real · sub-001)" in texts and "mild ventricle enlargement" in texts
+    assert {"prior", "edit", "target", "edit − prior", "target − prior", "model edits: one slice per prompt", NOTE} <= set(texts)
+    bars = [ax for ax in fig.axes if ax.get_label() == "colour bar"]
+    assert len(bars) == 1 and "fraction of the slice's window" in bars[0].get_ylabel()
+    lo, hi = bars[0].get_ylim()
+    assert lo == pytest.approx(-hi) and hi == pytest.approx(0.3, rel=0.02)  # covers the target's change
+    tiles = [ax for ax in fig.axes if ax.get_label() != "colour bar"]
+    assert len(tiles) == 10
+    first, second = tiles[:5], tiles[5:]
+    assert all(ax.collections for ax in first)  # the outline on every panel of the outlined row
+    assert [t.get_text() for t in first[0].texts] == ["R", "L"] and not first[1].texts
+    assert not second[2].images and second[2].get_facecolor()[:3] == (0.0, 0.0, 0.0)  # no target: black
+    without = edit_figure([EditRow("x", prior, prior)], radiological=False)
+    assert [c for c in _texts(without) if c in ("before", "after", "after − before")] == ["before", "after", "after − before"]
+    assert NOTE not in _texts(without) and not any(ax.texts for ax in without.axes)
+    # drawn on an Agg canvas: writing it never imports pyplot
+    code = ("import sys, numpy as np; from brainsynth_cli.edit_montage import EditRow, edit_montage; "
+            f"a = np.zeros((24, 24), np.float32); edit_montage(r'{tmp_path / 'm.png'}', [EditRow('p', a, a + 0.1)]); "
+            "print('matplotlib.pyplot' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=120, check=False)
+    assert res.stdout.strip() == "False", res.stderr
+    assert _png(tmp_path / "m.png").shape[1] >= 3 * 180

@@ -378,3 +378,39 @@ def test_partial_volumes_follow_a_continuous_change():
     nn_err = np.abs(nn / nn[0] - scales ** 3).max()
     pv_err = np.abs(pv / pv[0] - scales ** 3).max()
     assert nn_err > 3 * pv_err, (nn_err, pv_err)
+
+
+def test_cohort_and_truth_derivative_pass_the_bids_validator(tmp_path):
+    """`bids-validator-deno` (the schema-based BIDS validator; in the dev extra) finds no error in
+    the raw cohort nor in its truth derivative: label maps with a look-up table and a sidecar
+    naming their image, NIfTI units stated, the montage folders listed in .bidsignore."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("bids-validator-deno")
+    if exe is None:
+        pytest.skip("bids-validator-deno is not installed (pip install bids-validator-deno)")
+    root = tmp_path / "cohort"
+    cohort.simulate_cohort(root, subjects=2, sessions=2, resolution=4.0, seed=1)
+    truth = root / "derivatives" / "brainsynth-truth"
+    anat = truth / "sub-001" / "ses-02" / "anat"
+    assert sorted(p.name for p in anat.iterdir()) == [f"sub-001_ses-02_desc-truth_dseg.{x}" for x in ("json", "nii.gz", "tsv")]
+    side = json.loads((anat / "sub-001_ses-02_desc-truth_dseg.json").read_text())
+    assert side["Sources"] == ["bids:raw:sub-001/ses-02/anat/sub-001_ses-02_T1w.nii.gz"] == [side["SpatialReference"]]
+    assert json.loads((truth / "dataset_description.json").read_text())["DatasetLinks"] == {"raw": "../.."}
+    lut = _tsv(anat / "sub-001_ses-02_desc-truth_dseg.tsv")
+    names = {int(r["index"]): r["name"] for r in lut}
+    assert names[4] == "Left-Lateral-Ventricle" and names[42] == "Right-Cerebral-Cortex"
+    import nibabel as nib
+
+    for f in (anat / "sub-001_ses-02_desc-truth_dseg.nii.gz", root / "sub-001" / "ses-02" / "anat" / "sub-001_ses-02_T1w.nii.gz"):
+        assert nib.load(str(f)).header.get_xyzt_units() == ("mm", "sec"), f
+    for folder in (root, truth):
+        res = subprocess.run([exe, str(folder), "--format", "json"], check=False, capture_output=True, text=True, timeout=300)
+        issues = json.loads(res.stdout)["issues"]["issues"]
+        errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
+        assert errors == [], (folder.name, errors)
+        warnings = {i["code"] for i in issues if i["severity"] == "warning"}
+        assert "NIFTI_UNIT" not in warnings, folder.name
+        if folder == truth:
+            assert not warnings & {"README_FILE_MISSING", "SIDECAR_KEY_RECOMMENDED"}, warnings

@@ -51,6 +51,7 @@ def test_tiny_trains_both_stages_and_stage2_loss_falls(tiny):
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     """Kill in stage 1 and again in stage 2, each after a checkpoint; --resume twice; compare bytes."""
     import torch
+    from brainsynth_plugins.training_core import checkpoints
     from safetensors.torch import load_file
 
     from brainsynth_cli.interfaces import TrainOptions
@@ -83,6 +84,10 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         a, b = load_file(str(tmp_path / "a" / part)), load_file(str(tmp_path / "b" / part))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
     assert (tmp_path / "a" / "logs" / "loss.csv").read_text() == (tmp_path / "b" / "logs" / "loss.csv").read_text()
+    # --ema: the checkpoint resumed from holds diffusers' EMAModel state, its averages by parameter name
+    ck = checkpoints.load_checkpoint(checkpoints.latest_checkpoint(tmp_path / "b", "unet"))
+    assert ck["state"]["ema"]["optimization_step"] == 2 and ck["state"]["ema"]["decay"] == 0.999
+    assert ck["modules"]["ema"].keys() == ck["modules"]["model"].keys()
 
 
 def test_resume_a_run_started_by_an_older_version(tmp_path):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
+from brainsynth_cli.bids_files import lookup_table, source_uri, units_header
 from brainsynth_cli.errors import InputError, UserError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -284,21 +285,11 @@ def write_results(image: "Volume", labels: "Volume", output: Path, volumes: Path
     text = volumes_text(volume_table(labels, rules, produced), volumes, image=str(image.path), labels=str(output),
                         segmenter=segmenter) if volumes is not None else None
     with staged_outputs([output, volumes, qc]) as staged:
-        write_labels(staged[output], labels.data, image.affine, _nifti_header(image))
+        write_labels(staged[output], labels.data, image.affine, units_header(image.header))
         if volumes is not None and text is not None:
             atomic_write_text(staged[volumes], text)
         if qc is not None:
             write_qc(staged[qc], image, labels, rules.labels)
-
-
-def _nifti_header(image: "Volume") -> Any:
-    """The image's NIfTI header (a new one for other formats) with units set to mm and seconds:
-    brainsynth reads every affine in mm, and BIDS asks for the units to be stated."""
-    import nibabel as nib
-
-    hdr = image.header.copy() if isinstance(image.header, nib.Nifti1Header) else nib.Nifti1Header()
-    hdr.set_xyzt_units("mm", "sec")
-    return hdr
 
 
 # ------------------------------------------------------------------------------------------
@@ -382,7 +373,7 @@ def _check_description(out_dir: Path, want: dict[str, Any], overwrite: bool) -> 
 def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[str, str], *, jobs: int = 1,
                     longitudinal: bool = True, rules: "Rules", overwrite: bool = False, run: str | None = None) -> None:
     """Segment every session of a dataset into a BIDS derivatives folder (resumable)."""
-    from brainsynth_cli.datasets import read_dataset
+    from brainsynth_cli.datasets import read_dataset, runs_note
     from brainsynth_cli.outputs import check_inside, locked_output, on_interrupt, refuse_overwriting_inputs
 
     if out_dir.exists() and not out_dir.is_dir():
@@ -402,9 +393,8 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
                 check_inside(p, out_dir)
             refuse_overwriting_inputs(paths.values(), inputs)
     description = _description(segmenter, options, longitudinal, _raw_link(out_dir, dataset.root, dataset.kind), run)
-    if dataset.notes:  # several runs in a session: say which was taken
-        more = f" (and {len(dataset.notes) - 1} more session(s) like it)" if len(dataset.notes) > 1 else ""
-        typer.echo(f"{dataset.notes[0]}{more}; --run LABEL takes another")
+    if runs_note(dataset):  # several runs in a session: say which was taken
+        typer.echo(runs_note(dataset))
     raw_root = str(dataset.root.resolve()) if dataset.kind == "bids" else None
     from brainsynth_cli.interfaces import segmenter_labels
 
@@ -555,32 +545,6 @@ def _segment_subject(task: tuple[str, list[tuple[str, str]]], out_dir: Path, seg
     return count
 
 
-def source_uri(image_path: str | Path, raw_root: str | None) -> str:
-    """The scan a label map was made from: a BIDS URI into the raw dataset (``bids:raw:sub-X/...``,
-    resolved through ``DatasetLinks``), or a file URI for a CSV manifest's image."""
-    import os
-
-    p = Path(image_path).resolve()
-    if raw_root is not None:
-        rel = Path(os.path.relpath(p, raw_root))
-        if not rel.as_posix().startswith("../"):
-            return f"bids:raw:{rel.as_posix()}"
-    return p.as_uri()
-
-
-def lookup_table(label_ids: Any, rules: Rules) -> str:
-    """BIDS ``dseg.tsv``: ``index``, ``name`` (FreeSurfer LUT names from the rules), ``color``
-    (the QC picture's outline colours), for every label of the rules and every id present."""
-    from brainsynth_cli.figures import label_colour
-
-    ids = sorted({int(k) for k in rules.labels} | {int(k) for k in label_ids})
-    lines = ["index\tname\tcolor"]
-    for i in ids:
-        r, g, b = label_colour(i) if i else (0, 0, 0)
-        lines.append(f"{i}\t{rules.labels.get(i, f'label-{i}')}\t#{r:02x}{g:02x}{b:02x}")
-    return "\n".join(lines) + "\n"
-
-
 def _write_session(out_dir: Path, subject: str, session: str, image_path: str, image: Any, labels: Any, rules: "Rules",
                    segmenter: str, options: dict[str, str], from_session: str | None, raw_root: str | None = None,
                    produced: frozenset[int] | None = None) -> None:
@@ -603,7 +567,7 @@ def _write_session(out_dir: Path, subject: str, session: str, image_path: str, i
     atomic_write_text(paths["sidecar"], json.dumps(sidecar, indent=2) + "\n")
     atomic_write_text(paths["lut"], lookup_table(table["labels_mm3"], rules))
     write_qc(paths["qc"], image, labels, rules.labels)
-    write_labels(paths["labels"], labels.data, image.affine, _nifti_header(image))  # last: marks the session done
+    write_labels(paths["labels"], labels.data, image.affine, units_header(image.header))  # last: marks the session done
 
 
 BIDSIGNORE = "# not (yet) in the BIDS specification: QC pictures and the cohort-wide volume table\n*_qc.png\n/volumes.tsv\n"

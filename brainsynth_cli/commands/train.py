@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
         dim: str = typer.Option("2d", "--dim", help="--task generate: 2d (slices, diffusers) or 3d (volumes, MONAI)."),
         condition: str = typer.Option("both", "--condition", help="--task generate: text, covariates or both."),
         labels: str = typer.Option("", "--labels", help="--task generate on a dataset: label maps folder (default DATASET/derivatives/brainsynth-truth)."),
+        run: str | None = typer.Option(None, "--run", help="--task generate on a BIDS dataset: the T1w run to take where a session has several (default: the last)."),
         preset: str = typer.Option("tiny", "--preset", help="tiny (CPU, minutes), base (from scratch, one GPU, 256x256) or sd15 (from --pretrained)."),
         pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Local Stable Diffusion diffusers folder or hub id to start from."),
         text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Text encoder plugin: minilm (default), clip, biomedbert."),
@@ -159,7 +160,7 @@ def register(app: typer.Typer) -> None:
                    "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing, "ema": ema,
                    "conditioning_dropout": conditioning_dropout, "checkpoint_every": checkpoint_every,
                    "set": _parse_set(set_), "task": task, "dim": dim, "condition": condition, "labels": labels or None,
-                   "report_to": report_to},
+                   "run": run, "report_to": report_to},
         )
         log.debug("train: generator %s, options %s", type(gen).__name__, options)
         from brainsynth_cli.outputs import locked_output, on_interrupt, refuse_folder_over_input

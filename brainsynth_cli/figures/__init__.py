@@ -8,7 +8,8 @@ so the command line starts fast; no pyplot state).
 - :mod:`~brainsynth_cli.figures.comparison`: image pairs with their difference (validation pictures), sample grids;
 - :mod:`~brainsynth_cli.figures.save`: the atomic PNG writer.
 
-The evaluate montage (:mod:`brainsynth_cli.edit_montage`) follows the same conventions.
+The montage of edits (:mod:`brainsynth_cli.edit_montage`: edit, evaluate, training validation)
+is drawn with :mod:`~brainsynth_cli.figures.grid`.
 """
 
 from brainsynth_cli.figures.colours import label_colour

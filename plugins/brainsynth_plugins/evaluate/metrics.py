@@ -5,7 +5,8 @@
 the image cropped by the window radius), so numbers compare with papers that used it.
 ``ms_ssim`` is Wang, Simoncelli & Bovik (2003): Gaussian-window SSIM (sigma 1.5, 11 taps),
 contrast-structure terms at the first scales, luminance at the coarsest, weights
-0.0448/0.2856/0.3001/0.2363/0.1333 renormalised when the image is too small for five scales.
+0.0448/0.2856/0.3001/0.2363/0.1333 (as published, summing to 1.0001, as in MONAI), renormalised
+when the image is too small for five scales.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def ms_ssim(reference: np.ndarray, test: np.ndarray, data_range: float, scales: 
     while usable < scales and min(x.shape) // (2**usable) >= 11:
         usable += 1
     weights = np.asarray(MS_WEIGHTS[:usable])
-    weights = weights / weights.sum()
+    if usable < len(MS_WEIGHTS):  # the published five weights as they are (they sum to 1.0001, as in MONAI)
+        weights = weights / weights.sum()
     values = []
     for level in range(usable):
         lum, cs = _ssim_terms(x, y, data_range, gaussian=True)

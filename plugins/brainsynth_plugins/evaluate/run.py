@@ -14,7 +14,7 @@ from brainsynth_cli.errors import InputError
 from brainsynth_cli.interfaces import Progress
 from brainsynth_cli.pairs_folder import read_pairs_folder
 from brainsynth_cli.structures import default_rules, rules_from_text
-from brainsynth_plugins.evaluate import engine, report
+from brainsynth_plugins.evaluate import engine, fid, report
 
 
 def model_info(model_dir: Path | None) -> dict[str, Any]:
@@ -73,8 +73,7 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
     rules = rules_from_text(pairs.info["rules"], f"{pairs_dir / 'pairs.json'} rules") if pairs.info.get("rules") else default_rules()
     parser = engine.prompt_parser(pairs, rules)
     measure = registry("measure").create(settings.measure)
-    if fid_weights is not None and not Path(fid_weights).is_file():
-        raise InputError(fid_weights, "FID feature extractor not found", "give a TorchScript file (torch.jit.save) or leave --fid-weights out")
+    fid_net = fid.load_extractor(Path(fid_weights)) if fid_weights is not None else None  # a bad file fails now, not after the edits
     model = None
     model_info: dict[str, Any] = {}
     if model_dir is not None:  # None: only the baselines (the measurement's own error on real targets)
@@ -135,7 +134,7 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
                            "trained_intervals": model_info.get("intervals"),
                            "measure_help": registry("measure").get(settings.measure).help,
                            "prompt_builder": str(pairs.info.get("prompt_builder", "quantized"))}
-    summary["fid"] = report.fid(out_dir, rows, fid_weights) if model is not None else {
+    summary["fid"] = fid.fid(out_dir, rows, fid_weights, fid_net) if model is not None else {
         "value": None, "reason": "--baselines-only: no edits to compare"}
     summary["first_screen"] = first_screen(pairs_pooled, model_info)
     report.write_all(out_dir, rows, results, summary, pairs_pooled, rules)

@@ -26,7 +26,7 @@ from brainsynth_plugins.training_core import checkpoints as ckpts
 from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
-from brainsynth_plugins.training_core.ema import EMA
+from brainsynth_plugins.training_core.ema import ema_settings, ema_tensors, load_ema, new_ema
 from brainsynth_plugins.training_core.runtime import quiet
 from brainsynth_plugins.training_core.trainer import StagedTrainer
 
@@ -59,6 +59,8 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     for key in ("gradient_checkpointing", "ema"):
         if ex.get(key):
             cfg[key] = True
+    if ex.get("run") is not None:
+        raise UserError("--run picks T1w runs of a dataset (--task generate); for edit pairs give it to make-pairs")
     cfg["stage"] = ex.get("stage") or "all"
     cfg["seed"] = int(options.seed)
     cfg["data"] = str(Path(options.data).resolve())
@@ -570,7 +572,7 @@ class Trainer(StagedTrainer):
         emb = self._embed(sorted({p.prompt for p in self.pairs.rows}) + [""], acc.device)
         weights = self._loss_weights(latents[self.train_pairs[0].prior].shape[-2:], acc.device)
         null = emb[""]
-        ema = EMA(unet, float(cfg["ema_decay"])) if cfg["ema"] else None
+        ema = new_ema(unet, float(cfg["ema_decay"])) if cfg["ema"] else None
         opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg["unet_lr"]))
         sched = self._lr_scheduler(opt, total, acc.num_processes)
         gen = torch.Generator(device=acc.device).manual_seed(int(cfg["seed"]) * 7 + 2 + acc.process_index)
@@ -578,9 +580,11 @@ class Trainer(StagedTrainer):
         if start is not None:
             step, ck = self._restore(start, {"model": unet}, {"model": opt}, sched, gen)
             if ema is not None:
-                ema.load(ck["modules"]["ema"], int(ck["state"]["ema_step"]))
+                load_ema(ema, unet, ck["modules"]["ema"], ck["state"])
         unet.train()
         unet, opt, sched = acc.prepare(unet, opt, sched)
+        if ema is not None:  # beside the weights it averages (prepare moved them to the device)
+            ema.to(device=acc.device)
         batches = Batches(len(self.train_pairs), int(cfg["unet_batch_size"]), int(cfg["seed"]), acc.process_index, acc.num_processes)
         accum = int(cfg["gradient_accumulation"])
         every = int(cfg["checkpoint_every"])
@@ -619,7 +623,7 @@ class Trainer(StagedTrainer):
                     opt.zero_grad(set_to_none=True)
             step += 1
             if ema is not None:
-                ema.update(acc.unwrap_model(unet))
+                ema.step(acc.unwrap_model(unet).parameters())
             if acc.is_main_process:
                 self._log({"stage": "unet", "step": step, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])})
             self.progress(step, total, f"stage 2 (unet) loss {float(loss.detach()):.4f}")
@@ -628,15 +632,15 @@ class Trainer(StagedTrainer):
                 if acc.is_main_process:
                     modules = {"model": acc.unwrap_model(unet).state_dict()}
                     if ema is not None:
-                        modules["ema"] = ema.state_dict()
+                        modules["ema"] = ema_tensors(ema, acc.unwrap_model(unet))
                     self._save_checkpoint("unet", step, modules, {"model": opt}, sched, gen,
-                                          extra={"ema_step": ema.step if ema else 0})
+                                          extra={"ema": ema_settings(ema)} if ema is not None else None)
                     self.validate_unet(acc.unwrap_model(unet), vae, noise_sched, ema, step)
         acc.wait_for_everyone()
         if acc.is_main_process:
             unet = acc.unwrap_model(unet)
             if ema is not None:
-                ema.apply_to(unet)  # the model keeps the averaged weights
+                ema.copy_to(unet.parameters())  # the model keeps the averaged weights
             self.validate_unet(unet, vae, noise_sched, None, step)
             self.save_pipeline(unet, vae, noise_sched)
         acc.free_memory()
@@ -659,7 +663,9 @@ class Trainer(StagedTrainer):
 
         if not self.val_pairs:
             return
-        backup = ema.apply_to(unet) if ema is not None else None
+        if ema is not None:  # validate the averaged weights, then put the training weights back
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
         was = unet.training
         unet.eval()
         try:
@@ -678,8 +684,8 @@ class Trainer(StagedTrainer):
                                     target=view(self._image(p.target))))
         finally:
             unet.train(was)
-            if backup is not None:
-                EMA.restore(unet, backup)
+            if ema is not None:
+                ema.restore(unet.parameters())
         (self.out / "validation").mkdir(parents=True, exist_ok=True)
         edit_montage(self.out / "validation" / f"unet-{step:07d}.png", rows,
                      title=f"validation edits after {step} UNet steps (residual decoding, no restriction)")

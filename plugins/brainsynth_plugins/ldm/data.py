@@ -23,6 +23,7 @@ before rows carried them, a ``template`` caption's stated volumes, age and sex a
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from brainsynth_cli.errors import InputError, UserError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -183,28 +186,33 @@ def default_labels_dir(data: Path) -> Path | None:
 
 def read_training_set(data: str | os.PathLike[str], *, dim: str, resolution: int, voxel_mm: float,
                       labels_dir: str | os.PathLike[str] | None = None, captions_per_image: int = 4,
-                      progress: Callable[[float, float, str], None] | None = None) -> TrainingSet:
-    """A dataset (BIDS folder or CSV manifest) or a pairs folder (has ``metadata.jsonl``)."""
+                      progress: Callable[[float, float, str], None] | None = None, run: str | None = None) -> TrainingSet:
+    """A dataset (BIDS folder or CSV manifest) or a pairs folder (has ``metadata.jsonl``).
+    ``run``: the T1w run of a BIDS session with several (default: the last, said on stderr)."""
     p = Path(data)
     if dim not in ("2d", "3d"):
         raise UserError(f"--dim must be 2d or 3d, got {dim!r}")
     if p.is_dir() and (p / "metadata.jsonl").is_file():
+        if run is not None:
+            raise InputError(p, "is a pairs folder; --run picks T1w runs of a dataset", "leave --run out (make-pairs --run picks the runs of pairs)")
         return _read_pairs(p, dim=dim, resolution=resolution, progress=progress)
     return _read_dataset(p, dim=dim, resolution=resolution, voxel_mm=voxel_mm, labels_dir=labels_dir,
-                         captions_per_image=captions_per_image, progress=progress)
+                         captions_per_image=captions_per_image, progress=progress, run=run)
 
 
 def _read_dataset(root: Path, *, dim: str, resolution: int, voxel_mm: float, labels_dir: Any, captions_per_image: int,
-                  progress: Any) -> TrainingSet:
+                  progress: Any, run: str | None = None) -> TrainingSet:
     import numpy as np
 
-    from brainsynth_cli.datasets import read_dataset
+    from brainsynth_cli.datasets import read_dataset, runs_note
     from brainsynth_cli.images import check_same_grid, read_labels, read_volume
     from brainsynth_cli.slices import normalisation, normalise
     from brainsynth_cli.structures import group_volumes, label_volumes
 
     lab_dir = Path(labels_dir) if labels_dir else (default_labels_dir(root) if root.is_dir() else None)
-    ds = read_dataset(root, lab_dir)
+    ds = read_dataset(root, lab_dir, run=run)
+    if runs_note(ds):  # several runs in a session: say which was taken
+        log.info("%s", runs_note(ds))
     sessions = [s for subj in ds.subjects().values() for s in subj]
     missing = [s for s in sessions if s.labels is None]
     if missing:

@@ -97,8 +97,10 @@ def evaluate_generation(model_dir: str | os.PathLike[str], out_dir: str | os.Pat
     if not Path(src).exists():
         raise InputError(src, "the model's training data is not there", "give --data DATASET (the real images to compare with)")
     tr = info["training"]
+    same_data = Path(src).resolve() == Path(info["data"]["path"]).resolve()  # then the runs the model was trained on
     ts = read_training_set(src, dim=dim, resolution=int(tr["resolution"]), voxel_mm=float(tr["voxel_mm"]),
-                           labels_dir=labels or info["data"].get("labels"), captions_per_image=1)
+                           labels_dir=labels or info["data"].get("labels"), captions_per_image=1,
+                           run=info["data"].get("run") if same_data else None)
     manager = get_manager()
     ref = None  # 2D: the labelled real slice the measurement registers onto each image
     if dim == "3d":

@@ -58,6 +58,8 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     cfg: dict[str, Any] = {**base, "vae": base["vae"][dim], "unet": base["unet"][dim]}
     cfg.update({"preset": preset, "dim": dim, "condition": condition, "seed": int(options.seed),
                 "data": str(Path(options.data).resolve()), "labels": str(Path(ex["labels"]).resolve()) if ex.get("labels") else None})
+    if ex.get("run") is not None:  # recorded only when given, so runs made without it resume as before
+        cfg["run"] = str(ex["run"]).removeprefix("run-")
     if ex.get("steps") is not None:
         cfg["vae_steps"] = cfg["unet_steps"] = int(ex["steps"])
     for key in ("vae_steps", "unet_steps", "checkpoint_every", "captions_per_image"):
@@ -73,7 +75,7 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
             cfg[key] = ex[key]
     te = ex.get("text_encoder") or "minilm"
     cfg["text_encoder"] = {"name": te, "path": str(ex["text_encoder_path"]) if ex.get("text_encoder_path") else None}
-    apply_overrides(cfg, ex.get("set") or {}, fixed=("data", "dim", "condition", "seed", "text_encoder", "epochs"),
+    apply_overrides(cfg, ex.get("set") or {}, fixed=("data", "dim", "condition", "seed", "text_encoder", "epochs", "run"),
                     unlisted=("labels", "preset"))
     check_settings(cfg, SETTINGS, nested=("vae", "unet", "noise"))  # finite, in range, of the right type
     cfg["resolution"] = int(cfg["resolution"])
@@ -103,7 +105,7 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
         run_folder.refuse_file(out)
         run_folder.refuse_not_empty(out)
     ts = read_training_set(cfg["data"], dim=cfg["dim"], resolution=cfg["resolution"], voxel_mm=cfg["voxel_mm"],
-                           labels_dir=cfg.get("labels"), captions_per_image=int(cfg["captions_per_image"]))
+                           labels_dir=cfg.get("labels"), captions_per_image=int(cfg["captions_per_image"]), run=cfg.get("run"))
     trainer = Trainer(cfg, out, ts, device=options.device, progress=progress)
     trainer.check()
     if not options.resume:
@@ -450,7 +452,8 @@ class Trainer(StagedTrainer):
                                                   "unet_batch_size", "conditioning_dropout", "captions_per_image", "kl_weight",
                                                   "mixed_precision", "resolution", "voxel_mm", "validation_steps")},
             "data": {"path": self.cfg["data"], "labels": self.cfg.get("labels") or self.ts.info.get("labels"), "kind": self.ts.kind,
-                     "images": len(self.ts.items), "subjects": len({it.subject for it in self.ts.items})},
+                     "images": len(self.ts.items), "subjects": len({it.subject for it in self.ts.items}),
+                     "run": self.cfg.get("run")},
         }
         tmp_info = self.out / f".{INFO}.tmp"
         tmp_info.write_text(json.dumps(info, indent=1), encoding="utf-8")

@@ -38,13 +38,14 @@ def register_commands(app: typer.Typer) -> None:
         deformed: bool = typer.Option(False, "--deformed", help="Also add, per pair and per interval of the rules, the prior deformed to a rate in that interval (kind deformed)."),
         deformed_splits: str = typer.Option("train,validation,test", "--deformed-splits", help="With --deformed: the splits whose pairs get deformed rows (comma-separated)."),
         match_intensities: bool = typer.Option(True, "--match-intensities/--no-match-intensities", help="Put each target on its prior's intensity scale (differential bias field divided out, tissue medians matched), so a pair differs by anatomy, not scanner drift."),
+        run: str | None = typer.Option(None, "--run", help="BIDS dataset: the T1w run to take where a session has several (default: the last)."),
     ) -> None:
         """Make prior/target training pairs with prompts from a longitudinal dataset, plus one
         structure-disentangled pair per described structure, and with --deformed the prior
         deformed to every interval (see docs/commands/make-pairs.md)."""
         from brainsynth_cli.errors import UserError
         from brainsynth_plugins.pairs.engine import Options, parse_shard
-        from brainsynth_plugins.pairs.engine import make_pairs as run
+        from brainsynth_plugins.pairs.engine import make_pairs as make
 
         if jobs < 1:
             raise UserError("--jobs must be at least 1")
@@ -56,9 +57,9 @@ def register_commands(app: typer.Typer) -> None:
             dim=dim.lower(), slices=slices, size=size, pairing=pairing, split=split, seed=seed, jobs=jobs,
             shard=parse_shard(shard), margin=margin, min_psnr=min_psnr, merge_only=merge, montage=montage,
             deformed=deformed, deformed_splits=tuple(x for x in ("train", "validation", "test") if x in chosen),
-            match_intensities=match_intensities,
+            match_intensities=match_intensities, run=run,
         )
-        summary = run(options, echo=typer.echo)
+        summary = make(options, echo=typer.echo)
         rows = ", ".join(f"{n} {k}" for k, n in sorted(summary.rows.items())) or "no"
         skipped = ", ".join(f"{n} ({k})" for k, n in sorted(summary.pairs_skipped.items()))
         if summary.merged:

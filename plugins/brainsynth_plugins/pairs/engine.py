@@ -64,6 +64,7 @@ class Options:
     deformed: bool = False  # add rows whose target is the prior deformed to a drawn rate per interval
     deformed_splits: tuple[str, ...] = SPLITS  # ... for the subjects of these splits
     match_intensities: bool = True  # targets put on their prior's intensity scale (bias field, tissue medians)
+    run: str | None = None  # the T1w run of sessions with several (default: the last)
 
 
 @dataclass
@@ -161,20 +162,27 @@ def assign_splits(subjects: list[str], ratios: tuple[float, float, float], seed:
     return out
 
 
-def plan(options: Options, warn=lambda msg: None) -> tuple[list[Pair], dict[str, str]]:
+def plan(options: Options, warn=lambda msg: None, echo=lambda msg: None) -> tuple[list[Pair], dict[str, str]]:
     """All pairs of the dataset in order, and the subject splits."""
-    from brainsynth_cli.datasets import read_dataset
+    from brainsynth_cli.datasets import read_dataset, runs_note
 
-    ds = read_dataset(options.dataset, options.labels)
+    ds = read_dataset(options.dataset, options.labels, run=options.run)
+    if runs_note(ds):  # several runs in a session: say which was taken
+        echo(runs_note(ds))
     subjects = ds.subjects()
-    eligible = []
+    eligible = [subject for subject, sessions in subjects.items() if len(sessions) >= 2]
+    if not eligible:
+        if all(s.session == "" for s in ds.sessions):
+            raise InputError(options.dataset, "has no session level (sub-*/anat/*_T1w only): one scan per subject, so no pairs",
+                             "make-pairs needs two or more sessions per subject: sub-X/ses-Y/anat/..., or a CSV manifest "
+                             "with a session column")
+        raise InputError(options.dataset, "has no subject with two or more sessions", "make-pairs needs longitudinal data")
     for subject, sessions in subjects.items():
         if len(sessions) < 2:
-            warn(f"brainsynth: warning: {subject} has one session ({sessions[0].session}); skipped (a pair needs two)")
-            continue
-        eligible.append(subject)
-    if not eligible:
-        raise InputError(options.dataset, "has no subject with two or more sessions", "make-pairs needs longitudinal data")
+            only = sessions[0]
+            what = (f"has no session level (one scan, {only.image.parent.relative_to(ds.root).as_posix()})"
+                    if not only.session and ds.kind == "bids" else f"has one session ({only.session})")
+            warn(f"brainsynth: warning: {subject} {what}; skipped (a pair needs two sessions)")
     pairs = []
     for index, subject in enumerate(eligible):
         sessions = subjects[subject]
@@ -255,6 +263,8 @@ def config(options: Options, rules) -> dict[str, Any]:
                       "[0,1] window" if options.match_intensities else "each volume windowed to [0,1]") + " (brainsynth_cli.slices.normalisation)",
         "brainsynth": __version__,
     }
+    if options.run is not None:  # recorded only when given, so folders made without it compare equal
+        cfg["run"] = options.run.removeprefix("run-")
     if options.deformed:  # recorded only when on, so folders made without it compare equal
         cfg["deformed"] = True
         if tuple(options.deformed_splits) != SPLITS:
@@ -950,7 +960,7 @@ def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder", "choose another -o")
     check_not_into_inputs(options)
-    pairs, splits = plan(options, warn)
+    pairs, splits = plan(options, warn, echo)
     mine = [p for p in pairs if in_shard(p, options.shard)]
     check_inputs(pairs if options.merge_only else mine)
     for pair in pairs:

@@ -609,6 +609,25 @@ def simulate_subjects(n: int = 3, **kwargs: Any) -> list[SimulatedSubject]:
 
 TRUTH = "brainsynth-truth"
 
+#: `.bidsignore` of the truth derivative: the montage folders (a folder name without the trailing
+#: slash, so that the validator ignores the folder as well as its files).
+TRUTH_BIDSIGNORE = "# not in the BIDS specification: each subject's montage of its sessions\nsub-*/figures\n"
+
+TRUTH_README = """# brainsynth simulated cohort: ground-truth labels
+
+The labels `brainsynth simulate` made each T1w image of the raw dataset (two folders up) from:
+
+- `sub-X/ses-Y/anat/sub-X_ses-Y_desc-truth_dseg.nii.gz`: the labels (FreeSurfer aseg ids) on the
+  image's grid;
+- `..._dseg.tsv` beside it: the look-up table (index, name, color);
+- `..._dseg.json` beside it: the image the labels belong to (`Sources`);
+- `sub-X/figures/sub-X_desc-sessions_montage.png`: the sessions of a subject, labels outlined and
+  the change since the first session coloured (listed in `.bidsignore`).
+
+The structure volumes and the requested and realised change rates of every session are in the
+raw dataset's `sub-X/sub-X_sessions.tsv`.
+"""
+
 
 @dataclass
 class CohortResult:
@@ -716,14 +735,27 @@ def write_montage(path: Path, sim: SimulatedSubject) -> Path:
 
 
 def write_subject(root: Path, sim: SimulatedSubject) -> None:
-    """Write one subject: truth labels and montage first, images, and the sessions.tsv last
-    (its presence marks the subject complete)."""
-    from brainsynth_cli.images import atomic_write_text, write_labels, write_volume
+    """Write one subject: truth labels (with their sidecar and look-up table) and montage first,
+    images, and the sessions.tsv last (its presence marks the subject complete). NIfTI units are
+    mm and seconds."""
+    import numpy as np
 
+    from brainsynth_cli.bids_files import lookup_table, source_uri, units_header
+    from brainsynth_cli.images import atomic_write_text, write_labels, write_volume
+    from brainsynth_cli.structures import default_rules
+
+    rules = default_rules()
     for s in sim.sessions:
         img_path, lab_path = _paths(root, sim.subject, s.session)
-        write_labels(lab_path, s.labels.data, s.labels.affine)
-        write_volume(img_path, s.image.data, s.image.affine, dtype="int16")
+        stem = lab_path.name.removesuffix(".nii.gz")
+        source = source_uri(img_path, root)
+        sidecar = {"Description": f"ground-truth labels (FreeSurfer aseg ids) of {sim.subject} {s.session}, from which "
+                                  "brainsynth simulate made the T1w image; look-up table in the _dseg.tsv beside it",
+                   "Sources": [source], "SpatialReference": source}
+        atomic_write_text(lab_path.with_name(stem + ".json"), json.dumps(sidecar, indent=2) + "\n")
+        atomic_write_text(lab_path.with_name(stem + ".tsv"), lookup_table(np.unique(s.labels.data), rules))
+        write_labels(lab_path, s.labels.data, s.labels.affine, units_header())
+        write_volume(img_path, s.image.data, s.image.affine, units_header(), dtype="int16")
     write_montage(montage_path(root, sim.subject), sim)
     atomic_write_text(root / sim.subject / f"{sim.subject}_sessions.tsv", _tsv(_session_rows(sim), SESSION_COLUMNS))
 
@@ -859,7 +891,10 @@ def _simulate_into(root: Path, opts: Options, subjects: int, started: float, pro
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "brainsynth simulate", "Version": _description(opts, subjects)["GeneratedBy"][0]["Version"]}],
         "SourceDatasets": [{"URL": "../.."}],
+        "DatasetLinks": {"raw": "../.."},
     }, indent=2) + "\n")
+    atomic_write_text(truth / "README.md", TRUTH_README)
+    atomic_write_text(truth / ".bidsignore", TRUTH_BIDSIGNORE)
     done, skipped = [], []
     total = len(plans)
     for i, plan in enumerate(plans):

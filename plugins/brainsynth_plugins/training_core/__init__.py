@@ -4,7 +4,7 @@
   save/restore both trainers use;
 - :mod:`.batches`: ``Batches``, batch contents as a pure function of (seed, step);
 - :mod:`.checkpoints`: checkpoints as safetensors + JSON (no pickle), RNG state, damaged ones set aside;
-- :mod:`.ema`: ``EMA`` of a model's weights;
+- :mod:`.ema`: diffusers' ``EMAModel`` of a model's weights, in checkpoints by parameter name;
 - :mod:`.loss_log`: ``logs/loss.csv``;
 - :mod:`.tracking`: ``--report-to``, accelerate's experiment trackers (TensorBoard) besides loss.csv;
 - :mod:`.run_folder`: ``checkpoints/run.json``, new-folder checks and ``--resume``;
