@@ -174,3 +174,25 @@ def test_edit_montage_is_a_grid_figure_without_pyplot(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=120, check=False)
     assert res.stdout.strip() == "False", res.stderr
     assert _png(tmp_path / "m.png").shape[1] >= 3 * 180
+
+
+def test_rates_plot_has_a_legend_and_never_imports_pyplot(tmp_path):
+    """evaluate's rates.png: achieved against target rate per structure, edits and real targets in
+    the legend, written on an Agg canvas (pyplot never imported)."""
+    import subprocess
+
+    from conftest import subprocess_env
+
+    results = [{"truth": {"ventricle": t}, "methods": {
+        "model": {"structures": {"ventricle": {"hit": True, "achieved": t * 0.8}}},
+        "target": {"structures": {"ventricle": {"hit": True, "achieved": t * 0.9}}}}} for t in (5.0, 15.0, 30.0)]
+    code = ("import sys, json; from pathlib import Path; from brainsynth_plugins.evaluate.report import rates_plot; "
+            f"rates_plot(Path(r'{tmp_path / 'r.png'}'), json.loads(sys.argv[1])); print('matplotlib.pyplot' in sys.modules)")
+    import json
+
+    res = subprocess.run([sys.executable, "-c", code, json.dumps(results)], capture_output=True, text=True,
+                         env=subprocess_env(), timeout=120, check=False)
+    assert res.stdout.strip() == "False", res.stderr
+    png = _png(tmp_path / "r.png")
+    assert png.shape[:2] == (550, 605)  # 5.5 x 5 in at 110 dpi
+    assert png[..., :3].std() > 10  # something drawn

@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from brainsynth_cli.images import atomic_output, atomic_write_text
+from brainsynth_cli.images import atomic_write_text
 from brainsynth_cli.pairs_folder import PairRow
-
 from brainsynth_plugins.evaluate import engine
 
 CSV_COLUMNS = ["row", "subject", "kind", "prompt", "method", "psnr", "ssim", "ms_ssim", "change_error", "structure_error", "structure", "interval",
@@ -187,12 +186,12 @@ def montage(path: Path, rows: list[PairRow], results: list[dict[str, Any]], out_
 
 
 def rates_plot(path: Path, results: list[dict[str, Any]], pooled: list[dict[str, Any]] | None = None) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from brainsynth_cli.figures.save import save_figure
 
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    fig = Figure(figsize=(5.5, 5), dpi=110)
+    ax = fig.subplots()
     markers = {"model": "o", "target": "x"}
     colours = {}
     palette = ["tab:purple", "tab:orange", "tab:green", "tab:blue"]
@@ -222,38 +221,7 @@ def rates_plot(path: Path, results: list[dict[str, Any]], pooled: list[dict[str,
     if colours:
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
-def fid(out_dir: Path, rows: list[PairRow], weights: Path | None) -> dict[str, Any]:
-    """Frechet distance between features of real targets and of edits, with a TorchScript extractor."""
-    if weights is None:
-        return {"value": None, "reason": "no feature-extractor weights given (--fid-weights PATH to a TorchScript model, "
-                "e.g. Inception-v3 pool features); none can be downloaded here"}
-    import torch
-    from scipy import linalg
-
-    net = torch.jit.load(str(weights), map_location="cpu").eval()
-
-    def feats(paths: list[Path]) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for p in paths:
-                x = torch.from_numpy(engine.load_slice(p))[None, None].repeat(1, 3, 1, 1)
-                out.append(net(x).reshape(1, -1).double().numpy())
-        return np.concatenate(out)
-
-    real = feats([r.target for r in rows])
-    fake = feats([out_dir / "edits" / f"row-{r.number:05d}.png" for r in rows])
-    if len(rows) < 2:
-        return {"value": None, "reason": "FID needs at least 2 rows"}
-    mu1, mu2 = real.mean(0), fake.mean(0)
-    s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
-    covmean, _ = linalg.sqrtm(np.atleast_2d(s1) @ np.atleast_2d(s2), disp=False)
-    value = float(((mu1 - mu2) ** 2).sum() + np.trace(np.atleast_2d(s1) + np.atleast_2d(s2) - 2 * np.real(covmean)))
-    return {"value": value, "reason": f"features from {weights}", "rows": len(rows)}
+    save_figure(fig, path)
 
 
 def _finite(obj: Any) -> Any:
