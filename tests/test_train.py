@@ -180,9 +180,18 @@ def test_stage_unet_with_biomedbert_follows_encoder_width(tiny, tmp_path):
     code, err = train_cli([pairs, "-o", out, "--stage", "unet", "--text-encoder", "biomedbert", "--text-encoder-path", bert,
                            *FAST, "--steps", "2"])
     assert code == 0, err
-    assert json.loads((out / "unet" / "config.json").read_text())["cross_attention_dim"] == 24
+    unet_cfg = json.loads((out / "unet" / "config.json").read_text())
+    assert unet_cfg["cross_attention_dim"] == 24
+    # the pooled prompt's heads divide the encoder's width (64 would not divide 24)
+    assert unet_cfg["addition_embed_type"] == "text" and unet_cfg["addition_embed_type_num_heads"] == 8
     info = json.loads((out / "brainsynth.json").read_text())
     assert info["text_encoder"] == {"name": "biomedbert", "path": str(bert), "hidden_size": 24, "max_length": 64}
+    bad = tmp_path / "m2"
+    bad.mkdir()
+    shutil.copytree(model / "vae", bad / "vae")
+    _one_line_error(*train_cli([pairs, "-o", bad, "--stage", "unet", "--text-encoder", "biomedbert", "--text-encoder-path", bert,
+                                *FAST, "--steps", "2", "--set", "unet.addition_embed_type_num_heads=5"]),
+                    "unet.addition_embed_type_num_heads=5 does not divide the text encoder's width 24")
 
 
 def test_text_encoders_offline(tmp_path, monkeypatch):

@@ -477,12 +477,19 @@ class Trainer(StagedTrainer):
             noise = DDPMScheduler.from_pretrained(self.cfg["pretrained"], subfolder="scheduler", prediction_type=str(self.cfg["prediction_type"]))
             return unet, noise
         u = self.cfg["unet"]
+        extra = {k: u[k] for k in OPTIONAL_UNET if u.get(k) is not None}
+        if extra.get("addition_embed_type") == "text":  # the pooled prompt's attention heads must divide the encoder's width
+            heads = int(extra.get("addition_embed_type_num_heads") or math.gcd(hidden, 64))
+            if hidden % heads:
+                raise UserError(f"unet.addition_embed_type_num_heads={heads} does not divide the text encoder's width {hidden}; "
+                                f"use a divisor of {hidden} (e.g. {math.gcd(hidden, 64)})")
+            extra["addition_embed_type_num_heads"] = heads
         unet = UNet2DConditionModel(
             sample_size=sample, in_channels=2 * latent_channels, out_channels=latent_channels,
             down_block_types=tuple(u["down_block_types"]), up_block_types=tuple(u["up_block_types"]),
             block_out_channels=tuple(u["block_out_channels"]), layers_per_block=int(u["layers_per_block"]),
             attention_head_dim=int(u["attention_head_dim"]), norm_num_groups=int(u["norm_num_groups"]),
-            cross_attention_dim=hidden, **{k: u[k] for k in OPTIONAL_UNET if u.get(k) is not None},
+            cross_attention_dim=hidden, **extra,
         )
         noise = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               prediction_type=str(self.cfg["prediction_type"]), clip_sample=False, timestep_spacing="trailing")
