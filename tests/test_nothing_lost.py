@@ -529,3 +529,15 @@ def test_a_failing_demo_step_gives_one_error_line(tmp_path, monkeypatch, capsys)
     errors = [line for line in err.splitlines() if line.startswith("brainsynth: error:")]
     assert code == 2 and len(errors) == 1 and "missing.nii.gz" in errors[0], err
     assert "segment failed" in out and f"brainsynth demo -o {tmp_path / 'demo'}" in out
+
+
+def test_demo_into_a_file_is_one_line_naming_it(tmp_path, capsys):
+    """`demo -o FILE`: one line naming the file and the fix, exit 2, the file left as it was."""
+    from brainsynth_cli.main import run
+
+    f = tmp_path / "notes.txt"
+    f.write_text("keep me")
+    code = run(["demo", "-o", str(f)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"brainsynth: error: {f}: is a file, not a folder; give a folder for the demo's outputs (-o DIR)"
+    assert f.read_text() == "keep me"

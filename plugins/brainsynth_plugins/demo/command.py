@@ -69,6 +69,10 @@ def register(app: typer.Typer) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))))
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        if output.exists() and not output.is_dir():
+            from brainsynth_cli.errors import InputError
+
+            raise InputError(output, "is a file, not a folder", "give a folder for the demo's outputs (-o DIR)")
         output.mkdir(parents=True, exist_ok=True)
         t_all = time.perf_counter()
         for i, (name, args) in enumerate(plan(output, subjects, seed), start=1):
