@@ -10,6 +10,11 @@ from brainsynth_cli.errors import UserError
 from brainsynth_cli.main import build_app
 
 
+def _option_line(help_text: str, option: str) -> str:
+    """The row of ``option`` in a command's --help."""
+    return next(x for x in help_text.splitlines() if x.strip("│ *").startswith(f"{option} "))
+
+
 def _commands():
     return typer.main.get_command(build_app()).commands
 
@@ -54,3 +59,52 @@ def test_make_pairs_help_shows_output_not_out(cli):
 def test_make_pairs_without_output_is_a_usage_error(tmp_path, cli):
     res = cli("make-pairs", tmp_path)
     assert res.exit_code == 2 and "--output" in res.stderr
+
+
+@pytest.mark.parametrize("command, option, choices", [
+    ("make-pairs", "--dim", "<2d|3d>"),
+    ("make-pairs", "--pairing", "<consecutive|all>"),
+    ("train", "--stage", "<vae|unet|all>"),
+    ("train", "--task", "<edit|generate>"),
+    ("train", "--report-to", "<none|tensorboard>"),
+    ("evaluate", "--device", "<auto|cpu|cuda|mps>"),
+    ("evaluate", "--task", "<edit|generate>"),
+    ("edit", "--scheduler", "<ddim|dpm++|euler-a>"),
+])
+def test_help_lists_the_choices(cli, monkeypatch, command, option, choices):
+    monkeypatch.setenv("COLUMNS", "240")  # one line per option
+    res = cli(command, "--help")
+    line = _option_line(res.stdout, option)
+    assert res.exit_code == 0 and choices in line, line
+
+
+@pytest.mark.parametrize("args, allowed", [
+    (["train", "PAIRS", "-o", "OUT", "--stage", "unet2"], "'unet2' is not one of 'vae', 'unet', 'all'"),
+    (["evaluate", "MODEL", "PAIRS", "-o", "OUT", "--split", "tests"], "'tests' is not one of 'train', 'validation', 'test', 'all'"),
+    (["make-pairs", "DATA", "-o", "OUT", "--dim", "4d"], "'4d' is not one of '2d', '3d'"),
+])
+def test_a_bad_choice_is_a_usage_error_naming_the_choices(tmp_path, cli, monkeypatch, args, allowed):
+    monkeypatch.setenv("COLUMNS", "240")  # the message on one row of the error box
+    args = [str(tmp_path / a) if a.isupper() else a for a in args]
+    res = cli(*args)
+    assert res.exit_code == 2 and allowed in res.stderr, res.stderr
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_choices_reach_the_command_as_plain_strings(tmp_path, cli, caught_options, monkeypatch):
+    from brainsynth_plugins.pairs import engine
+
+    def fake(options, echo):
+        raise UserError(f"{type(options.dim).__name__} {options.dim} {type(options.pairing).__name__} {options.pairing}")
+
+    monkeypatch.setattr(engine, "make_pairs", fake)
+    res = cli("make-pairs", tmp_path, "-o", tmp_path / "p", "--dim", "3D", "--pairing", "all")
+    assert res.exit_code == 2 and res.stderr.strip() == "brainsynth: error: str 3d str all"
+
+
+def test_plugin_names_stay_open_and_help_says_where_to_list_them(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "240")
+    res = cli("make-pairs", "--help")
+    for option in ("--prompt-builder", "--blender"):
+        line = _option_line(res.stdout, option)
+        assert "<str>" in line and "brainsynth plugins" in line, line

@@ -104,7 +104,6 @@ def test_rerun_resumes_without_recomputing(cli, trained):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--split", "nope"], "has no rows in split 'nope'; choose --split from"),
     (["--measure", "registratoin"], "did you mean 'registration'"),
 ])
 def test_bad_options_are_one_line_errors(cli, trained, args, needle):

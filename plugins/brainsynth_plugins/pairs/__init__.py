@@ -6,7 +6,7 @@ disentangled pairs blended by a blender plugin. The engine is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -22,12 +22,12 @@ def register_commands(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Output folder (the pairs folder; re-running resumes it)."),
         labels: Optional[Path] = typer.Option(None, "--labels", help="Derivatives folder with sub-*/ses-*/anat/*_dseg.nii.gz label maps."),
         rules: Optional[Path] = typer.Option(None, "--rules", help="Rules TOML (structure groups, intervals, phrases); default: BrainEditor's."),
-        prompt_builder: str = typer.Option("quantized", "--prompt-builder", help="Prompt builder plugin (quantized, numeric, template, ...)."),
-        blender: str = typer.Option("poisson", "--blender", help="Blender plugin for disentangled pairs (poisson, copy-paste, none, ...)."),
-        dim: str = typer.Option("2d", "--dim", help="2d: 16-bit PNG axial slices; 3d: NIfTI volumes."),
+        prompt_builder: str = typer.Option("quantized", "--prompt-builder", help="Prompt builder plugin (quantized, numeric, template, ...; `brainsynth plugins` lists them)."),
+        blender: str = typer.Option("poisson", "--blender", help="Blender plugin for disentangled pairs (poisson, copy-paste, none, ...; `brainsynth plugins` lists them)."),
+        dim: Literal["2d", "3d"] = typer.Option("2d", "--dim", case_sensitive=False, help="2d: 16-bit PNG axial slices; 3d: NIfTI volumes."),
         slices: int = typer.Option(30, "--slices", help="2d: number of axial slices per pair, centred on the lateral ventricles."),
         size: int = typer.Option(256, "--size", help="2d: slices are padded to a square and resized to SIZE x SIZE."),
-        pairing: str = typer.Option("consecutive", "--pairing", help="consecutive: each session with the next; all: every earlier/later pair."),
+        pairing: Literal["consecutive", "all"] = typer.Option("consecutive", "--pairing", help="consecutive: each session with the next; all: every earlier/later pair."),
         split: str = typer.Option("8:1:1", "--split", help="train:validation:test ratios, by subject (seeded)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the split, the registration sampling and the template choice."),
         jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes."),
