@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     def evaluate(
         model: Path = typer.Argument(..., help="Model folder written by `brainsynth train` (with --baselines-only: the pairs folder)."),
         pairs: Optional[Path] = typer.Argument(None, help="Pairs folder written by `brainsynth make-pairs` (with label slices); not with --task generate."),
-        output: Path = typer.Option(..., "-o", "--output", help="Report folder (created; re-running resumes)."),
+        output: Path = typer.Option(..., "-o", "--output", help="Report folder (created; re-running with the same settings resumes, other settings need --overwrite)."),
         split: Literal["train", "validation", "test", "all"] = typer.Option("test", help="Which split's rows to edit (train, validation, test, or all)."),
         measure: str = typer.Option("registration", help="Measurement plugin that labels edited slices (see `brainsynth plugins`)."),
         steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps per edit (default: the model's recommendation, else 20) or sample (--task generate: 50)."),
@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         margin: float = typer.Option(3.0, "--margin", help="Edit path: margin around the named structures, mm."),
         blender: str = typer.Option("poisson", "--blender", help="Edit path: how the change is merged into the prior (blender plugin; see `brainsynth plugins`)."),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score the deform and chance rows."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report made in OUTPUT with other settings (its files are removed first)."),
     ) -> None:
         """Edit every row of a split with its prompt and measure it like BrainEditor's Table 1:
         PSNR, SSIM, MS-SSIM against the real target; achieved change per structure (ACC, MAE), next to
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
         from brainsynth_cli.sampling import resolve as resolve_sampling
 
         from brainsynth_plugins.evaluate.engine import EvalSettings
-        from brainsynth_plugins.evaluate.run import model_info, run_evaluation
+        from brainsynth_plugins.evaluate.run import claim_report_folder, model_info, report_settings, run_evaluation
 
         if task == "generate":
             from brainsynth_plugins.ldm.evaluation import run_command
@@ -82,6 +83,7 @@ def register(app: typer.Typer) -> None:
                                 margin_mm=margin, blender=blender, baselines=baselines)
         log = output / "rows.jsonl"
         with locked_output(output, command="evaluate", keep=log.is_file):
+            claim_report_folder(output, report_settings(model, pairs, settings), overwrite=overwrite)
             on_interrupt(lambda: f"the rows evaluated so far are kept in {log}; run the same command again to resume"
                          if log.is_file() else "nothing was kept; run the command again")
             with progress_bar("evaluate") as progress:
