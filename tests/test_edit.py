@@ -246,7 +246,8 @@ def _one_line(code, err, *words):
         assert w in lines[0], lines[0]
 
 
-def test_edit_errors(tiny, volume, tmp_path):
+def test_edit_errors(tiny, volume, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "240")  # a usage error's message on one row of its box
     _, model = tiny
     lab = ["--labels", labels_of(volume)]
     # a prompt the model cannot read, and one it was not trained on: one line listing what it knows; --free-prompt passes

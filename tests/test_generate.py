@@ -136,12 +136,13 @@ def test_generate_prompt_sets_covariates(model2d):
     assert c.sources["ventricle_volume"] == "option" and "20,000" in c.prompt
 
 
-def test_generate_errors(model2d, tmp_path, capsys):
+def test_generate_errors(model2d, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "240")  # a usage error's message on one row of its box
     capsys.readouterr()
     assert _run("generate", tmp_path, "-o", tmp_path / "x") == 2
     assert "brainsynth.json" in capsys.readouterr().err
     assert _run("generate", model2d, "--sex", "X", "--steps", 2, "--device", "cpu", "-o", tmp_path / "y") == 2
-    assert "'X' is not one of 'F', 'M'" in capsys.readouterr().err
+    assert "'X' is not one of 'f', 'm'" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
     (tmp_path / "z").mkdir()
     (tmp_path / "z" / "keep.txt").write_text("x")

@@ -172,6 +172,7 @@ def test_report_to_needs_the_package_and_a_known_tracker(tmp_path, cli, monkeypa
     pairs = tmp_path / "pairs"
     pairs.mkdir()
     (pairs / "metadata.jsonl").write_text("")
+    monkeypatch.setenv("COLUMNS", "240")  # the usage error's message on one row of its box
     res = cli("train", pairs, "-o", tmp_path / "m", "--report-to", "wandb")
     assert res.exit_code == 2 and "'wandb' is not one of 'none', 'tensorboard'" in res.stderr
     real = importlib.util.find_spec
