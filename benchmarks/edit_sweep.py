@@ -1,6 +1,6 @@
 """Sweep the edit's sampling settings of a trained model on a pairs folder's validation split.
 
-    python benchmarks/edit_sweep.py MODEL PAIRS [--split validation] [--limit 96] [--out DIR]
+    python benchmarks/edit_sweep.py MODEL PAIRS [--split validation] [--limit 96] [-o DIR]
 
 Text guidance x image guidance at 10 DDIM steps first, then steps and scheduler at the best pair;
 each setting is scored by `brainsynth evaluate`'s own engine (registration measure, edit path
@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("pairs", type=Path)
     ap.add_argument("--split", default="validation")
     ap.add_argument("--limit", type=int, default=96)
-    ap.add_argument("--out", type=Path, default=Path("sweep-out"))
+    ap.add_argument("-o", "--output", "--out", dest="out", type=Path, default=Path("sweep-out"),
+                    help="folder for the runs (--out: the old spelling)")
     ap.add_argument("--guidance", type=float, nargs="+", default=[3.0, 7.5, 15.0, 25.0])
     ap.add_argument("--image-guidance", type=float, nargs="+", default=[1.0, 1.5])
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 5, 20], help="first: the grid's steps; the rest tried at the best pair")

@@ -246,7 +246,8 @@ def _one_line(code, err, *words):
         assert w in lines[0], lines[0]
 
 
-def test_edit_errors(tiny, volume, tmp_path):
+def test_edit_errors(tiny, volume, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "240")  # a usage error's message on one row of its box
     _, model = tiny
     lab = ["--labels", labels_of(volume)]
     # a prompt the model cannot read, and one it was not trained on: one line listing what it knows; --free-prompt passes
@@ -290,7 +291,8 @@ def test_edit_errors(tiny, volume, tmp_path):
     _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.png")[::2], ".nii.gz")
     _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--slices", "3:99", *lab)[::2], "--slices")
     _one_line(*edit_cli(model, tmp_path / "none.nii.gz", "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz")[::2], "no such file")
-    _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--scheduler", "plms", *lab)[::2], "unknown scheduler")
+    code, _, err = edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--scheduler", "plms", *lab)
+    assert code == 2 and "'plms' is not one of 'ddim', 'dpm++', 'euler-a'" in err and not (tmp_path / "z.nii.gz").exists()
     _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--image-guidance-scale", "nan")[::2], "--image-guidance-scale")
     _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--margin", "-1")[::2], "--margin")
     _one_line(*edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "z.nii.gz", "--blender", "posson")[::2], "did you mean 'poisson'")

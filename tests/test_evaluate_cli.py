@@ -99,12 +99,31 @@ def test_rerun_resumes_without_recomputing(cli, trained):
     before = (out / "rows.jsonl").read_text()
     assert evaluate(cli, model, pairs, out).exit_code == 0
     assert (out / "rows.jsonl").read_text() == before
-    assert evaluate(cli, model, pairs, out, "--seed", "5").exit_code == 0
-    assert len((out / "rows.jsonl").read_text().splitlines()) == 2 * len(before.splitlines())
+    assert evaluate(cli, model, pairs, out, "--limit", "2").exit_code == 0  # --limit is not a setting of the rows
+    assert (out / "rows.jsonl").read_text() == before
+
+
+def test_other_settings_into_a_report_folder_are_refused_unless_overwrite(cli, trained):
+    root, pairs, model = trained
+    out = root / "report-settings"
+    assert evaluate(cli, model, pairs, out, "--guidance-scale", "3").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    res = evaluate(cli, model, pairs, out, "--guidance-scale", "5")
+    assert res.exit_code == 2 and res.stderr.strip() == (
+        f"brainsynth: error: {out}: holds a report made with other settings (--guidance-scale 3.0 -> 5.0); "
+        "use another -o or pass --overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing touched
+    (out / "edits" / "stale.png").write_bytes(b"old")
+    res = evaluate(cli, model, pairs, out, "--guidance-scale", "5", "--overwrite")
+    assert res.exit_code == 0, res.stderr
+    assert not (out / "edits" / "stale.png").exists()
+    assert json.loads((out / "evaluate.json").read_text())["guidance_scale"] == 5.0
+    assert len((out / "rows.jsonl").read_text().splitlines()) == len(before["rows.jsonl"].splitlines())  # rewritten, not appended
+    assert json.loads((out / "metrics.json").read_text())["settings"]["guidance_scale"] == 5.0
+    assert evaluate(cli, model, pairs, out, "--guidance-scale", "5").exit_code == 0  # the new settings resume
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--split", "nope"], "has no rows in split 'nope'; choose --split from"),
     (["--measure", "registratoin"], "did you mean 'registration'"),
 ])
 def test_bad_options_are_one_line_errors(cli, trained, args, needle):

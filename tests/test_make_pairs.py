@@ -416,11 +416,12 @@ def test_csv_manifest_dates_and_sex(cohort, tmp_path, cli):
 @pytest.mark.parametrize("args,needle", [
     (["--split", "8:1"], "--split '8:1'"),
     (["--shard", "3/2"], "--shard '3/2'"),
-    (["--dim", "4d"], "--dim '4d'"),
+    (["--dim", "4d"], "'4d' is not one of '2d', '3d'"),
     (["--blender", "poison"], "did you mean 'poisson'"),
     (["--prompt-builder", "quantised"], "did you mean 'quantized'"),
 ])
-def test_bad_options(cohort, tmp_path, cli, args, needle):
+def test_bad_options(cohort, tmp_path, cli, monkeypatch, args, needle):
+    monkeypatch.setenv("COLUMNS", "240")  # a usage error's message on one row of its box
     root, labels = cohort
     res = cli("make-pairs", root, "-o", tmp_path / "o", "--labels", labels, *args)
     assert res.exit_code == 2 and needle in res.stderr

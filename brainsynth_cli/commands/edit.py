@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
@@ -104,20 +104,20 @@ def register(app: typer.Typer) -> None:
         prompt: str = typer.Option(..., "--prompt", "-p", help="What to change, e.g. 'mild ventricle enlargement'."),
         output: Path = typer.Option(..., "-o", "--output", help="Edited image (same type as INPUT); a JSON sidecar is written beside it."),
         labels: Path | None = typer.Option(None, "--labels", help="Label map of INPUT (aseg ids, same grid); default: --segmenter on a volume, the make-pairs label slice beside a PNG."),
-        segmenter: str = typer.Option("atlas", "--segmenter", help="Segmenter that labels a NIfTI input when --labels is not given."),
+        segmenter: str = typer.Option("atlas", "--segmenter", help="Segmenter that labels a NIfTI input when --labels is not given (see `brainsynth plugins`)."),
         restrict: bool = typer.Option(True, "--restrict/--no-restrict", help="Keep the change inside the structures the prompt names, dilated by --margin."),
         margin: float = typer.Option(3.0, "--margin", help="Margin around the named structures, mm."),
         blender: str = typer.Option("poisson", "--blender", help="How the change is merged into the input inside the region (see `brainsynth plugins`)."),
         residual: bool = typer.Option(True, "--residual/--no-residual", help="Decode the change and add it to the input (a latent model's autoencoder then touches nothing else)."),
         steps: int | None = typer.Option(None, "--steps", help="Denoising steps (default: the model's recommendation, else 20)."),
-        scheduler: str | None = typer.Option(None, "--scheduler", help="ddim, dpm++ or euler-a (default: the model's, else ddim)."),
+        scheduler: Literal["ddim", "dpm++", "euler-a"] | None = typer.Option(None, "--scheduler", help="ddim, dpm++ or euler-a (default: the model's, else ddim)."),
         guidance_scale: float | None = typer.Option(None, "--guidance-scale", help="Text guidance scale (default: the model's, else 7.5)."),
         image_guidance_scale: float | None = typer.Option(None, "--image-guidance-scale", help="Image guidance scale, closeness to INPUT (default: the model's, else 1.5)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise."),
         slices: str = typer.Option("all", "--slices", help="2D models: axial slices of a volume to edit: all, center:N or A:B (empty slices are skipped)."),
         batch_size: int = typer.Option(4, "--batch-size", help="Slices per batch."),
         pixel_size: float | None = typer.Option(None, "--pixel-size", help="PNG input: pixel size in mm for --margin (default: the model's training slices', else 1)."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+        device: Literal["auto", "cpu", "cuda", "mps"] = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
         free_prompt: bool = typer.Option(False, "--free-prompt", help="Use a prompt the model was not trained on."),
         figure: Path | None = typer.Option(None, "--figure", help="Before/after/difference PNG (default: OUTPUT name + _before_after.png)."),
     ) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
@@ -84,31 +84,31 @@ def register(app: typer.Typer) -> None:
         pairs: Path = typer.Argument(..., help="Pairs folder written by `brainsynth make-pairs` (metadata.jsonl + images); with --task generate also a dataset (BIDS folder or CSV manifest)."),
         output: Path = typer.Option(..., "-o", "--output", help="Model folder to write (diffusers pipeline layout + brainsynth.json)."),
         generator: str = typer.Option("", "--generator", help="Generator plugin (default: instruct-pix2pix for --task edit, ldm for --task generate; see `brainsynth plugins`)."),
-        task: str = typer.Option("edit", "--task", help="edit (prior + prompt -> target) or generate (covariates and/or text -> image)."),
-        dim: str = typer.Option("2d", "--dim", help="--task generate: 2d (slices, diffusers) or 3d (volumes, MONAI)."),
-        condition: str = typer.Option("both", "--condition", help="--task generate: text, covariates or both."),
+        task: Literal["edit", "generate"] = typer.Option("edit", "--task", help="edit (prior + prompt -> target) or generate (covariates and/or text -> image)."),
+        dim: Literal["2d", "3d"] = typer.Option("2d", "--dim", case_sensitive=False, help="--task generate: 2d (slices, diffusers) or 3d (volumes, MONAI)."),
+        condition: Literal["text", "covariates", "both"] = typer.Option("both", "--condition", help="--task generate: text, covariates or both."),
         labels: str = typer.Option("", "--labels", help="--task generate on a dataset: label maps folder (default DATASET/derivatives/brainsynth-truth)."),
         run: str | None = typer.Option(None, "--run", help="--task generate on a BIDS dataset: the T1w run to take where a session has several (default: the last)."),
         preset: str = typer.Option("tiny", "--preset", help="tiny (CPU, minutes), base (from scratch, one GPU, 256x256) or sd15 (from --pretrained)."),
         pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Local Stable Diffusion diffusers folder or hub id to start from."),
-        text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Text encoder plugin: minilm (default), clip, biomedbert."),
+        text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Text encoder plugin: minilm (default), clip, biomedbert, ... (`brainsynth plugins` lists them)."),
         text_encoder_path: Optional[str] = typer.Option(None, "--text-encoder-path", help="Folder or hub id of the text encoder's weights."),
-        stage: str = typer.Option("all", "--stage", help="vae (stage 1), unet (stage 2) or all."),
+        stage: Literal["vae", "unet", "all"] = typer.Option("all", "--stage", help="vae (stage 1), unet (stage 2) or all."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps of each stage (default: the preset's)."),
         epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the training pairs instead of --steps."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size per device (both stages)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of stage 2 (stage 1: --set vae_lr=...)."),
         resolution: Optional[int] = typer.Option(None, "--resolution", help="Training resolution in pixels (square)."),
         channels: Optional[int] = typer.Option(None, "--channels", help="Image channels of the model: 1 (grey) or 3 (grey replicated to RGB)."),
-        mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="no, fp16 or bf16 (through accelerate)."),
+        mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = typer.Option(None, "--mixed-precision", help="no, fp16 or bf16 (through accelerate)."),
         gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade compute for memory."),
         ema: bool = typer.Option(False, "--ema", help="Keep an exponential moving average of the UNet weights (saved as the model)."),
         conditioning_dropout: Optional[float] = typer.Option(None, "--conditioning-dropout", help="Probability of dropping the text, the image, and both (each; default 0.05)."),
         checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Write a checkpoint (and validation edits) every N steps."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT from its latest checkpoint."),
         seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
-        report_to: str = typer.Option("none", "--report-to", help="Also send the training metrics to: none or tensorboard (event files in OUTPUT/logs/tensorboard; needs the tensorboard extra). logs/loss.csv is always written."),
+        device: Literal["auto", "cpu", "cuda", "mps"] = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+        report_to: Literal["none", "tensorboard"] = typer.Option("none", "--report-to", help="Also send the training metrics to: none or tensorboard (event files in OUTPUT/logs/tensorboard; needs the tensorboard extra). logs/loss.csv is always written."),
         set_: List[str] = typer.Option([], "--set", help="Generator setting KEY=VALUE (repeatable), e.g. vae_steps=100, unet.block_out_channels=32,64."),
     ) -> None:
         """Train a text-conditioned image editing model (InstructPix2Pix latent diffusion by default).

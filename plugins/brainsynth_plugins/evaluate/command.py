@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -13,28 +13,29 @@ def register(app: typer.Typer) -> None:
     def evaluate(
         model: Path = typer.Argument(..., help="Model folder written by `brainsynth train` (with --baselines-only: the pairs folder)."),
         pairs: Optional[Path] = typer.Argument(None, help="Pairs folder written by `brainsynth make-pairs` (with label slices); not with --task generate."),
-        output: Path = typer.Option(..., "-o", "--output", help="Report folder (created; re-running resumes)."),
-        split: str = typer.Option("test", help="Which split's rows to edit (train, validation, test, or all)."),
+        output: Path = typer.Option(..., "-o", "--output", help="Report folder (created; re-running with the same settings resumes, other settings need --overwrite)."),
+        split: Literal["train", "validation", "test", "all"] = typer.Option("test", help="Which split's rows to edit (train, validation, test, or all)."),
         measure: str = typer.Option("registration", help="Measurement plugin that labels edited slices (see `brainsynth plugins`)."),
         steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps per edit (default: the model's recommendation, else 20) or sample (--task generate: 50)."),
-        scheduler: Optional[str] = typer.Option(None, help="ddim, dpm++ or euler-a (default: the model's, else ddim)."),
+        scheduler: Optional[Literal["ddim", "dpm++", "euler-a", "ddpm"]] = typer.Option(None, help="ddim, dpm++ or euler-a (default: the model's, else ddim); ddpm only with --task generate."),
         guidance_scale: Optional[float] = typer.Option(None, help="Text guidance scale (default: the model's, else 7.5; --task generate: 1, no guidance)."),
         image_guidance_scale: Optional[float] = typer.Option(None, help="Image guidance scale (default: the model's, else 1.5)."),
         seed: int = typer.Option(0, help="Seed; row N is edited with seed + N."),
         limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N rows of the split."),
-        device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+        device: Literal["auto", "cpu", "cuda", "mps"] = typer.Option("auto", help="auto, cpu, cuda or mps."),
         fid_weights: Optional[Path] = typer.Option(None, help="TorchScript feature extractor for FID (local file)."),
-        task: str = typer.Option("edit", "--task", help="edit (an editing model on PAIRS) or generate (an ldm model: conditioning r, MS-SSIM)."),
+        task: Literal["edit", "generate"] = typer.Option("edit", "--task", help="edit (an editing model on PAIRS) or generate (an ldm model: conditioning r, MS-SSIM)."),
         grid: int = typer.Option(5, "--grid", min=2, help="--task generate: requested ventricle volumes over the trained range."),
         per_value: int = typer.Option(4, "--per-value", min=1, help="--task generate: samples per requested volume."),
-        segmenter: str = typer.Option("atlas", "--segmenter", help="--task generate, 3D: segmenter plugin that measures the samples."),
+        segmenter: str = typer.Option("atlas", "--segmenter", help="--task generate, 3D: segmenter plugin that measures the samples (see `brainsynth plugins`)."),
         data: Optional[Path] = typer.Option(None, "--data", help="--task generate: real images (default: the model's training data)."),
         baselines_only: bool = typer.Option(False, "--baselines-only", help="No model: `evaluate --baselines-only PAIRS -o REPORT` scores the identity and real-target baselines, i.e. the measurement's own error."),
         residual: bool = typer.Option(True, "--residual/--no-residual", help="Edit path: decode the change and add it to the prior."),
         restrict: bool = typer.Option(True, "--restrict/--no-restrict", help="Edit path: keep the change inside the named structures (row's prior labels) plus --margin."),
         margin: float = typer.Option(3.0, "--margin", help="Edit path: margin around the named structures, mm."),
-        blender: str = typer.Option("poisson", "--blender", help="Edit path: how the change is merged into the prior."),
+        blender: str = typer.Option("poisson", "--blender", help="Edit path: how the change is merged into the prior (blender plugin; see `brainsynth plugins`)."),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score the deform and chance rows."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report made in OUTPUT with other settings (its files are removed first)."),
     ) -> None:
         """Edit every row of a split with its prompt and measure it like BrainEditor's Table 1:
         PSNR, SSIM, MS-SSIM against the real target; achieved change per structure (ACC, MAE), next to
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
         from brainsynth_cli.sampling import resolve as resolve_sampling
 
         from brainsynth_plugins.evaluate.engine import EvalSettings
-        from brainsynth_plugins.evaluate.run import model_info, run_evaluation
+        from brainsynth_plugins.evaluate.run import claim_report_folder, model_info, report_settings, run_evaluation
 
         if task == "generate":
             from brainsynth_plugins.ldm.evaluation import run_command
@@ -82,6 +83,7 @@ def register(app: typer.Typer) -> None:
                                 margin_mm=margin, blender=blender, baselines=baselines)
         log = output / "rows.jsonl"
         with locked_output(output, command="evaluate", keep=log.is_file):
+            claim_report_folder(output, report_settings(model, pairs, settings), overwrite=overwrite)
             on_interrupt(lambda: f"the rows evaluated so far are kept in {log}; run the same command again to resume"
                          if log.is_file() else "nothing was kept; run the command again")
             with progress_bar("evaluate") as progress:

@@ -28,6 +28,59 @@ def model_info(model_dir: Path | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+#: The file in a report folder recording the settings its rows were computed with.
+SETTINGS_FILE = "evaluate.json"
+
+#: How each recorded setting is spelled on the command line (for the refusal message).
+_OPTION_NAMES = {"model": "MODEL", "pairs": "PAIRS", "split": "--split", "measure": "--measure", "steps": "--steps",
+                 "scheduler": "--scheduler", "guidance_scale": "--guidance-scale",
+                 "image_guidance_scale": "--image-guidance-scale", "seed": "--seed", "residual": "--residual",
+                 "restrict": "--restrict", "margin_mm": "--margin", "blender": "--blender", "baselines": "--baselines"}
+
+
+def report_settings(model_dir: Path | None, pairs_dir: Path, settings: engine.EvalSettings) -> dict[str, Any]:
+    """What a report folder's rows depend on: the model, the pairs and every setting but --limit
+    (a longer or shorter run of the same evaluation resumes) and the record version (rows of an
+    older version are redone anyway)."""
+    return {"model": str(Path(model_dir).resolve()) if model_dir is not None else None, "pairs": str(Path(pairs_dir).resolve()),
+            **{k: v for k, v in settings.__dict__.items() if k not in ("limit", "record")}}
+
+
+def claim_report_folder(out_dir: Path, want: dict[str, Any], *, overwrite: bool) -> None:
+    """Make ``out_dir`` this evaluation's report folder (call it with the folder locked).
+
+    A folder whose :data:`SETTINGS_FILE` records other settings is refused in one line naming
+    the setting (old -> new), unless ``overwrite``, which first removes the old report's files;
+    the same settings resume. A folder from before the settings were recorded resumes as before
+    (rows computed with other settings are redone)."""
+    import shutil
+
+    from brainsynth_cli.outputs import lock_file_name
+
+    path = out_dir / SETTINGS_FILE
+    if overwrite:
+        for child in list(out_dir.iterdir()) if out_dir.is_dir() else []:
+            if lock_file_name(child.name):
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    elif path.is_file():
+        try:
+            have = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            have = None
+        if not isinstance(have, dict):
+            raise InputError(path, "is not a readable evaluate settings file", "use another -o or pass --overwrite")
+        changed = [f"{_OPTION_NAMES.get(k, k)} {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
+        if changed:
+            raise InputError(out_dir, f"holds a report made with other settings ({', '.join(changed)})",
+                             "use another -o or pass --overwrite")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def model_generator(model_dir: Path) -> str:
     info = model_dir / "brainsynth.json"
     if not info.is_file():

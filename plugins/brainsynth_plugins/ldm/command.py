@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import typer
 
@@ -23,16 +23,16 @@ def register(app: typer.Typer) -> None:
         prompt: Optional[str] = typer.Option(None, "--prompt", help="Text for text-conditioned models; a `template` caption "
                                              "also sets the covariates it states."),
         age: Optional[float] = typer.Option(None, "--age", help="Age in years (default: the training median)."),
-        sex: Optional[str] = typer.Option(None, "--sex", help="F or M (default: the training median)."),
+        sex: Optional[Literal["F", "M"]] = typer.Option(None, "--sex", case_sensitive=False, help="F or M, either case (default: the training median)."),
         ventricle_volume: Optional[float] = typer.Option(None, "--ventricle-volume", help="Lateral + inferior lateral ventricle volume, mm^3."),
         brain_volume: Optional[float] = typer.Option(None, "--brain-volume", help="Brain volume, mm^3."),
         n: int = typer.Option(1, "-n", "--num-samples", min=1, help="How many samples."),
         steps: int = typer.Option(50, "--steps", min=1, help="Denoising steps (Brain LDM: DDIM, 50)."),
-        scheduler: str = typer.Option("ddim", "--scheduler", help="ddim, ddpm, dpm++ or euler-a."),
+        scheduler: Literal["ddim", "ddpm", "dpm++", "euler-a"] = typer.Option("ddim", "--scheduler", help="ddim, ddpm, dpm++ or euler-a."),
         seed: int = typer.Option(0, "--seed", help="Sample i starts from the noise of seed + i."),
         guidance_scale: float = typer.Option(1.0, "--guidance-scale", help="Classifier-free guidance (1 = none)."),
         batch_size: int = typer.Option(4, "--batch-size", min=1, help="Samples denoised together."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+        device: Literal["auto", "cpu", "cuda", "mps"] = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     ) -> None:
         """Generate brain MRI from covariates (age, sex, ventricle and brain volume) and/or a text
         prompt: NIfTI on the model's grid with its affine (3D) or 16-bit PNG (2D), plus samples.csv

@@ -6,27 +6,28 @@ disentangled pairs blended by a blender plugin. The engine is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
+from brainsynth_cli.cli_options import hidden_aliases
 from brainsynth_cli.hookspecs import hookimpl
 
 
 @hookimpl
 def register_commands(app: typer.Typer) -> None:
-    @app.command("make-pairs")
+    @app.command("make-pairs", cls=hidden_aliases(out="--output"))
     def make_pairs(
         dataset: Path = typer.Argument(..., help="BIDS tree (sub-*/ses-*/anat/*_T1w.nii.gz) or CSV manifest (subject, session, image[, labels, age, date, sex])."),
-        out: Path = typer.Option(..., "-o", "--out", help="Output folder (the pairs folder; re-running resumes it)."),
+        output: Path = typer.Option(..., "-o", "--output", help="Output folder (the pairs folder; re-running resumes it)."),
         labels: Optional[Path] = typer.Option(None, "--labels", help="Derivatives folder with sub-*/ses-*/anat/*_dseg.nii.gz label maps."),
         rules: Optional[Path] = typer.Option(None, "--rules", help="Rules TOML (structure groups, intervals, phrases); default: BrainEditor's."),
-        prompt_builder: str = typer.Option("quantized", "--prompt-builder", help="Prompt builder plugin (quantized, numeric, template, ...)."),
-        blender: str = typer.Option("poisson", "--blender", help="Blender plugin for disentangled pairs (poisson, copy-paste, none, ...)."),
-        dim: str = typer.Option("2d", "--dim", help="2d: 16-bit PNG axial slices; 3d: NIfTI volumes."),
+        prompt_builder: str = typer.Option("quantized", "--prompt-builder", help="Prompt builder plugin (quantized, numeric, template, ...; `brainsynth plugins` lists them)."),
+        blender: str = typer.Option("poisson", "--blender", help="Blender plugin for disentangled pairs (poisson, copy-paste, none, ...; `brainsynth plugins` lists them)."),
+        dim: Literal["2d", "3d"] = typer.Option("2d", "--dim", case_sensitive=False, help="2d: 16-bit PNG axial slices; 3d: NIfTI volumes."),
         slices: int = typer.Option(30, "--slices", help="2d: number of axial slices per pair, centred on the lateral ventricles."),
         size: int = typer.Option(256, "--size", help="2d: slices are padded to a square and resized to SIZE x SIZE."),
-        pairing: str = typer.Option("consecutive", "--pairing", help="consecutive: each session with the next; all: every earlier/later pair."),
+        pairing: Literal["consecutive", "all"] = typer.Option("consecutive", "--pairing", help="consecutive: each session with the next; all: every earlier/later pair."),
         split: str = typer.Option("8:1:1", "--split", help="train:validation:test ratios, by subject (seeded)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the split, the registration sampling and the template choice."),
         jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes."),
@@ -53,7 +54,7 @@ def register_commands(app: typer.Typer) -> None:
         if not chosen or any(x not in ("train", "validation", "test") for x in chosen):
             raise UserError(f"--deformed-splits {deformed_splits!r}: give splits from train, validation, test, separated by commas")
         options = Options(
-            dataset=dataset, out=out, labels=labels, rules=rules, prompt_builder=prompt_builder, blender=blender,
+            dataset=dataset, out=output, labels=labels, rules=rules, prompt_builder=prompt_builder, blender=blender,
             dim=dim.lower(), slices=slices, size=size, pairing=pairing, split=split, seed=seed, jobs=jobs,
             shard=parse_shard(shard), margin=margin, min_psnr=min_psnr, merge_only=merge, montage=montage,
             deformed=deformed, deformed_splits=tuple(x for x in ("train", "validation", "test") if x in chosen),
@@ -63,5 +64,5 @@ def register_commands(app: typer.Typer) -> None:
         rows = ", ".join(f"{n} {k}" for k, n in sorted(summary.rows.items())) or "no"
         skipped = ", ".join(f"{n} ({k})" for k, n in sorted(summary.pairs_skipped.items()))
         if summary.merged:
-            typer.echo(f"{out}: {summary.pairs_total} pairs ({summary.pairs_made} made, {summary.pairs_resumed} resumed"
+            typer.echo(f"{output}: {summary.pairs_total} pairs ({summary.pairs_made} made, {summary.pairs_resumed} resumed"
                        f"{', skipped ' + skipped if skipped else ''}); {rows} rows in metadata.jsonl")
