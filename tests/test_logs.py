@@ -90,6 +90,17 @@ def test_a_bad_progress_interval_is_one_line_exit_2(app, cli, monkeypatch):
         "brainsynth: error: BRAINSYNTH_PROGRESS_EVERY='soon': expected a number of seconds >= 0 (e.g. 30, or 0 for every step)"]
 
 
+def test_the_default_interval_keeps_log_gaps_under_30_s(monkeypatch):
+    """20 s by default: with items of a few seconds (segmenting a scan takes 3-4 s) the next line
+    comes before 30 s have passed."""
+    from brainsynth_cli.progress import progress_every
+
+    monkeypatch.delenv("BRAINSYNTH_PROGRESS_EVERY", raising=False)
+    assert progress_every() == 20.0
+    monkeypatch.setenv("BRAINSYNTH_PROGRESS_EVERY", "5")
+    assert progress_every() == 5.0
+
+
 @pytest.fixture
 def logging_on():
     """Logging as the CLI sets it up by default, for the duration of one test."""
