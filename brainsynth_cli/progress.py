@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -68,7 +69,12 @@ def progress_bar(description: str, total: float | None = None, *, enabled: bool 
         yield lambda done, tot, message="": None
         return
     if enabled is None and not _is_tty(sys.stderr):
-        yield PlainProgress(description, total, unit=unit, every=progress_every() if every is None else every, clock=clock)
+        plain = PlainProgress(description, total, unit=unit, every=progress_every() if every is None else every, clock=clock)
+        stop = plain.heartbeat()
+        try:
+            yield plain
+        finally:
+            stop()
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -99,17 +105,49 @@ class PlainProgress:
         self.start: tuple[float, float] | None = None  # (time, done) of the phase's first update
         self.done = -math.inf
         self.wrote = False
+        self.message = ""
+        self.lock = threading.Lock()
 
     def __call__(self, done: float, total: float | None = None, message: str = "") -> None:
-        now = self.clock()
-        total = self.total if total is None else total
-        if self.start is None or total != self.total or done < self.done:
-            self.start, self.wrote = (now, done), False
-        self.total, self.done = total, done
-        finished = bool(total) and done >= total
-        if now - self.last >= self.every or (finished and self.wrote):
+        with self.lock:
+            now = self.clock()
+            total = self.total if total is None else total
+            if self.start is None or total != self.total or done < self.done:
+                self.start, self.wrote = (now, done), False
+            self.total, self.done, self.message = total, done, message
+            finished = bool(total) and done >= total
+            if not (now - self.last >= self.every or (finished and self.wrote)):
+                return
             self.last, self.wrote = now, True
-            self.log.info("%s", self.line(done, total, message, now))
+            line = self.line(done, total, message, now)
+        self.log.info("%s", line)
+
+    def heartbeat(self) -> Callable[[], None]:
+        """Start a background thread that repeats the state when no update has come for ``every``
+        seconds (work that reports in bursts, e.g. parallel workers, still shows a line at least that
+        often); returns the function that stops it. Nothing with ``every`` 0 or before the first update."""
+        if self.every <= 0:
+            return lambda: None
+        halt = threading.Event()
+
+        def beat() -> None:
+            while not halt.wait(min(self.every, 1.0)):
+                with self.lock:
+                    now = self.clock()
+                    if self.start is None or now - self.last < self.every:
+                        continue
+                    self.last, self.wrote = now, True
+                    line = self.line(self.done, self.total, self.message, now)
+                self.log.info("%s (still working)", line)
+
+        thread = threading.Thread(target=beat, name="brainsynth-progress", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            halt.set()
+            thread.join(timeout=5)
+
+        return stop
 
     def line(self, done: float, total: float | None, message: str, now: float) -> str:
         unit = self.unit

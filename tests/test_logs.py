@@ -101,6 +101,27 @@ def test_the_default_interval_keeps_log_gaps_under_30_s(monkeypatch):
     assert progress_every() == 5.0
 
 
+def test_work_that_reports_in_bursts_still_shows_a_line_every_interval(caplog):
+    """Off a terminal, a phase that stops reporting (parallel workers finishing together) repeats its
+    state once the interval has passed, marked "still working"; the thread ends with the bar."""
+    import threading
+    import time
+
+    from brainsynth_cli.progress import PlainProgress
+
+    p = PlainProgress("segment (atlas)", 24, every=0.3)
+    with caplog.at_level("INFO", logger="brainsynth_cli.progress"):
+        stop = p.heartbeat()
+        p(9, 24)
+        time.sleep(1.6)  # no update: the heartbeat speaks
+        stop()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("segment (atlas); 9/24 (38 %)") and line.endswith("(still working)") for line in lines), lines
+    assert not any(t.name == "brainsynth-progress" for t in threading.enumerate())
+    quiet = PlainProgress("x", 3, every=0)  # every update is written: no heartbeat
+    assert quiet.heartbeat()() is None and not any(t.name == "brainsynth-progress" for t in threading.enumerate())
+
+
 @pytest.fixture
 def logging_on():
     """Logging as the CLI sets it up by default, for the duration of one test."""
