@@ -114,9 +114,10 @@ def test_other_settings_into_a_report_folder_are_refused_unless_overwrite(cli, t
         "use another -o or pass --overwrite")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing touched
     (out / "edits" / "stale.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")  # not the report's: --overwrite leaves it
     res = evaluate(cli, model, pairs, out, "--guidance-scale", "5", "--overwrite")
     assert res.exit_code == 0, res.stderr
-    assert not (out / "edits" / "stale.png").exists()
+    assert not (out / "edits" / "stale.png").exists() and (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / "evaluate.json").read_text())["guidance_scale"] == 5.0
     assert len((out / "rows.jsonl").read_text().splitlines()) == len(before["rows.jsonl"].splitlines())  # rewritten, not appended
     assert json.loads((out / "metrics.json").read_text())["settings"]["guidance_scale"] == 5.0

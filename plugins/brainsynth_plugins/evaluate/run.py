@@ -31,6 +31,10 @@ def model_info(model_dir: Path | None) -> dict[str, Any]:
 #: The file in a report folder recording the settings its rows were computed with.
 SETTINGS_FILE = "evaluate.json"
 
+#: What an evaluation writes into its report folder (``--overwrite`` removes these, nothing else).
+REPORT_FILES = (SETTINGS_FILE, "edits", "rows.jsonl", "metrics.csv", "metrics-pairs.csv", "metrics.json", "report.md",
+                "montage.png", "montage-deform.png", "rates.png")
+
 #: How each recorded setting is spelled on the command line (for the refusal message).
 _OPTION_NAMES = {"model": "MODEL", "pairs": "PAIRS", "split": "--split", "measure": "--measure", "steps": "--steps",
                  "scheduler": "--scheduler", "guidance_scale": "--guidance-scale",
@@ -50,21 +54,18 @@ def claim_report_folder(out_dir: Path, want: dict[str, Any], *, overwrite: bool)
     """Make ``out_dir`` this evaluation's report folder (call it with the folder locked).
 
     A folder whose :data:`SETTINGS_FILE` records other settings is refused in one line naming
-    the setting (old -> new), unless ``overwrite``, which first removes the old report's files;
+    the setting (old -> new), unless ``overwrite``, which first removes the old report's files (:data:`REPORT_FILES`);
     the same settings resume. A folder from before the settings were recorded resumes as before
     (rows computed with other settings are redone)."""
     import shutil
 
-    from brainsynth_cli.outputs import lock_file_name
-
     path = out_dir / SETTINGS_FILE
-    if overwrite:
-        for child in list(out_dir.iterdir()) if out_dir.is_dir() else []:
-            if lock_file_name(child.name):
-                continue
+    if overwrite:  # only what an evaluation writes: -o may name a folder that holds other files too
+        for name in REPORT_FILES:
+            child = out_dir / name
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
-            else:
+            elif child.exists() or child.is_symlink():
                 child.unlink()
     elif path.is_file():
         try:
