@@ -273,6 +273,20 @@ class Trainer(StagedTrainer):
             self.cfg["epochs"] = None
         quiet()
         self.tokenizer, self.text_model = self.encoder.load()  # a bad path fails here, before anything is written
+        self._text_heads(int(self.text_model.config.hidden_size))  # and a width the UNet's settings cannot take
+
+    def _text_heads(self, hidden: int) -> None:
+        """With ``unet.addition_embed_type=text``: the pooled prompt's attention heads, which must
+        divide the text encoder's width (default: gcd(width, 64), diffusers' 64 where it divides),
+        recorded in the UNet settings."""
+        u = self.cfg.get("unet") or {}
+        if u.get("addition_embed_type") != "text":
+            return
+        heads = int(u.get("addition_embed_type_num_heads") or math.gcd(hidden, 64))
+        if hidden % heads:
+            raise UserError(f"unet.addition_embed_type_num_heads={heads} does not divide the text encoder's width {hidden}; "
+                            f"use a divisor of {hidden} (e.g. {math.gcd(hidden, 64)})")
+        u["addition_embed_type_num_heads"] = heads
 
     # -- common machinery ----------------------------------------------------------------
     def _image(self, path: Path) -> Any:
@@ -477,13 +491,8 @@ class Trainer(StagedTrainer):
             noise = DDPMScheduler.from_pretrained(self.cfg["pretrained"], subfolder="scheduler", prediction_type=str(self.cfg["prediction_type"]))
             return unet, noise
         u = self.cfg["unet"]
+        self._text_heads(hidden)
         extra = {k: u[k] for k in OPTIONAL_UNET if u.get(k) is not None}
-        if extra.get("addition_embed_type") == "text":  # the pooled prompt's attention heads must divide the encoder's width
-            heads = int(extra.get("addition_embed_type_num_heads") or math.gcd(hidden, 64))
-            if hidden % heads:
-                raise UserError(f"unet.addition_embed_type_num_heads={heads} does not divide the text encoder's width {hidden}; "
-                                f"use a divisor of {hidden} (e.g. {math.gcd(hidden, 64)})")
-            extra["addition_embed_type_num_heads"] = heads
         unet = UNet2DConditionModel(
             sample_size=sample, in_channels=2 * latent_channels, out_channels=latent_channels,
             down_block_types=tuple(u["down_block_types"]), up_block_types=tuple(u["up_block_types"]),
