@@ -89,6 +89,8 @@ def check_number(name: str, value: Any, *, low: float | None = None, high: float
 
 #: Seeds every command accepts (numpy's and torch's generators take them all).
 MAX_SEED = 2**32 - 1
+#: The most worker processes a command takes (--jobs).
+MAX_JOBS = 256
 
 
 def check_seed(value: Any, name: str = "--seed") -> int:

@@ -103,6 +103,23 @@ def test_rerun_resumes_without_recomputing(cli, trained):
     assert (out / "rows.jsonl").read_text() == before
 
 
+def test_worker_processes_give_the_same_rows(cli, trained):
+    """--jobs 2 measures rows in two spawned processes while the model edits: same records, same
+    order, same edits as one process (every registration runs on one thread)."""
+    root, pairs, model = trained
+    one, two = root / "report-jobs1", root / "report-jobs2"
+    assert evaluate(cli, model, pairs, one).exit_code == 0
+    res = evaluate(cli, model, pairs, two, "--jobs", "2")
+    assert res.exit_code == 0, res.stderr
+    assert (two / "rows.jsonl").read_text() == (one / "rows.jsonl").read_text()
+    assert sorted(p.name for p in (two / "edits").iterdir()) == sorted(p.name for p in (one / "edits").iterdir())
+    for p in (one / "edits").iterdir():
+        assert (two / "edits" / p.name).read_bytes() == p.read_bytes(), p.name
+    assert (two / "metrics-pairs.csv").read_text() == (one / "metrics-pairs.csv").read_text()
+    res = evaluate(cli, model, pairs, root / "report-jobs0", "--jobs", "0")
+    assert res.exit_code == 2 and "--jobs" in res.stderr
+
+
 def test_other_settings_into_a_report_folder_are_refused_unless_overwrite(cli, trained):
     root, pairs, model = trained
     out = root / "report-settings"

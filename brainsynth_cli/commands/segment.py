@@ -41,7 +41,6 @@ MIN_FOREGROUND_ML = 150.0
 DERIVATIVE_NAME = "brainsynth-segment"
 
 #: The most worker processes ``--jobs`` may ask for.
-MAX_JOBS = 256
 
 
 def register(app: typer.Typer) -> None:
@@ -62,7 +61,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Segment a T1w image (or every session of a dataset) into FreeSurfer aseg labels on the
         input grid, with structure volumes and a QC picture."""
-        from brainsynth_cli.limits import check_number
+        from brainsynth_cli.limits import MAX_JOBS, check_number
         from brainsynth_cli.outputs import check_writable, on_interrupt, refuse_overwriting_inputs
         from brainsynth_cli.structures import load_rules
 

@@ -34,7 +34,8 @@ def plan(out: Path, subjects: int, seed: int) -> list[tuple[str, list[str]]]:
                         "--pairing", "all", "--split", "4:1:3", "--deformed", "--deformed-splits", "train,validation",
                         "--jobs", "2", "--seed", str(seed)]),
         ("train", ["train", str(pairs), "-o", str(model), "--preset", "tiny", "--seed", str(seed)]),
-        ("evaluate", ["evaluate", str(model), str(pairs), "-o", str(report), "--split", "test", "--seed", str(seed)]),
+        ("evaluate", ["evaluate", str(model), str(pairs), "-o", str(report), "--split", "test", "--seed", str(seed),
+                      "--jobs", "2"]),
     ]
 
 

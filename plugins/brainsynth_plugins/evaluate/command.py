@@ -35,13 +35,14 @@ def register(app: typer.Typer) -> None:
         margin: float = typer.Option(3.0, "--margin", help="Edit path: margin around the named structures, mm."),
         blender: str = typer.Option("poisson", "--blender", help="Edit path: how the change is merged into the prior (blender plugin; see `brainsynth plugins`)."),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score the deform and chance rows."),
+        jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes that measure rows while the model edits the next ones (same numbers, less time)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report made in OUTPUT with other settings (its files are removed first)."),
     ) -> None:
         """Edit every row of a split with its prompt and measure it like BrainEditor's Table 1:
         PSNR, SSIM, MS-SSIM against the real target; achieved change per structure (ACC, MAE), next to
         the identity baseline and the real target measured as if it were an edit."""
         from brainsynth_cli.errors import InputError
-        from brainsynth_cli.limits import check_number, check_seed
+        from brainsynth_cli.limits import MAX_JOBS, check_number, check_seed
         from brainsynth_cli.outputs import locked_output, on_interrupt, refuse_folder_over_input
         from brainsynth_cli.progress import progress_bar
         from brainsynth_cli.sampling import resolve as resolve_sampling
@@ -77,6 +78,7 @@ def register(app: typer.Typer) -> None:
         check_number("--steps", steps, low=1, high=1000, integer=True)
         check_number("--margin", margin, low=0, high=50)
         check_seed(seed)
+        check_number("--jobs", jobs, low=1, high=MAX_JOBS, integer=True)
         refuse_folder_over_input(output, {"model folder": model, "pairs folder": pairs})
         settings = EvalSettings(split=split, measure=measure, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                 image_guidance_scale=image_guidance_scale, seed=seed, limit=limit, residual=residual, restrict=restrict,
@@ -87,7 +89,8 @@ def register(app: typer.Typer) -> None:
             on_interrupt(lambda: f"the rows evaluated so far are kept in {log}; run the same command again to resume"
                          if log.is_file() else "nothing was kept; run the command again")
             with progress_bar("evaluate") as progress:
-                summary = run_evaluation(model, pairs, output, settings, device=device, fid_weights=fid_weights, progress=progress)
+                summary = run_evaluation(model, pairs, output, settings, device=device, fid_weights=fid_weights, progress=progress,
+                                         jobs=jobs)
         print_summary(summary, output)
 
 

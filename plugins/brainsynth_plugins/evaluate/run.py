@@ -8,13 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from brainsynth_cli.edit_path import EditSettings
-from brainsynth_cli.edit_path import apply as apply_edit
 from brainsynth_cli.errors import InputError
 from brainsynth_cli.interfaces import Progress
 from brainsynth_cli.pairs_folder import read_pairs_folder
-from brainsynth_cli.structures import default_rules, rules_from_text
+
 from brainsynth_plugins.evaluate import engine, fid, report
+from brainsynth_plugins.evaluate import rows as rows_mod
 
 
 def model_info(model_dir: Path | None) -> dict[str, Any]:
@@ -107,15 +106,10 @@ def first_screen(pooled: list[dict[str, Any]], model_info: dict[str, Any]) -> di
             "deformed": deformed, "untrained": untrained, "intervals": verdict.interval_table(intervals)}
 
 
-def edited_slice(prior: np.ndarray, change: np.ndarray, labels: np.ndarray, structures: list[Any], spacing: tuple[float, float],
-                 settings: EditSettings) -> np.ndarray:
-    """The prior with ``change`` put in through the edit path, clipped to [0, 1] as stored slices are."""
-    out, _ = apply_edit(prior, change, labels, structures, spacing, settings)
-    return np.clip(out, 0, 1).astype(np.float32)
-
-
 def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, settings: engine.EvalSettings, *, device: str = "auto",
-                   fid_weights: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+                   fid_weights: Path | None = None, progress: Progress | None = None, jobs: int = 1) -> dict[str, Any]:
+    """Edit and score every selected row (``jobs`` worker processes score rows while this one
+    edits; the numbers do not depend on it), then write the report."""
     from brainsynth_cli.images import write_png
     from brainsynth_cli.plugin_manager import registry
     from brainsynth_cli.slices import to_png16
@@ -124,9 +118,8 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
     if pairs.dim != "2d":
         raise InputError(pairs_dir, f"holds {pairs.dim} pairs", "evaluate edits 2D slices: make pairs with --dim 2d")
     rows = engine.select_rows(pairs, settings)
-    rules = rules_from_text(pairs.info["rules"], f"{pairs_dir / 'pairs.json'} rules") if pairs.info.get("rules") else default_rules()
-    parser = engine.prompt_parser(pairs, rules)
-    measure = registry("measure").create(settings.measure)
+    ctx = rows_mod.RowContext.build(pairs_dir, settings, out_dir, device)
+    rules, parser, path_settings = ctx.rules, ctx.parser, ctx.path_settings
     fid_net = fid.load_extractor(Path(fid_weights)) if fid_weights is not None else None  # a bad file fails now, not after the edits
     model = None
     model_info: dict[str, Any] = {}
@@ -134,12 +127,10 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
         generator = registry("generator").create(model_generator(Path(model_dir)))
         model = generator.load(Path(model_dir), device)
         model_info = dict(getattr(model, "info", {}) or {})
-    deform = None
-    if settings.baselines and "deform" in registry("generator"):
-        deform = registry("generator").create("deform").load(None, device)
-    path_settings = EditSettings(residual=settings.residual, restrict=settings.restrict, margin_mm=settings.margin_mm,
-                                 blender=settings.blender)
-    path_settings.check()
+        if jobs > 1:  # the workers take the other cores; this process's edits run on one thread
+            import torch
+
+            torch.set_num_threads(1)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "edits").mkdir(exist_ok=True)
@@ -148,38 +139,31 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
     done = engine.read_done(log, key)
     results: list[dict[str, Any]] = []
     with open(log, "a", encoding="utf-8") as fh:
-        for i, row in enumerate(rows):
-            if row.number in done:
-                results.append(done[row.number])
-                continue
-            prior, target = engine.load_slice(row.prior), engine.load_slice(row.target)
-            prior_labels, target_labels = engine.row_labels(row)
-            requested = engine.requested_intervals(parser, row.prompt)
-            structures = [rules[name] for name in (requested or {})]
-            spacing = engine.pixel_spacing(row, pairs, settings.margin_mm)
-            images: dict[str, Any] = {}
-            if model is not None:
-                square = engine.to_model_size(prior, model.resolution)
-                edited = model.edit([square], row.prompt, steps=settings.steps, scheduler=settings.scheduler,
-                                    guidance_scale=settings.guidance_scale, image_guidance_scale=settings.image_guidance_scale,
-                                    seed=settings.seed + row.number, batch_size=1, residual=settings.residual)[0]
-                change = engine.from_model_size(np.asarray(edited, dtype=np.float32) - square, prior.shape)
-                images["model"] = edited_slice(prior, change, prior_labels, structures, spacing, path_settings)
-                write_png(out_dir / "edits" / f"row-{row.number:05d}.png", to_png16(images["model"]))
-            if deform is not None and structures:
-                moved = deform.edit([prior], row.prompt, labels=[prior_labels], spacing=spacing, strict=False)[0]
-                images["deform"] = edited_slice(prior, np.asarray(moved, np.float32) - prior, prior_labels, structures, spacing, path_settings)
-                write_png(out_dir / "edits" / f"deform-{row.number:05d}.png", to_png16(images["deform"]))
-            if settings.baselines:
-                noise = np.random.default_rng([settings.seed, row.number]).normal(0.0, engine.CHANCE_NOISE, prior.shape)
-                images["chance"] = np.clip(prior + noise.astype(np.float32), 0, 1)
-            result = engine.score_row(row, prior, target, images, prior_labels, target_labels, requested, measure, rules)
-            result["requested_known"] = requested is not None
-            fh.write(json.dumps({"key": key, "result": result}) + "\n")
-            fh.flush()
+        def finished(row: Any, result: dict[str, Any]) -> None:
+            if row.number not in done:
+                fh.write(json.dumps({"key": key, "result": result}) + "\n")
+                fh.flush()
             results.append(result)
             if progress is not None:
-                progress(i + 1, len(rows), f"row {row.number}")
+                progress(len(results), len(rows), f"row {row.number}")
+
+        with rows_mod.Scorer(ctx, pairs_dir, jobs, finished) as scorer:
+            for row in rows:
+                if row.number in done:
+                    scorer.submit(row, None, done=done[row.number])
+                    continue
+                edited = None
+                if model is not None:
+                    x = ctx.inputs(row)
+                    square = engine.to_model_size(x.prior, model.resolution)
+                    out = model.edit([square], row.prompt, steps=settings.steps, scheduler=settings.scheduler,
+                                     guidance_scale=settings.guidance_scale, image_guidance_scale=settings.image_guidance_scale,
+                                     seed=settings.seed + row.number, batch_size=1, residual=settings.residual)[0]
+                    change = engine.from_model_size(np.asarray(out, dtype=np.float32) - square, x.prior.shape)
+                    edited = rows_mod.edited_slice(x.prior, change, x.prior_labels, x.structures, x.spacing, path_settings)
+                    write_png(out_dir / "edits" / f"row-{row.number:05d}.png", to_png16(edited))
+                scorer.submit(row, edited)
+            scorer.finish()
     summary = engine.summarise(results)
     pairs_pooled = engine.pair_results(results, parser)
     summary["pairs"] = engine.summarise(pairs_pooled)
