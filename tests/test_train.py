@@ -40,6 +40,10 @@ def test_tiny_trains_both_stages_and_stage2_loss_falls(tiny):
     assert info["channels"] == 1 and info["resolution"] == 32 and info["text_encoder"]["name"] == "minilm"
     assert info["prompts"] == ["mild ventricle enlargement", "moderate ventricle enlargement", "severe ventricle enlargement"]
     assert "ventricle" in info["structures"] and "[structures.ventricle]" in info["rules"]
+    from brainsynth_plugins.training_core.runtime import native_bf16
+
+    # the tiny preset's mixed_precision=auto, resolved and recorded: bf16 only where the CPU computes it natively
+    assert info["training"]["mixed_precision"] == ("bf16" if native_bf16("cpu") else "no")
     unet_cfg = json.loads((model / "unet" / "config.json").read_text())
     assert unet_cfg["in_channels"] == 8 and unet_cfg["cross_attention_dim"] == 384
     assert not list(model.rglob("*.bin")) and not list(model.rglob("*.pt"))  # no pickle anywhere

@@ -247,3 +247,31 @@ def test_high_timestep_sampling_puts_more_of_the_batch_at_high_noise():
     # density 2t/T: P(t >= T/2) = 3/4 against 1/2 for uniform
     assert abs(float((high >= 500).float().mean()) - 0.75) < 0.02
     assert abs(float((uni >= 500).float().mean()) - 0.5) < 0.02
+
+
+# -- mixed precision -----------------------------------------------------------------------------
+def test_mixed_precision_auto_is_bf16_only_where_native(monkeypatch):
+    from brainsynth_plugins.training_core import runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: device == "cpu")
+    assert runtime.resolve_mixed_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
+    assert runtime.resolve_mixed_precision("auto", "cpu") == "no"
+    assert runtime.resolve_mixed_precision("bf16", "cpu") == "bf16"  # asked for: given, emulated or not
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
+        runtime.resolve_mixed_precision("fp16", "cpu")
+    with pytest.raises(UserError, match="must be no, fp16, bf16 or auto"):
+        runtime.resolve_mixed_precision("half", "cpu")
+
+
+def test_native_bf16_reads_the_cpu_flags():
+    from pathlib import Path
+
+    from brainsynth_plugins.training_core.runtime import native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    flags = cpuinfo.read_text().split()
+    assert native_bf16("cpu") == ("avx512_bf16" in flags or "amx_tile" in flags)
+    assert native_bf16("mps") is False

@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of stage 2 (stage 1: --set vae_lr=...)."),
         resolution: Optional[int] = typer.Option(None, "--resolution", help="Training resolution in pixels (square)."),
         channels: Optional[int] = typer.Option(None, "--channels", help="Image channels of the model: 1 (grey) or 3 (grey replicated to RGB)."),
-        mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = typer.Option(None, "--mixed-precision", help="no, fp16 or bf16 (through accelerate)."),
+        mixed_precision: Optional[Literal["no", "fp16", "bf16", "auto"]] = typer.Option(None, "--mixed-precision", help="no, fp16, bf16 or auto (bf16 where the device computes it natively; through accelerate)."),
         gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade compute for memory."),
         ema: bool = typer.Option(False, "--ema", help="Keep an exponential moving average of the UNet weights (saved as the model)."),
         conditioning_dropout: Optional[float] = typer.Option(None, "--conditioning-dropout", help="Probability of dropping the text, the image, and both (each; default 0.05)."),
@@ -143,8 +143,8 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--stage must be vae, unet or all, got {stage!r}")
         if channels is not None and channels not in (1, 3):
             raise UserError(f"--channels must be 1 or 3, got {channels}")
-        if mixed_precision is not None and mixed_precision not in ("no", "fp16", "bf16"):
-            raise UserError(f"--mixed-precision must be no, fp16 or bf16, got {mixed_precision!r}")
+        if mixed_precision is not None and mixed_precision not in ("no", "fp16", "bf16", "auto"):
+            raise UserError(f"--mixed-precision must be no, fp16, bf16 or auto, got {mixed_precision!r}")
         if device not in ("auto", "cpu", "cuda", "mps"):
             raise UserError(f"--device must be auto, cpu, cuda or mps, got {device!r}")
         check_report_to(report_to)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import shutil
@@ -27,7 +28,7 @@ from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
 from brainsynth_plugins.training_core.ema import ema_settings, ema_tensors, load_ema, new_ema
-from brainsynth_plugins.training_core.runtime import quiet
+from brainsynth_plugins.training_core.runtime import quiet, resolve_mixed_precision
 from brainsynth_plugins.training_core.trainer import StagedTrainer
 
 
@@ -259,10 +260,10 @@ class Trainer(StagedTrainer):
                 first = str(exc).strip().splitlines()
                 raise InputError(pre, f"cannot be read as a Stable Diffusion pipeline ({first[0][:160] if first else type(exc).__name__})",
                                  "give a local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a reachable hub id") from None
-        if self.cfg["mixed_precision"] not in ("no", "fp16", "bf16"):
-            raise UserError("--mixed-precision must be no, fp16 or bf16")
-        if self.cfg["mixed_precision"] == "fp16" and self.device_name == "cpu":
-            raise UserError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+        asked = self.cfg["mixed_precision"]
+        self.cfg["mixed_precision"] = resolve_mixed_precision(asked, self.device_name)
+        if asked == "auto":
+            logging.getLogger(__name__).debug("mixed precision auto: %s on %s", self.cfg["mixed_precision"], self.device_name)
         if self.res % 8:
             raise UserError(f"--resolution {self.res} must be a multiple of 8")
         epochs = self.cfg.get("epochs")

@@ -67,7 +67,7 @@ SETTINGS: dict[str, tuple] = {
     "warmup_steps": ("int", 0, _STEPS), "validation_steps": ("int", 1, 1000), "checkpoint_every": ("int", 0, _STEPS),
     "kl_weight": ("float", 0, 1000), "conditioning_dropout": ("float", 0, 1), "captions_per_image": ("int", 1, 100),
     "checkpoints_total_limit": ("int", 1, 1000), "lr_scheduler": ("choice", SCHEDULERS),
-    "mixed_precision": ("choice", ("no", "fp16", "bf16")), "gradient_checkpointing": ("bool",),
+    "mixed_precision": ("choice", ("no", "fp16", "bf16", "auto")), "gradient_checkpointing": ("bool",),
     "vae.block_out_channels": ("ints", 1, 4096, 1, 8), "vae.layers_per_block": ("int", 1, 16),
     "vae.latent_channels": ("int", 1, 64), "vae.norm_num_groups": ("int", 1, 1024),
     "vae.channels": ("ints", 1, 4096, 1, 8), "vae.num_res_blocks": ("int", 1, 16), "vae.attention_levels": ("bools", 1, 8),

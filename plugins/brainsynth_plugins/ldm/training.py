@@ -28,7 +28,7 @@ from brainsynth_plugins.training_core import checkpoints as ckpts
 from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
-from brainsynth_plugins.training_core.runtime import quiet
+from brainsynth_plugins.training_core.runtime import MIXED_PRECISION, quiet, resolve_mixed_precision
 from brainsynth_plugins.training_core.trainer import StagedTrainer
 
 
@@ -85,8 +85,8 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
                         f"{nets.vae_factor(dim, cfg['vae']) * nets.unet_factor(dim, cfg['unet'])} (the networks' downsampling)")
     if not 0 <= float(cfg["conditioning_dropout"]) < 1:
         raise UserError("--conditioning-dropout must lie in [0, 1)")
-    if cfg["mixed_precision"] not in ("no", "fp16", "bf16"):
-        raise UserError("--mixed-precision must be no, fp16 or bf16")
+    if cfg["mixed_precision"] not in MIXED_PRECISION:
+        raise UserError(f"--mixed-precision must be {', '.join(MIXED_PRECISION[:-1])} or auto")
     return cfg
 
 
@@ -163,8 +163,7 @@ class Trainer(StagedTrainer):
             self.cfg["vae_steps"] = math.ceil(self.cfg["epochs"] * n / int(self.cfg["vae_batch_size"]))
             self.cfg["unet_steps"] = math.ceil(self.cfg["epochs"] * n / int(self.cfg["unet_batch_size"]))
             self.cfg["epochs"] = None
-        if self.cfg["mixed_precision"] == "fp16" and self.device_name == "cpu":
-            raise UserError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+        self.cfg["mixed_precision"] = resolve_mixed_precision(self.cfg["mixed_precision"], self.device_name)
         cov = covariate_matrix(self.ts)
         self.ranges = {}
         self.medians = {}

@@ -33,3 +33,33 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda", "mps"):
         raise UserError(f"unknown --device {device!r}; use auto, cpu, cuda or mps")
     return device
+
+
+#: Mixed-precision choices of ``--mixed-precision`` (``auto``: :func:`resolve_mixed_precision`).
+MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CUDA with bf16 support; a CPU with
+    AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than float32."""
+    import torch
+
+    if device == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(bool(check()) for check in checks if callable(check))
+    return False
+
+
+def resolve_mixed_precision(value: str, device: str) -> str:
+    """``auto`` -> ``bf16`` where the device computes it natively (:func:`native_bf16`), else
+    ``no``; any other value as given (checked: fp16 needs a GPU)."""
+    if value not in MIXED_PRECISION:
+        raise UserError(f"--mixed-precision must be {', '.join(MIXED_PRECISION[:-1])} or auto, got {value!r}")
+    if value == "auto":
+        return "bf16" if native_bf16(device) else "no"
+    if value == "fp16" and device == "cpu":
+        raise UserError("--mixed-precision fp16 needs a GPU; use bf16, auto or no on the CPU")
+    return value

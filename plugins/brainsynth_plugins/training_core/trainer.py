@@ -30,6 +30,7 @@ class StagedTrainer:
         from accelerate import Accelerator
 
         rep = self._reporting
+        _fresh_accelerator_state()
         acc = Accelerator(mixed_precision=self.cfg["mixed_precision"], cpu=self.device_name == "cpu",
                           gradient_accumulation_steps=int(self.cfg.get("gradient_accumulation", 1)),
                           **(rep.accelerator_options() if rep else {}))
@@ -79,3 +80,18 @@ class StagedTrainer:
         sched.load_state_dict(data["state"]["scheduler"])
         checkpoints.set_rng_state(gen, data["rng"])
         return int(data["state"]["step"]), data
+
+
+def _fresh_accelerator_state() -> None:
+    """Forget the previous Accelerator's settings in this process.
+
+    accelerate keeps one ``AcceleratorState`` per process and refuses a second ``Accelerator``
+    with another mixed precision, so a second training in the same process (a notebook, the
+    tests, one ``auto`` model after a float32 one) would fail. The distributed ``PartialState``
+    (the processes of ``accelerate launch``) is kept."""
+    from accelerate.state import AcceleratorState
+
+    reset = getattr(AcceleratorState, "_reset_state", None)
+    if callable(reset):
+        reset()
+
