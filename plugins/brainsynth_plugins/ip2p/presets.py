@@ -19,13 +19,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
                  "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"], "addition_embed_type": "text"},
         # high-noise timesteps (where the size of the change is decided) and the loss x21 inside the
-        # prompt's structures: with these and 700-1000 steps the edits follow the prompt's interval; 850 fit the demo
+        # prompt's structures: with these and 700-1000 steps the edits follow the prompt's interval; 800 fit the demo
         # (benchmarks/RESULTS.md, "The prompt's size learned")
-        "vae_steps": 800, "unet_steps": 850, "vae_lr": 2e-3, "unet_lr": 1e-3, "vae_batch_size": 8, "unet_batch_size": 16,
+        "vae_steps": 800, "unet_steps": 800, "vae_lr": 2e-3, "unet_lr": 1e-3, "vae_batch_size": 8, "unet_batch_size": 16,
         "ssim_weight": 0.0, "vae_lr_scheduler": "cosine", "prediction_type": "sample", "region_weight": 20.0,
         "timestep_sampling": "high",
         # bf16 where the CPU/GPU computes it natively (AVX512-BF16, AMX, CUDA): 0.60 instead of 0.73 s
-        # per UNet step on 2 cores, which buys 850 steps (was 700) in the demo's 15 minutes
+        # per UNet step on 2 cores, which buys 800 steps (was 700) in the demo's 15 minutes
         "mixed_precision": "auto",
         # edit defaults from a sweep on the demo's validation pairs (benchmarks/RESULTS.md, "edit quality")
         "guidance_scale": 3.0, "image_guidance_scale": 1.0, "sampling_steps": 10, "sampling_scheduler": "ddim",
