@@ -21,14 +21,16 @@ import time
 from pathlib import Path
 
 
-def build(root: Path, dim: str, condition: str, device: str) -> Path:
+def build(root: Path, dim: str, condition: str, device: str, preset: str = "tiny", settings: dict[str, str] | None = None) -> Path:
+    """A model of ``preset`` (``settings``: ``--set`` overrides) trained one step per stage on ``root/cohort``."""
     from brainsynth_cli.interfaces import TrainOptions
     from brainsynth_cli.plugin_manager import get_manager
 
     out = root / f"model-{dim}"
     gen = get_manager().registry("generator").create("ldm")
     gen.train(TrainOptions(data=root / "cohort", output=out, seed=0, device=device,
-                           extra={"dim": dim, "condition": condition, "vae_steps": 1, "unet_steps": 1}))
+                           extra={"dim": dim, "condition": condition, "vae_steps": 1, "unet_steps": 1, "preset": preset,
+                                  "set": dict(settings or {})}))
     return out
 
 
