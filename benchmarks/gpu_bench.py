@@ -206,8 +206,8 @@ def measure_generate(root: Path, sizes: dict[str, Any], device: str) -> dict[str
 
     g = sizes["generate"]
     t = time.perf_counter()
-    # accelerate keeps one mixed-precision setting per process: the one-step build takes the
-    # training's (the sampler runs the networks in float32 whatever the model was trained in)
+    # the one-step build trains in the same precision as the training above (the sampler runs
+    # the networks in float32 whatever the model was trained in)
     settings = {**g["set"], "mixed_precision": sizes["train"]["mixed_precision"]}
     model_dir = build(root, "3d", "covariates", device, preset=g["preset"], settings=settings)
     build_s = time.perf_counter() - t
