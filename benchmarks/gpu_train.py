@@ -110,14 +110,20 @@ def bare_vae(model: Path, cfg: dict[str, Any], images: Any, *, device: str, step
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample()).sample
         loss = (rec.float() - x).abs().mean() + float(cfg["kl_weight"]) * post.kl().float().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
-        stamps.append(time.perf_counter())
+        _optimizer_step(loss, opt, stamps)
     out = _stage(stamps, b, steps, warmup, time.perf_counter() - t0, peak_mib(device))
     del vae, opt
     return out
+
+
+def _optimizer_step(loss: Any, opt: Any, stamps: list[float]) -> None:
+    """One bare training step's end: backward, AdamW step, the loss read back (as the trainer
+    logs it, which waits for the device) and the time stamp."""
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    loss.item()
+    stamps.append(time.perf_counter())
 
 
 def _latents(model: Path, rows: list[Any], resolution: int, channels: int, device: str) -> tuple[Any, Any]:
@@ -183,11 +189,7 @@ def bare_unet(model: Path, cfg: dict[str, Any], prior: Any, target: Any, text: A
         with _autocast(device, cfg["mixed_precision"]):
             pred = unet(torch.cat([noise_sched.add_noise(z, noise, t), p], 1), t, e).sample
         loss = torch.nn.functional.mse_loss(pred.float(), diffusion_target(noise_sched, z, noise, t).float())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
-        stamps.append(time.perf_counter())
+        _optimizer_step(loss, opt, stamps)
     out = _stage(stamps, b, steps, warmup, time.perf_counter() - t0, peak_mib(device))
     del unet, opt
     return out
