@@ -38,10 +38,12 @@ class RowContext:
     out_dir: Path
 
     @classmethod
-    def build(cls, pairs_dir: Path, settings: engine.EvalSettings, out_dir: Path, device: str = "cpu") -> RowContext:
+    def build(cls, pairs_dir: Path, settings: engine.EvalSettings, out_dir: Path, device: str = "cpu",
+              pairs: Any = None) -> RowContext:
+        """``pairs``: the folder already read (else it is read from ``pairs_dir``)."""
         from brainsynth_cli.plugin_manager import registry
 
-        pairs = read_pairs_folder(pairs_dir)
+        pairs = pairs if pairs is not None else read_pairs_folder(pairs_dir)
         rules = rules_from_text(pairs.info["rules"], f"{pairs_dir / 'pairs.json'} rules") if pairs.info.get("rules") else default_rules()
         deform = None
         if settings.baselines and "deform" in registry("generator"):
@@ -80,14 +82,14 @@ def edited_slice(prior: np.ndarray, change: np.ndarray, labels: np.ndarray, stru
     return np.clip(out, 0, 1).astype(np.float32)
 
 
-def score(ctx: RowContext, row: PairRow, model_image: np.ndarray | None) -> dict[str, Any]:
+def score(ctx: RowContext, row: PairRow, model_image: np.ndarray | None, inputs: RowInputs | None = None) -> dict[str, Any]:
     """One row's record: the deform and chance rows (when baselines are on) and every method's
     measurements and metrics, next to the model's already edited slice ``model_image`` (None:
-    no model)."""
+    no model). ``inputs``: the row's slices when the caller has read them already."""
     from brainsynth_cli.images import write_png
     from brainsynth_cli.slices import to_png16
 
-    x = ctx.inputs(row)
+    x = inputs if inputs is not None else ctx.inputs(row)
     images: dict[str, Any] = {}
     if model_image is not None:
         images["model"] = model_image
@@ -113,9 +115,9 @@ def _worker_init(pairs_dir: str, settings: engine.EvalSettings, out_dir: str) ->
     _WORKER = RowContext.build(Path(pairs_dir), settings, Path(out_dir))
 
 
-def _worker_score(row: PairRow, model_image: np.ndarray | None) -> dict[str, Any]:
+def _worker_score(row: PairRow, model_image: np.ndarray | None, inputs: RowInputs | None) -> dict[str, Any]:
     assert _WORKER is not None
-    return score(_WORKER, row, model_image)
+    return score(_WORKER, row, model_image, inputs)
 
 
 class Scorer:
@@ -143,14 +145,16 @@ class Scorer:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, row: PairRow, model_image: np.ndarray | None, done: dict[str, Any] | None = None) -> None:
-        """Queue ``row`` (``done``: its record from an earlier run, handed on in its turn)."""
+    def submit(self, row: PairRow, model_image: np.ndarray | None, done: dict[str, Any] | None = None,
+               inputs: RowInputs | None = None) -> None:
+        """Queue ``row`` (``done``: its record from an earlier run, handed on in its turn;
+        ``inputs``: its slices, when already read)."""
         if done is not None:
             self.pending.append((row, done))
         elif self.pool is None:
-            self.pending.append((row, score(self.ctx, row, model_image)))
+            self.pending.append((row, score(self.ctx, row, model_image, inputs)))
         else:
-            self.pending.append((row, self.pool.submit(_worker_score, row, model_image)))
+            self.pending.append((row, self.pool.submit(_worker_score, row, model_image, inputs)))
         self.drain(wait=len(self.pending) > 4 * self.jobs)  # bounded: edits do not run far ahead of the scoring
 
     def drain(self, wait: bool = False) -> None:

@@ -118,7 +118,7 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
     if pairs.dim != "2d":
         raise InputError(pairs_dir, f"holds {pairs.dim} pairs", "evaluate edits 2D slices: make pairs with --dim 2d")
     rows = engine.select_rows(pairs, settings)
-    ctx = rows_mod.RowContext.build(pairs_dir, settings, out_dir, device)
+    ctx = rows_mod.RowContext.build(pairs_dir, settings, out_dir, device, pairs=pairs)
     rules, parser, path_settings = ctx.rules, ctx.parser, ctx.path_settings
     fid_net = fid.load_extractor(Path(fid_weights)) if fid_weights is not None else None  # a bad file fails now, not after the edits
     model = None
@@ -152,7 +152,7 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
                 if row.number in done:
                     scorer.submit(row, None, done=done[row.number])
                     continue
-                edited = None
+                edited = x = None
                 if model is not None:
                     x = ctx.inputs(row)
                     square = engine.to_model_size(x.prior, model.resolution)
@@ -162,7 +162,7 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
                     change = engine.from_model_size(np.asarray(out, dtype=np.float32) - square, x.prior.shape)
                     edited = rows_mod.edited_slice(x.prior, change, x.prior_labels, x.structures, x.spacing, path_settings)
                     write_png(out_dir / "edits" / f"row-{row.number:05d}.png", to_png16(edited))
-                scorer.submit(row, edited)
+                scorer.submit(row, edited, inputs=x)
             scorer.finish()
     summary = engine.summarise(results)
     pairs_pooled = engine.pair_results(results, parser)
