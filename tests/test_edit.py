@@ -168,6 +168,40 @@ def test_residual_decoding_adds_the_decoded_change(tiny):
     assert np.allclose(whole, np.clip((dec + 1) / 2, 0, 1), atol=1e-5)
 
 
+def test_image_guidance_one_runs_two_branches_and_matches_the_pipeline(tiny):
+    """At image guidance 1 the sampler drops the unconditional UNet branch (it cancels): the
+    latents equal diffusers' three-branch pipeline's to float rounding, for a third less UNet work."""
+    import torch
+
+    from brainsynth_plugins.ip2p.model import IP2PModel, image_conditioning, scheduler_for
+    from brainsynth_plugins.ip2p.sampling import denoise, guidance_branches
+
+    assert [guidance_branches(g, s) for g, s in ((3.0, 1.0), (7.5, 1.5), (1.0, 1.0), (3.0, 0.5))] == [2, 3, 1, 1]
+    _, model = tiny
+    m = IP2PModel(model, "cpu")
+    t = torch.from_numpy(np.stack([phantom(32, 0.1), phantom(32, 0.14)]))[:, None]
+    calls = []
+    unet_forward = m.pipe.unet.forward
+    m.pipe.unet.forward = lambda x, *a, **k: (calls.append(len(x)), unet_forward(x, *a, **k))[1]
+    with one_thread():
+        torch.use_deterministic_algorithms(True)
+        try:
+            m.pipe.scheduler = scheduler_for("ddim", m._scheduler_config)
+            with torch.no_grad():
+                ours = denoise(m.pipe, image_conditioning(m.pipe.vae, t * 2 - 1), [PROMPT] * 2, steps=3, guidance_scale=3.0,
+                               image_guidance_scale=1.0, generator=torch.Generator().manual_seed(4))
+            assert calls == [4, 4, 4]  # two branches of two images, three steps
+            calls.clear()
+            theirs = m.pipe(prompt=[PROMPT] * 2, image=t, num_inference_steps=3, guidance_scale=3.0, image_guidance_scale=1.0,
+                            generator=torch.Generator().manual_seed(4), output_type="latent").images
+            assert calls == [6, 6, 6]
+        finally:
+            torch.use_deterministic_algorithms(False)
+            m.pipe.unet.forward = unet_forward
+    assert ours.shape == theirs.shape and float((ours - theirs).abs().max()) < 1e-4
+    assert float((ours - theirs).abs().max()) < 1e-2 * float(theirs.abs().max())
+
+
 def test_training_and_edit_condition_the_unet_identically(tiny):
     """The prior latent the trainer feeds the UNet is the one the pipeline builds at inference."""
     import torch

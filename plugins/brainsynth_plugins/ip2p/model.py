@@ -54,9 +54,10 @@ def image_conditioning(vae: Any, x: Any) -> Any:
 
 def residual_edit(pipe: Any, x: Any, prompts: list[str], *, steps: int, guidance_scale: float, image_guidance_scale: float,
                   generator: Any, residual: bool = True, latent_target: str = "image") -> Any:
-    """Edit a batch ``x`` ([0, 1], N x C x H x W) with an InstructPix2Pix pipeline; returns N x H x W.
+    """Edit a batch ``x`` ([0, 1], N x C x H x W) with an InstructPix2Pix model; returns N x H x W.
 
-    The pipeline denoises the target latent (``latent_target="image"``, InstructPix2Pix) or the
+    The sampler (:func:`brainsynth_plugins.ip2p.sampling.denoise`, diffusers' InstructPix2Pix
+    pipeline's loop) denoises the target latent (``latent_target="image"``, InstructPix2Pix) or the
     change of the latent, ``(z_target - z_prior) * scaling_factor`` (``"change"``: the UNet then
     models only what the prompt changes; the edited latent is ``z_prior + change / scaling_factor``).
     With ``residual`` the edit is decoded as a change and added to the input:
@@ -66,17 +67,15 @@ def residual_edit(pipe: Any, x: Any, prompts: list[str], *, steps: int, guidance
     """
     import torch
 
+    from brainsynth_plugins.ip2p.sampling import denoise
+
     if latent_target not in ("image", "change"):
         raise UserError(f"latent_target {latent_target!r}: expected image or change")
-    if not residual and latent_target == "image":
-        out = pipe(prompt=prompts, image=x, num_inference_steps=int(steps), guidance_scale=float(guidance_scale),
-                   image_guidance_scale=float(image_guidance_scale), generator=generator, output_type="pt").images
-        return out.float().clamp(0, 1).mean(1)
-    out = pipe(prompt=prompts, image=x, num_inference_steps=int(steps), guidance_scale=float(guidance_scale),
-               image_guidance_scale=float(image_guidance_scale), generator=generator, output_type="latent").images
     vae = pipe.vae
     with torch.no_grad():
         prior = image_conditioning(vae, (x * 2 - 1).to(vae.dtype))
+        out = denoise(pipe, prior, prompts, steps=steps, guidance_scale=guidance_scale,
+                      image_guidance_scale=image_guidance_scale, generator=generator)
         z = out.to(vae.dtype) / vae.config.scaling_factor
         if latent_target == "change":
             z = prior + z
