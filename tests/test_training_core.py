@@ -115,6 +115,27 @@ def _train_step(model, opt, sched, gen):
     return torch.randn(1, generator=gen)
 
 
+def test_warmup_stable_decay_holds_the_rate_then_decays_to_zero_and_resumes(tmp_path):
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    wsd = _trainer(tmp_path, lr_scheduler="warmup_stable_decay", warmup_steps=2, lr_decay_fraction=0.4)._lr_scheduler(opt, total=10)
+    assert _lrs(wsd, opt, 11) == pytest.approx([0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0])
+    # a restored schedule continues where it stopped (its state is its step count)
+    opt = torch.optim.SGD([p], lr=1.0)
+    first = _trainer(tmp_path, lr_scheduler="warmup_stable_decay", warmup_steps=2, lr_decay_fraction=0.4)._lr_scheduler(opt, total=10)
+    _lrs(first, opt, 7)
+    opt2 = torch.optim.SGD([p], lr=1.0)
+    again = _trainer(tmp_path, lr_scheduler="warmup_stable_decay", warmup_steps=2, lr_decay_fraction=0.4)._lr_scheduler(opt2, total=10)
+    again.load_state_dict(first.state_dict())
+    opt2.step()
+    again.step()
+    assert again.get_last_lr()[0] == pytest.approx(0.5)
+    # with 2 processes accelerate steps it twice per step: warm-up and decay last twice as many calls
+    opt3 = torch.optim.SGD([p], lr=1.0)
+    two = _trainer(tmp_path, lr_scheduler="warmup_stable_decay", warmup_steps=1, lr_decay_fraction=0.5)._lr_scheduler(opt3, total=2, world=2)
+    assert _lrs(two, opt3, 4) == pytest.approx([0.0, 0.5, 1.0, 0.5])
+
+
 def test_checkpoint_round_trip_continues_exactly(tmp_path):
     t = _trainer(tmp_path)
     model, opt = _parts()

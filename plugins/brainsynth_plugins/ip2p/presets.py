@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from brainsynth_plugins.training_core.schedules import NAMES
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Trains both stages on 2 CPU cores in a few minutes at 64x64 (the demo and the tests). The
     # autoencoder does not downsample (f=1): at 64 px every pixel carries detail, and the f=4 and
@@ -54,14 +56,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 COMMON: dict[str, Any] = {
     "kl_weight": 1e-6, "ssim_weight": 0.5, "gan_weight": 0.0, "gan_start": 0,
     "conditioning_dropout": 0.05, "ema": False, "ema_decay": 0.999, "gradient_accumulation": 1,
-    "validation_count": 4, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup", "vae_lr_scheduler": None,
+    "validation_count": 4, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup", "lr_decay_fraction": 0.2, "vae_lr_scheduler": None,
     "mixed_precision": "no", "gradient_checkpointing": False, "prediction_type": "epsilon", "latent_target": "image", "timestep_sampling": "uniform", "region_weight": 0.0, "region_margin_mm": 3.0, "guidance_scale": 7.5, "image_guidance_scale": 1.5,
     "sampling_steps": 20, "sampling_scheduler": "ddim",
 }
 
 #: What each setting may be (checked after ``--set`` overrides, before anything is written).
 _STEPS = 10_000_000
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "piecewise_constant")
+SCHEDULERS = NAMES
 SETTINGS: dict[str, tuple] = {
     "resolution": ("int", 8, 4096), "channels": ("choice", (1, 3)),
     "vae_steps": ("int", 1, _STEPS), "unet_steps": ("int", 1, _STEPS), "epochs": ("opt-float", 0, 100_000, True),
@@ -71,7 +73,7 @@ SETTINGS: dict[str, tuple] = {
     "kl_weight": ("float", 0, 1000), "ssim_weight": ("float", 0, 1000), "gan_weight": ("float", 0, 1000),
     "gan_start": ("int", 0, _STEPS), "conditioning_dropout": ("float", 0, 1 / 3), "ema": ("bool",), "ema_decay": ("float", 0, 1),
     "gradient_accumulation": ("int", 1, 1024), "validation_count": ("int", 0, 1000), "checkpoints_total_limit": ("int", 1, 1000),
-    "lr_scheduler": ("choice", SCHEDULERS), "mixed_precision": ("choice", ("no", "fp16", "bf16", "auto")),
+    "lr_scheduler": ("choice", SCHEDULERS), "lr_decay_fraction": ("float", 0, 1), "mixed_precision": ("choice", ("no", "fp16", "bf16", "auto")),
     "gradient_checkpointing": ("bool",), "guidance_scale": ("float", 0, 100), "image_guidance_scale": ("float", 0, 100),
     "sampling_steps": ("int", 1, 1000), "sampling_scheduler": ("choice", ("ddim", "dpm++", "euler-a")),
     "vae_lr_scheduler": ("choice", (None, *SCHEDULERS)), "prediction_type": ("choice", ("epsilon", "sample", "v_prediction")),

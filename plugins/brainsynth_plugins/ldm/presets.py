@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from brainsynth_plugins.training_core.schedules import NAMES
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Trains both stages on 2 CPU cores in a few minutes (2D 64x64 slices; 3D 4 mm volumes).
     "tiny": {
@@ -50,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: Defaults common to all presets.
 COMMON: dict[str, Any] = {
     "kl_weight": 1e-6, "conditioning_dropout": 0.1, "validation_steps": 20, "captions_per_image": 4, "checkpoints_total_limit": 2,
-    "lr_scheduler": "constant_with_warmup", "mixed_precision": "no", "gradient_checkpointing": False,
+    "lr_scheduler": "constant_with_warmup", "lr_decay_fraction": 0.2, "mixed_precision": "no", "gradient_checkpointing": False,
     # Brain LDM / MONAI tutorials: linear betas 0.0015 .. 0.0195 over 1000 steps, epsilon prediction.
     "noise": {"num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear",
               "prediction_type": "epsilon", "clip_sample": False},
@@ -58,7 +60,7 @@ COMMON: dict[str, Any] = {
 
 #: What each setting may be (checked after ``--set`` overrides, before anything is written).
 _STEPS = 10_000_000
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "piecewise_constant")
+SCHEDULERS = NAMES
 SETTINGS: dict[str, tuple] = {
     "resolution": ("int", 8, 4096), "voxel_mm": ("float", 0.25, 16),
     "vae_steps": ("int", 1, _STEPS), "unet_steps": ("int", 1, _STEPS),
@@ -66,7 +68,7 @@ SETTINGS: dict[str, tuple] = {
     "vae_batch_size": ("int", 1, 4096), "unet_batch_size": ("int", 1, 4096),
     "warmup_steps": ("int", 0, _STEPS), "validation_steps": ("int", 1, 1000), "checkpoint_every": ("int", 0, _STEPS),
     "kl_weight": ("float", 0, 1000), "conditioning_dropout": ("float", 0, 1), "captions_per_image": ("int", 1, 100),
-    "checkpoints_total_limit": ("int", 1, 1000), "lr_scheduler": ("choice", SCHEDULERS),
+    "checkpoints_total_limit": ("int", 1, 1000), "lr_scheduler": ("choice", SCHEDULERS), "lr_decay_fraction": ("float", 0, 1),
     "mixed_precision": ("choice", ("no", "fp16", "bf16", "auto")), "gradient_checkpointing": ("bool",),
     "vae.block_out_channels": ("ints", 1, 4096, 1, 8), "vae.layers_per_block": ("int", 1, 16),
     "vae.latent_channels": ("int", 1, 64), "vae.norm_num_groups": ("int", 1, 1024),

@@ -42,12 +42,19 @@ class StagedTrainer:
         return acc
 
     def _lr_scheduler(self, opt: Any, total: int, world: int = 1, name: str | None = None) -> Any:
-        """diffusers' schedule ``name`` (default ``lr_scheduler``) over ``total`` steps after
-        ``warmup_steps``; accelerate steps it once per process, hence the ``world`` factor."""
+        """The schedule ``name`` (default ``lr_scheduler``) over ``total`` steps after ``warmup_steps``:
+        diffusers' or one of :mod:`.schedules` (``warmup_stable_decay`` decays over the last
+        ``lr_decay_fraction`` of the steps); accelerate steps it once per process, hence ``world``."""
+        from brainsynth_plugins.training_core import schedules
+
+        name = name or self.cfg["lr_scheduler"]
+        warmup = int(self.cfg["warmup_steps"]) * world
+        if name in schedules.OWN:
+            return schedules.build(name, opt, warmup=warmup, total=total * world,
+                                   decay_fraction=float(self.cfg.get("lr_decay_fraction", 0.2)))
         from diffusers.optimization import get_scheduler
 
-        return get_scheduler(name or self.cfg["lr_scheduler"], optimizer=opt, num_warmup_steps=int(self.cfg["warmup_steps"]) * world,
-                             num_training_steps=total * world)
+        return get_scheduler(name, optimizer=opt, num_warmup_steps=warmup, num_training_steps=total * world)
 
     def _log(self, row: dict[str, Any]) -> None:
         """One step's losses: a row of ``logs/loss.csv``, and the trackers' values (``--report-to``)."""
