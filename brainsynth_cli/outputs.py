@@ -466,6 +466,7 @@ def locked_output(folder: Any, *, command: str, keep: Callable[[], bool] | None 
             _remove_made(made)
         else:
             lock.release()
+            _remove_made(made)  # only while empty: another run's files keep it
         raise
     lock.release()
 

@@ -172,8 +172,13 @@ def register(app: typer.Typer) -> None:
         def note() -> str:
             return interrupt_note(output, f"brainsynth train {pairs} -o {output} --resume")
 
-        with locked_output(output, command="train", keep=run_file.is_file):
+        from brainsynth_cli.launch import process_rank
+
+        rank, world = process_rank()  # the processes of one launch share the folder; another run is refused
+        with locked_output(output, command="train", keep=run_file.is_file, shared=world > 1,
+                           slot=f"process-{rank}-of-{world}" if world > 1 else None):
             on_interrupt(note)
             with progress_bar("train", unit="step") as progress:
                 model = gen.train(options, progress)
-        typer.echo(f"model: {model}")
+        if rank == 0:
+            typer.echo(f"model: {model}")

@@ -18,6 +18,7 @@ from typing import Any
 
 from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress, TrainOptions
+from brainsynth_cli.launch import process_rank
 from brainsynth_cli.limits import check_settings
 from brainsynth_cli.weights import refuse_pickled_weights
 from brainsynth_plugins.ip2p.data import PairsFolder, load_slice, read_pairs, trained_intervals, trained_prompts
@@ -28,7 +29,8 @@ from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
 from brainsynth_plugins.training_core.ema import ema_settings, ema_tensors, load_ema, new_ema
-from brainsynth_plugins.training_core.runtime import quiet, resolve_mixed_precision
+from brainsynth_plugins.training_core.runtime import process_group, quiet, resolve_mixed_precision
+from brainsynth_plugins.training_core.step_module import step_module
 from brainsynth_plugins.training_core.trainer import StagedTrainer
 
 
@@ -102,6 +104,14 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     """
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
+    rank, world = process_rank()
+    group = process_group(options.device) if world > 1 else None  # one launch, several processes
+    if rank > 0:  # the main process checks the folder and writes (or reads back) run.json; the others wait
+        group.wait_for_everyone()
+        cfg = {**copy.deepcopy(COMMON), **run_folder.load_run(out)}
+        trainer = Trainer(cfg, out, read_pairs(cfg["data"]), device=options.device, progress=lambda *a, **k: None)
+        trainer.check()
+        return trainer.run(resume=options.resume)
     if options.resume:
         # a run started by an older version lacks the settings added since: they take the common defaults
         cfg = {**copy.deepcopy(COMMON), **run_folder.resume_run(out)}
@@ -125,7 +135,15 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     if not options.resume:
         _check_sizes(trainer, out)
         run_folder.write_run(out, cfg)
+    if group is not None:
+        group.wait_for_everyone()
     return trainer.run(resume=options.resume)
+
+
+def _reconstruct(vae: Any, x: Any, generator: Any) -> tuple[Any, Any]:
+    """Stage 1's forward: the reconstruction of ``x`` from a posterior sample, and the KL per item."""
+    posterior = vae.encode(x).latent_dist
+    return vae.decode(posterior.sample(generator=generator)).sample, posterior.kl()
 
 
 def _check_sizes(trainer: Trainer, out: Path) -> None:
@@ -326,7 +344,9 @@ class Trainer(StagedTrainer):
                 if stage == "vae" and (self.out / "vae" / "config.json").is_file() and resume:
                     continue  # finished before the interruption
                 start = latest if latest is not None and latest.stage == stage else None
-                if start is not None:
+                if process_rank()[0] > 0:
+                    pass  # the main process keeps the log
+                elif start is not None:
                     self._trim_log(stage, start.step)
                 elif resume:
                     self._trim_log(stage, 0)
@@ -372,24 +392,27 @@ class Trainer(StagedTrainer):
         step = 0
         if start is not None:
             step, _ = self._restore(start, {"model": vae, **({"disc": disc} if gan else {})},
-                                    {"model": opt, **({"disc": opt_d} if gan else {})}, sched, gen)
+                                    {"model": opt, **({"disc": opt_d} if gan else {})}, sched, gen,
+                                    world=acc.num_processes, rank=acc.process_index, seed=int(cfg["seed"]) * 7 + 1)
         vae.train()
+        # the autoencoder's step as one forward (what several processes synchronise), in float32:
+        # bf16 autocast gained nothing for it on CPU (benchmarks/RESULTS.md)
+        model = step_module(vae, _reconstruct, autocast=False)
         if gan:
-            vae, disc, opt, opt_d, sched = acc.prepare(vae, disc, opt, opt_d, sched)
+            model, disc, opt, opt_d, sched = acc.prepare(model, disc, opt, opt_d, sched)
         else:
-            vae, opt, sched = acc.prepare(vae, opt, sched)
+            model, opt, sched = acc.prepare(model, opt, sched)
         batches = Batches(len(images), int(cfg["vae_batch_size"]), int(cfg["seed"]), acc.process_index, acc.num_processes)
         accum = int(cfg["gradient_accumulation"])
         every = int(cfg["checkpoint_every"])
         while step < total:
             for micro in range(accum):
                 x = self._tensor([images[i] for i in batches(step * accum + micro)]).to(acc.device)
-                with acc.accumulate(vae):
-                    posterior = vae.encode(x).latent_dist
-                    rec = vae.decode(posterior.sample(generator=gen)).sample
+                with acc.accumulate(model):
+                    rec, kl = model(x, gen)
                     l1 = (rec.float() - x).abs().mean()
                     s = 1 - ssim((rec.float() + 1) / 2, (x + 1) / 2)
-                    kl = posterior.kl().mean()
+                    kl = kl.mean()
                     loss = l1 + float(cfg["ssim_weight"]) * s + float(cfg["kl_weight"]) * kl
                     g_loss = torch.zeros(())
                     if gan and step >= int(cfg["gan_start"]):
@@ -407,23 +430,22 @@ class Trainer(StagedTrainer):
                         opt_d.step()
                         opt_d.zero_grad(set_to_none=True)
             step += 1
+            means = self._mean_over_processes(acc, {"loss": loss, "l1": l1, "ssim": s, "kl": kl, "gan": g_loss})
             if acc.is_main_process:
-                self._log({"stage": "vae", "step": step, "loss": float(loss.detach()), "l1": float(l1.detach()), "ssim": float(s.detach()),
-                           "kl": float(kl.detach()), "gan": float(g_loss.detach()), "lr": float(sched.get_last_lr()[0])})
-            self.progress(step, total, f"stage 1 (vae) loss {float(loss.detach()):.4f}")
+                self._log({"stage": "vae", "step": step, **means, "lr": float(sched.get_last_lr()[0])})
+            self.progress(step, total, f"stage 1 (vae) loss {means['loss']:.4f}")
             if every > 0 and step % every == 0 and step < total:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
-                    modules = {"model": acc.unwrap_model(vae).state_dict()}
+                    modules = {"model": vae.state_dict()}
                     optims = {"model": opt}
                     if gan:
                         modules["disc"] = acc.unwrap_model(disc).state_dict()
                         optims["disc"] = opt_d
                     self._save_checkpoint("vae", step, modules, optims, sched, gen)
-                    self.validate_vae(acc.unwrap_model(vae), step)
+                    self.validate_vae(vae, step)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            vae = acc.unwrap_model(vae)
             vae.eval()
             if not self.cfg["pretrained"]:
                 vae.register_to_config(scaling_factor=self._scaling_factor(vae, images))
@@ -433,6 +455,7 @@ class Trainer(StagedTrainer):
             vae.save_pretrained(tmp)
             shutil.rmtree(self.out / "vae", ignore_errors=True)
             os.replace(tmp, self.out / "vae")
+        acc.wait_for_everyone()  # stage 2 of every process reads vae/
         acc.free_memory()
 
     def _scaling_factor(self, vae: Any, images: list[Path]) -> float:
@@ -595,7 +618,8 @@ class Trainer(StagedTrainer):
         gen = torch.Generator(device=acc.device).manual_seed(int(cfg["seed"]) * 7 + 2 + acc.process_index)
         step = 0
         if start is not None:
-            step, ck = self._restore(start, {"model": unet}, {"model": opt}, sched, gen)
+            step, ck = self._restore(start, {"model": unet}, {"model": opt}, sched, gen, world=acc.num_processes,
+                                     rank=acc.process_index, seed=int(cfg["seed"]) * 7 + 2)
             if ema is not None:
                 load_ema(ema, unet, ck["modules"]["ema"], ck["state"])
         unet.train()
@@ -641,9 +665,10 @@ class Trainer(StagedTrainer):
             step += 1
             if ema is not None:
                 ema.step(acc.unwrap_model(unet).parameters())
+            mean_loss = self._mean_over_processes(acc, {"loss": loss})["loss"]
             if acc.is_main_process:
-                self._log({"stage": "unet", "step": step, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])})
-            self.progress(step, total, f"stage 2 (unet) loss {float(loss.detach()):.4f}")
+                self._log({"stage": "unet", "step": step, "loss": mean_loss, "lr": float(sched.get_last_lr()[0])})
+            self.progress(step, total, f"stage 2 (unet) loss {mean_loss:.4f}")
             if every > 0 and step % every == 0 and step < total:
                 acc.wait_for_everyone()
                 if acc.is_main_process:

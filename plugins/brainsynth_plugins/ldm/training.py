@@ -96,6 +96,11 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     ``--resume`` continues from the latest readable checkpoint (an unreadable one is moved aside
     with a warning), or from step 0 when the run stopped before its first checkpoint.
     """
+    from brainsynth_cli.launch import process_rank
+
+    if process_rank()[1] > 1:
+        raise UserError("--task generate trains on one process: run `brainsynth train` without accelerate launch or torchrun "
+                        "(several processes train --task edit)")
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
     if options.resume:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from brainsynth_cli.errors import UserError
 
 
@@ -63,3 +65,11 @@ def resolve_mixed_precision(value: str, device: str) -> str:
     if value == "fp16" and device == "cpu":
         raise UserError("--mixed-precision fp16 needs a GPU; use bf16, auto or no on the CPU")
     return value
+
+
+def process_group(device: str) -> Any:
+    """The launch's process group (accelerate's ``PartialState``: gloo on CPUs, NCCL on GPUs), made
+    before the first stage so the processes can wait for the main one to prepare the folder."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")

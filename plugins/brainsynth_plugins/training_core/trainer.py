@@ -69,24 +69,51 @@ class StagedTrainer:
     def _save_checkpoint(self, stage: str, step: int, modules: dict[str, Any], optimizers: dict[str, Any], sched: Any,
                          gen: Any, extra: dict[str, Any] | None = None) -> None:
         """``modules``: state dicts by name; optimizers and scheduler may be accelerate's wrappers."""
+        world = int(self._acc.num_processes) if self._acc is not None else 1
         path = checkpoints.save_checkpoint(self.out, stage, step, modules=modules, optimizers=optimizers, scheduler=sched,
-                                           rng=checkpoints.rng_state(gen), extra=extra or {},
+                                           rng=checkpoints.rng_state(gen), extra={"processes": world, **(extra or {})},
                                            keep=int(self.cfg["checkpoints_total_limit"]))
         log.info("checkpoint %s written (stage %s, step %d)", path, stage, step)
 
     def _restore(self, start: checkpoints.Checkpoint, modules: dict[str, Any], optimizers: dict[str, Any], sched: Any,
-                 gen: Any) -> tuple[int, dict[str, Any]]:
+                 gen: Any, *, world: int = 1, rank: int = 0, seed: int = 0) -> tuple[int, dict[str, Any]]:
         """Load a checkpoint into the modules and optimizers of the same names, the scheduler and the
-        RNGs; returns its step and everything it holds."""
+        RNGs; returns its step and everything it holds.
+
+        A checkpoint holds the main process's RNG state and a schedule counted in that run's process
+        count (accelerate steps it once per process). Resumed on ``world`` processes, the schedule is
+        re-counted for ``world`` (the learning rate continues from the same step), process 0 continues
+        the saved RNG stream and every other process starts its own from ``seed``, its rank and the step.
+        """
         log.info("resuming from checkpoint %s (stage %s, step %d)", start.path, start.stage, start.step)
         data = checkpoints.load_checkpoint(start)
         for name, module in modules.items():
             module.load_state_dict(data["modules"][name])
         for name, opt in optimizers.items():
             opt.load_state_dict(data["optimizers"][name])
+        step = int(data["state"]["step"])
         sched.load_state_dict(data["state"]["scheduler"])
-        checkpoints.set_rng_state(gen, data["rng"])
-        return int(data["state"]["step"]), data
+        saved = int(data["state"].get("processes", 1))
+        if saved != world:
+            log.info("the checkpoint was written by %d process(es), this run has %d: the schedule is re-counted", saved, world)
+            sched.last_epoch = step * world
+            sched._step_count = step * world + 1
+        if rank == 0:
+            checkpoints.set_rng_state(gen, data["rng"])
+        else:
+            gen.manual_seed(int(seed) * 1_000_003 + rank * 10_007 + step)
+        return step, data
+
+    def _mean_over_processes(self, acc: Any, values: dict[str, Any]) -> dict[str, float]:
+        """The mean of each scalar tensor over the processes (what a multi-process step's loss is);
+        a collective: every process must call it at the same step."""
+        import torch
+
+        names = list(values)
+        stacked = torch.stack([values[k].detach().float().reshape(()) for k in names])
+        if acc.num_processes > 1:
+            stacked = acc.reduce(stacked.to(acc.device), reduction="mean")
+        return {k: float(v) for k, v in zip(names, stacked.cpu())}
 
 
 def _fresh_accelerator_state() -> None:
