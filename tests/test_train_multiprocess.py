@@ -108,14 +108,19 @@ def test_one_process_resumes_a_two_process_run(runs):
     assert [after["unet", k][1] for k in (5, 6)] == pytest.approx([before["unet", k][1] for k in (5, 6)])
 
 
-def test_generate_refuses_several_processes_in_one_line(tmp_path, monkeypatch, capsys):
-    from brainsynth_cli.main import run
-
-    pairs = make_pairs(tmp_path / "pairs", size=32, subjects=2, slices=1)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    code = run(["train", str(pairs), "-o", str(tmp_path / "gen"), "--task", "generate", "--dim", "2d"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "--task generate trains on one process" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "gen").exists()
+def test_generate_trains_on_two_processes(runs):
+    """--task generate (the ldm generator): two processes, one model, one loss row per step, the
+    learning rates of one process's run."""
+    d, pairs, _ = runs
+    args = [pairs, "--task", "generate", "--dim", "2d", "--condition", "text", "--resolution", "32", "--steps", "4",
+            "--device", "cpu", "--seed", "3"]
+    two = _train([*args, "-o", d / "gen2", "--batch-size", "2"], processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _train([*args, "-o", d / "gen1", "--batch-size", "4"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.stdout.count("model: ") == 1
+    assert (d / "gen2" / "brainsynth.json").is_file() and not (d / "gen2" / "checkpoints").exists()
+    a, b = _losses(d / "gen1"), _losses(d / "gen2")
+    assert a.keys() == b.keys() == {(s, k) for s in ("vae", "unet") for k in range(1, 5)}
+    assert all(b[k][1] == pytest.approx(a[k][1]) for k in a)
+    assert max(abs(b[k][0] - a[k][0]) / a[k][0] for k in a) < 0.25

@@ -19,6 +19,7 @@ from typing import Any
 
 from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress, TrainOptions
+from brainsynth_cli.launch import process_rank
 from brainsynth_cli.limits import check_settings
 from brainsynth_plugins.ldm import nets
 from brainsynth_plugins.ldm.data import COVARIATES, TrainingSet, check_covariates, covariate_matrix, read_training_set
@@ -28,7 +29,8 @@ from brainsynth_plugins.training_core import checkpoints as ckpts
 from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
-from brainsynth_plugins.training_core.runtime import MIXED_PRECISION, quiet, resolve_mixed_precision
+from brainsynth_plugins.training_core.runtime import MIXED_PRECISION, process_group, quiet, resolve_mixed_precision
+from brainsynth_plugins.training_core.step_module import step_module
 from brainsynth_plugins.training_core.trainer import StagedTrainer
 
 
@@ -96,13 +98,18 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     ``--resume`` continues from the latest readable checkpoint (an unreadable one is moved aside
     with a warning), or from step 0 when the run stopped before its first checkpoint.
     """
-    from brainsynth_cli.launch import process_rank
-
-    if process_rank()[1] > 1:
-        raise UserError("--task generate trains on one process: run `brainsynth train` without accelerate launch or torchrun "
-                        "(several processes train --task edit)")
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
+    rank, world = process_rank()
+    group = process_group(options.device) if world > 1 else None  # one launch, several processes
+    if rank > 0:  # the main process checks the folder and writes (or reads back) run.json; the others wait
+        group.wait_for_everyone()
+        cfg = run_folder.load_run(out)
+        ts = read_training_set(cfg["data"], dim=cfg["dim"], resolution=cfg["resolution"], voxel_mm=cfg["voxel_mm"],
+                               labels_dir=cfg.get("labels"), captions_per_image=int(cfg["captions_per_image"]), run=cfg.get("run"))
+        trainer = Trainer(cfg, out, ts, device=options.device, progress=lambda *a, **k: None)
+        trainer.check()
+        return trainer.run()
     if options.resume:
         cfg = run_folder.resume_run(out)
     else:
@@ -123,6 +130,8 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
             if ckpts.latest_checkpoint(out, stage) is None:
                 trainer._trim_log(stage, 0)
             break
+    if group is not None:
+        group.wait_for_everyone()
     return trainer.run()
 
 
@@ -212,7 +221,8 @@ class Trainer(StagedTrainer):
         if not (self.out / "vae" / "config.json").is_file():
             self.train_vae(ckpts.latest_checkpoint(self.out, "vae"))
         self.train_unet(ckpts.latest_checkpoint(self.out, "unet"))
-        shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+        if process_rank()[0] == 0:
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
         return self.out
 
     # -- stage 1 -------------------------------------------------------------------------
@@ -230,22 +240,29 @@ class Trainer(StagedTrainer):
         acc = self._accelerator()
         images = self.images()
         opt = torch.optim.Adam(vae.parameters(), lr=float(cfg["vae_lr"]))
-        sched = self._lr_scheduler(opt, total)
-        gen = torch.Generator().manual_seed(int(cfg["seed"]) * 7 + 1)
+        sched = self._lr_scheduler(opt, total, acc.num_processes)
+        gen = torch.Generator().manual_seed(int(cfg["seed"]) * 7 + 1 + acc.process_index)
         step = 0
         if start is not None:
-            step, _ = self._restore(start, {"model": vae}, {"model": opt}, sched, gen)
-            self._trim_log("vae", step)
+            step, _ = self._restore(start, {"model": vae}, {"model": opt}, sched, gen, world=acc.num_processes,
+                                    rank=acc.process_index, seed=int(cfg["seed"]) * 7 + 1)
+            if acc.is_main_process:
+                self._trim_log("vae", step)
         vae.train()
-        vae, opt, sched = acc.prepare(vae, opt, sched)
-        batches = Batches(len(images), int(cfg["vae_batch_size"]), int(cfg["seed"]))
+        dim = self.dim
+
+        def reconstruct(vae: Any, x: Any) -> tuple[Any, Any, Any]:  # the step as one forward (several processes)
+            mean, std = nets.encode(vae, dim, x)
+            eps = torch.randn(mean.shape, generator=gen).to(x.device)
+            return nets.decode(vae, dim, mean + std * eps), mean, std
+
+        model, opt, sched = acc.prepare(step_module(vae, reconstruct, autocast=False), opt, sched)
+        batches = Batches(len(images), int(cfg["vae_batch_size"]), int(cfg["seed"]), acc.process_index, acc.num_processes)
         every = int(cfg["checkpoint_every"])
         kl_w = float(cfg["kl_weight"])
         while step < total:
             x = images[batches(step)].to(acc.device)
-            mean, std = nets.encode(acc.unwrap_model(vae), self.dim, x)
-            eps = torch.randn(mean.shape, generator=gen).to(acc.device)
-            rec = nets.decode(acc.unwrap_model(vae), self.dim, mean + std * eps)
+            rec, mean, std = model(x)
             l1 = F.l1_loss(rec.float(), x.float())
             var = std.float() ** 2
             kl = 0.5 * (mean.float() ** 2 + var - torch.log(var.clamp_min(1e-12)) - 1).flatten(1).sum(1).mean()
@@ -255,12 +272,20 @@ class Trainer(StagedTrainer):
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            self._log({"stage": "vae", "step": step, "loss": float(loss.detach()), "l1": float(l1.detach()), "kl": float(kl.detach()),
-                       "lr": float(sched.get_last_lr()[0])})
-            self.progress(step, total, f"stage 1 (autoencoder) L1 {float(l1.detach()):.4f}")
+            means = self._mean_over_processes(acc, {"loss": loss, "l1": l1, "kl": kl})
+            if acc.is_main_process:
+                self._log({"stage": "vae", "step": step, **means, "lr": float(sched.get_last_lr()[0])})
+            self.progress(step, total, f"stage 1 (autoencoder) L1 {means['l1']:.4f}")
             if every > 0 and step % every == 0 and step < total:
-                self._save_checkpoint("vae", step, {"model": acc.unwrap_model(vae).state_dict()}, {"model": opt}, sched, gen)
-        vae = acc.unwrap_model(vae).eval()
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    self._save_checkpoint("vae", step, {"model": vae.state_dict()}, {"model": opt}, sched, gen)
+        acc.wait_for_everyone()
+        if not acc.is_main_process:  # the main process writes vae/; the others wait for it
+            acc.wait_for_everyone()
+            acc.free_memory()
+            return
+        vae = vae.eval()
         with torch.no_grad():
             lat = torch.cat([nets.encode(vae, self.dim, images[i : i + 8].to(acc.device))[0] for i in range(0, min(64, len(images)), 8)])
             rec = nets.decode(vae, self.dim, nets.encode(vae, self.dim, images[:4].to(acc.device))[0])
@@ -274,6 +299,7 @@ class Trainer(StagedTrainer):
         (tmp / "brainsynth-latent.json").write_text(json.dumps(meta), encoding="utf-8")
         shutil.rmtree(self.out / "vae", ignore_errors=True)
         os.replace(tmp, self.out / "vae")
+        acc.wait_for_everyone()
         acc.free_memory()
 
     def slice_convention(self) -> str:
@@ -346,17 +372,19 @@ class Trainer(StagedTrainer):
             vecs = torch.cat([embed_text(*self.text, unique[i : i + 32], acc.device) for i in range(0, len(unique), 32)])
             emb = {c: vecs[i] for i, c in enumerate(unique)}
         opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg["unet_lr"]))
-        sched = self._lr_scheduler(opt, total)
-        gen = torch.Generator().manual_seed(int(cfg["seed"]) * 7 + 2)
+        sched = self._lr_scheduler(opt, total, acc.num_processes)
+        gen = torch.Generator().manual_seed(int(cfg["seed"]) * 7 + 2 + acc.process_index)
         step = 0
         if start is not None:
-            step, _ = self._restore(start, {"model": unet}, {"model": opt}, sched, gen)
-            self._trim_log("unet", step)
+            step, _ = self._restore(start, {"model": unet}, {"model": opt}, sched, gen, world=acc.num_processes,
+                                    rank=acc.process_index, seed=int(cfg["seed"]) * 7 + 2)
+            if acc.is_main_process:
+                self._trim_log("unet", step)
         if cfg["gradient_checkpointing"] and hasattr(unet, "enable_gradient_checkpointing"):
             unet.enable_gradient_checkpointing()
         unet.train()
         unet, opt, sched = acc.prepare(unet, opt, sched)
-        batches = Batches(len(images), int(cfg["unet_batch_size"]), int(cfg["seed"]) + 1)
+        batches = Batches(len(images), int(cfg["unet_batch_size"]), int(cfg["seed"]) + 1, acc.process_index, acc.num_processes)
         every = int(cfg["checkpoint_every"])
         drop = float(cfg["conditioning_dropout"])
         T = int(noise.config.num_train_timesteps)
@@ -385,14 +413,22 @@ class Trainer(StagedTrainer):
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            self._log({"stage": "unet", "step": step, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])})
-            self.progress(step, total, f"stage 2 (unet) loss {float(loss.detach()):.4f}")
+            mean_loss = self._mean_over_processes(acc, {"loss": loss})["loss"]
+            if acc.is_main_process:
+                self._log({"stage": "unet", "step": step, "loss": mean_loss, "lr": float(sched.get_last_lr()[0])})
+            self.progress(step, total, f"stage 2 (unet) loss {mean_loss:.4f}")
             if every > 0 and step % every == 0 and step < total:
-                self._save_checkpoint("unet", step, {"model": acc.unwrap_model(unet).state_dict()}, {"model": opt}, sched, gen)
-        unet = acc.unwrap_model(unet).eval()
-        self.save_model(unet, noise, lat_ch, [int(s) for s in latents.shape[2:]], in_ch, ctx_dim)
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    self._save_checkpoint("unet", step, {"model": acc.unwrap_model(unet).state_dict()}, {"model": opt}, sched, gen)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            unet = acc.unwrap_model(unet).eval()
+            self.save_model(unet, noise, lat_ch, [int(s) for s in latents.shape[2:]], in_ch, ctx_dim)
         acc.free_memory()
-        self.validate_samples(int(cfg["validation_steps"]))
+        if acc.is_main_process:
+            self.validate_samples(int(cfg["validation_steps"]))
+        acc.wait_for_everyone()
 
     def validate_samples(self, steps: int = 20) -> None:
         """``validation/samples.png``: one sample per requested ventricle volume (min, median, max), next to real images."""
