@@ -27,6 +27,28 @@ if TYPE_CHECKING:  # pragma: no cover
 PARTICIPANT_FIX = "participant jobs take the folder's settings: give the same ones, or another output folder"
 
 
+def segment_participants(out_dir: Path, subjects: dict[str, list[Any]], description: dict[str, Any], segmenter: str,
+                         options: dict[str, str], *, jobs: int, longitudinal: bool, rules: Rules, overwrite: bool,
+                         raw_root: str | None) -> None:
+    """A participant job: segment ``subjects`` (the participants it names) into ``out_dir``,
+    which other jobs share, writing only their files."""
+    from brainsynth_cli.commands.segment import _finished, _segment_sessions, session_paths
+    from brainsynth_cli.outputs import locked_output, on_interrupt
+    from brainsynth_cli.participants import participant_slots, shown
+
+    def finished_any() -> bool:
+        return any(_finished(session_paths(out_dir, sub, s.session)) for sub, ses in subjects.items() for s in ses)
+
+    chosen = list(subjects)
+    with locked_output(out_dir, command=f"segment --bids --participant-label {shown(chosen)}", keep=finished_any,
+                       shared=True, slot=participant_slots(chosen)):
+        claim_description(out_dir, description)
+        on_interrupt(lambda: f"the finished sessions of {shown(chosen)} in {out_dir} are kept; run the same command "
+                     "again to resume" if finished_any() else "no session was finished; run the command again")
+        _segment_sessions(out_dir, subjects, description, segmenter, options, jobs=jobs, longitudinal=longitudinal,
+                          rules=rules, overwrite=overwrite, raw_root=raw_root, group=False)
+
+
 def claim_description(out_dir: Path, description: dict[str, Any]) -> None:
     """Write ``dataset_description.json`` unless it exists (the first participant job does);
     otherwise refuse settings other than those it records."""
@@ -45,7 +67,7 @@ def unfinished(out_dir: Path, subjects: dict[str, list[Any]]) -> list[str]:
             if not _finished(session_paths(out_dir, sub, s.session))]
 
 
-def merge_derivatives(out_dir: Path, subjects: dict[str, list[Any]], description: dict[str, Any], rules: "Rules",
+def merge_derivatives(out_dir: Path, subjects: dict[str, list[Any]], description: dict[str, Any], rules: Rules,
                       segmenter: str) -> None:
     """The group step: the files that span subjects, from the finished sessions of every
     participant; refused (nothing written) while a session is missing."""

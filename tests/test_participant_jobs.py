@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import subprocess_env
 
 cohort = pytest.importorskip("brainsynth_plugins.simulate.cohort")
@@ -25,6 +24,14 @@ def data(tmp_path_factory):
     """Three subjects x two sessions at 4 mm, with truth labels."""
     root = tmp_path_factory.mktemp("participants") / "bids"
     cohort.simulate_cohort(root, subjects=3, sessions=2, resolution=4.0, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """Two subjects x two sessions at 4 mm (segmenting them takes seconds)."""
+    root = tmp_path_factory.mktemp("participants2") / "bids"
+    cohort.simulate_cohort(root, subjects=2, sessions=2, resolution=4.0, seed=5)
     return root
 
 
@@ -45,15 +52,16 @@ def in_parallel(*argvs: list[str]) -> list[subprocess.CompletedProcess]:
     return out
 
 
-def test_segment_participant_jobs_in_parallel_then_merge_equal_one_run(data, tmp_path, cli):
+def test_segment_participant_jobs_in_parallel_then_merge_equal_one_run(two, tmp_path, cli):
+    data = two
     one = tmp_path / "one"
     r = cli("segment", data, "--bids", "-o", one)
     assert r.exit_code == 0, r.stderr
     out = tmp_path / "jobs"
     a, b = in_parallel(["segment", data, "--bids", "-o", out, "--participant-label", "001"],
-                       ["segment", data, "--bids", "-o", out, "--participant-label", "sub-002,003"])
+                       ["segment", data, "--bids", "-o", out, "--participant-label", "sub-002"])
     assert (a.returncode, b.returncode) == (0, 0), a.stderr + b.stderr
-    assert "segmented 1 subject(s)" in a.stdout and "segmented 2 subject(s)" in b.stdout and "--merge" in a.stdout
+    assert "segmented 1 subject(s)" in a.stdout and "segmented 1 subject(s)" in b.stdout and "--merge" in a.stdout
     jobs = tree(out)
     assert not [f for f in SEGMENT_GROUP_FILES if f in jobs]  # no file that spans subjects
     assert {f for f in jobs if f.startswith("sub-")} == {f for f in tree(one) if f.startswith("sub-")}
@@ -62,7 +70,7 @@ def test_segment_participant_jobs_in_parallel_then_merge_equal_one_run(data, tmp
     assert r.exit_code == 0 and "segmented 0 subject(s)" in r.stdout and tree(out) == jobs
     r = cli("segment", data, "--bids", "-o", out, "--merge")
     assert r.exit_code == 0, r.stderr
-    assert "merged 6 session(s) of 3 subject(s)" in r.stdout
+    assert "merged 4 session(s) of 2 subject(s)" in r.stdout
     assert tree(out) == tree(one)
     r = cli("segment", data, "--bids", "-o", out, "--merge")  # the group step again: the same bytes
     assert r.exit_code == 0 and tree(out) == tree(one)

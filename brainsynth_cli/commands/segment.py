@@ -427,22 +427,16 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
     if note:
         typer.echo(note)
 
-    def finished_any() -> bool:
-        return any(_finished(session_paths(out_dir, sub, s.session)) for sub, ses in mine.items() for s in ses)
-
     if participants:
-        from brainsynth_cli.segment_group import claim_description
-        from brainsynth_cli.participants import participant_slots, shown
+        from brainsynth_cli.segment_group import segment_participants
 
-        chosen = list(mine)
-        with locked_output(out_dir, command=f"segment --bids --participant-label {shown(chosen)}", keep=finished_any,
-                           shared=True, slot=participant_slots(chosen)):
-            claim_description(out_dir, description)
-            on_interrupt(lambda: f"the finished sessions in {out_dir} are kept; run the same command again to resume"
-                         if finished_any() else "no session was finished; run the command again")
-            _segment_sessions(out_dir, mine, description, segmenter, options, jobs=jobs, longitudinal=longitudinal,
-                              rules=rules, overwrite=overwrite, raw_root=raw_root, group=False)
+        segment_participants(out_dir, mine, description, segmenter, options, jobs=jobs, longitudinal=longitudinal,
+                             rules=rules, overwrite=overwrite, raw_root=raw_root)
         return
+
+    def finished_any() -> bool:
+        return any(_finished(session_paths(out_dir, sub, s.session)) for sub, ses in subjects.items() for s in ses)
+
     with locked_output(out_dir, command="segment --bids", keep=finished_any):
         _check_description(out_dir, description, overwrite)
         on_interrupt(lambda: f"the finished sessions in {out_dir} are kept; run the same command again to resume"
