@@ -333,17 +333,20 @@ def _describe_holders(folder: Path, names: Sequence[str]) -> str:
 class FolderLock:
     """An advisory lock (``flock``) on ``FOLDER/.brainsynth.lock`` naming the process that holds it.
 
-    ``shared=True`` with a ``slot`` (e.g. ``"shard-2-of-8"``) lets several runs that write
-    disjoint parts share the folder (make-pairs shards): each holds the folder lock shared and
-    its slot lock exclusively. A run that needs the whole folder takes it exclusively. The kernel
-    drops a killed process's locks; a lock file left behind is reused.
+    ``shared=True`` with a ``slot`` (e.g. ``"shard-2-of-8"``, or several: one per participant)
+    lets several runs that write disjoint parts share the folder (make-pairs shards, participant
+    jobs): each holds the folder lock shared and its slot locks exclusively. A run that needs the
+    whole folder takes it exclusively. The kernel drops a killed process's locks; a lock file left
+    behind is reused.
     """
 
-    def __init__(self, folder: Any, *, command: str, shared: bool = False, slot: str | None = None) -> None:
+    def __init__(self, folder: Any, *, command: str, shared: bool = False,
+                 slot: str | Sequence[str] | None = None) -> None:
         self.folder = Path(folder)
         self.command = command
         self.shared = shared
         self.slot = slot
+        self.slots = [slot] if isinstance(slot, str) else list(slot or [])
         self._fds: list[tuple[int, Path, bool]] = []  # (fd, path, exclusive)
 
     def _info(self) -> str:
@@ -388,8 +391,9 @@ class FolderLock:
             main = self.folder / LOCK_NAME
             if self.shared:
                 self._take(main, False, [LOCK_NAME])
-                if self.slot:
-                    self._take(self.folder / f"{_LOCK_PREFIX}-{self.slot}{_LOCK_SUFFIX}", True, [f"{_LOCK_PREFIX}-{self.slot}{_LOCK_SUFFIX}"])
+                for slot in self.slots:
+                    name = f"{_LOCK_PREFIX}-{slot}{_LOCK_SUFFIX}"
+                    self._take(self.folder / name, True, [name])
             else:
                 self._take(main, True, [LOCK_NAME, f"{_LOCK_PREFIX}-*{_LOCK_SUFFIX}"])
         except BaseException:
@@ -422,7 +426,7 @@ class FolderLock:
 
 @contextlib.contextmanager
 def locked_output(folder: Any, *, command: str, keep: Callable[[], bool] | None = None, shared: bool = False,
-                  slot: str | None = None) -> Iterator[FolderLock]:
+                  slot: str | Sequence[str] | None = None) -> Iterator[FolderLock]:
     """Lock an output folder (made when missing) for one run.
 
     A second run into the same folder gets ``FOLDER: is in use by another brainsynth run

@@ -11,6 +11,9 @@ Two forms, generic over the segmenter registry (``--segmenter NAME``, options wi
   look-up table ``_dseg.tsv`` and ``_qc.png`` next to it, ``sub-X/sub-X_sessions.tsv`` (volumes
   per session), and ``dataset_description.json``, ``README.md``, ``sessions.json``,
   ``.bidsignore`` and ``volumes.tsv`` at the top. Finished sessions are skipped on a re-run.
+- on a cluster: ``--participant-label A B`` segments only those subjects and writes only their
+  files (jobs for different subjects share DERIVATIVES); ``--merge`` then segments nothing and
+  writes the files that span subjects, so the folder is byte for byte what one run writes.
 
 When the segmenter offers ``segment_followup(image, prior_image, prior_labels, progress)``
 (the ``atlas`` segmenter does), later sessions of a subject are segmented from the first
@@ -58,14 +61,18 @@ def register(app: typer.Typer) -> None:
         rules: Optional[Path] = typer.Option(None, "--rules", help="TOML rules file defining structure groups (default: built-in)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="With --bids: redo finished sessions."),
         run: str | None = typer.Option(None, "--run", help="With --bids: the T1w run to take where a session has several (default: the last)."),
+        participant_label: list[str] = typer.Option([], "--participant-label", help="With --bids: segment only these participants (labels with or without sub-; repeat the option or separate by commas) and write only their files; finish with --merge."),
+        merge: bool = typer.Option(False, "--merge", help="With --bids: segment nothing; write the tables that span subjects (volumes.tsv, ...) once every participant is done."),
     ) -> None:
         """Segment a T1w image (or every session of a dataset) into FreeSurfer aseg labels on the
         input grid, with structure volumes and a QC picture."""
         from brainsynth_cli.limits import MAX_JOBS, check_number
         from brainsynth_cli.outputs import check_writable, on_interrupt, refuse_overwriting_inputs
+        from brainsynth_cli.participants import participant_labels
         from brainsynth_cli.structures import load_rules
 
         check_number("--jobs", jobs, low=1, high=MAX_JOBS, integer=True)
+        participants = participant_labels(participant_label)
         options = parse_options(option)
         the_rules = load_rules(rules)
         spec = _spec(segmenter)
@@ -73,10 +80,12 @@ def register(app: typer.Typer) -> None:
             if volumes is not None or qc is not None:
                 raise UserError("--volumes and --qc are for one image; with --bids each session gets *_dseg.json (volumes) and *_qc.png")
             segment_dataset(source, output, segmenter, options, jobs=jobs, longitudinal=longitudinal,
-                            rules=the_rules, overwrite=overwrite, run=run)
+                            rules=the_rules, overwrite=overwrite, run=run, participants=participants, merge=merge)
             return
         if run is not None:
             raise UserError("--run is for a dataset (with --bids)")
+        if participants or merge:
+            raise UserError("--participant-label and --merge are for a dataset (with --bids)")
         if source.is_dir():
             raise InputError(source, "is a folder", "add --bids to segment a dataset, or give one image file")
         check_output(output, volumes, qc)
@@ -343,7 +352,8 @@ def _description(segmenter: str, options: dict[str, str], longitudinal: bool, so
     return out
 
 
-def _check_description(out_dir: Path, want: dict[str, Any], overwrite: bool) -> None:
+def _check_description(out_dir: Path, want: dict[str, Any], overwrite: bool,
+                       fix: str = "use another output folder, the same settings, or --overwrite") -> None:
     """An existing derivatives folder must be one this command wrote; ``--overwrite`` redoes it
     (with other settings), never a folder of another dataset."""
     import json
@@ -365,28 +375,39 @@ def _check_description(out_dir: Path, want: dict[str, Any], overwrite: bool) -> 
     mine = want["GeneratedBy"][0]
     for key in ("Segmenter", "Options", "Longitudinal", "Run"):
         if gen.get(key, "last" if key == "Run" else None) != mine[key]:
-            raise InputError(out_dir, f"was made with {key.lower()} {gen.get(key)!r}, not {mine[key]!r}",
-                             "use another output folder, the same settings, or --overwrite")
+            raise InputError(out_dir, f"was made with {key.lower()} {gen.get(key)!r}, not {mine[key]!r}", fix)
 
 
 def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[str, str], *, jobs: int = 1,
-                    longitudinal: bool = True, rules: "Rules", overwrite: bool = False, run: str | None = None) -> None:
-    """Segment every session of a dataset into a BIDS derivatives folder (resumable)."""
+                    longitudinal: bool = True, rules: "Rules", overwrite: bool = False, run: str | None = None,
+                    participants: tuple[str, ...] = (), merge: bool = False) -> None:
+    """Segment every session of a dataset into a BIDS derivatives folder (resumable); with
+    ``participants`` only those subjects, and only their files; with ``merge`` nothing, but the
+    files that span subjects (see :mod:`brainsynth_cli.segment_group`)."""
     from brainsynth_cli.datasets import read_dataset, runs_note
     from brainsynth_cli.outputs import check_inside, locked_output, on_interrupt, refuse_overwriting_inputs
+    from brainsynth_cli.participants import select_participants
 
+    if merge and participants:
+        raise UserError("--merge writes the tables of every participant; leave out --participant-label")
+    if merge and overwrite:
+        raise UserError("--merge segments nothing, so --overwrite has nothing to redo; leave it out")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "exists and is not a folder", "give a derivatives folder")
+    if merge and not out_dir.is_dir():
+        raise InputError(out_dir, "does not exist", "segment the participants into it (--participant-label) before --merge")
     dataset = read_dataset(source, run=run)
     check_derivatives_place(out_dir, dataset.root, dataset.kind)
     check_layout(out_dir)
     subjects = dataset.subjects()
+    mine = {s: subjects[s] for s in select_participants(source, subjects, participants)} if participants else subjects
     spec = _spec(segmenter)
-    checked = create_segmenter(spec, options)  # options and requirements checked before any work
+    checked = None if merge else create_segmenter(spec, options)  # options and requirements checked before any work
     inputs = [p for ses in subjects.values() for s in ses for p in (s.image, s.labels)] + option_files(options)
-    for sub, sessions in subjects.items():
+    for sub, sessions in mine.items():
         for s in sessions:
-            _check_header(s.image)
+            if not merge:
+                _check_header(s.image)
             paths = session_paths(out_dir, sub, s.session)
             for p in paths.values():
                 check_inside(p, out_dir)
@@ -394,12 +415,24 @@ def segment_dataset(source: Path, out_dir: Path, segmenter: str, options: dict[s
     description = _description(segmenter, options, longitudinal, _raw_link(out_dir, dataset.root, dataset.kind), run)
     if runs_note(dataset):  # several runs in a session: say which was taken
         typer.echo(runs_note(dataset))
+    if merge:
+        from brainsynth_cli.segment_group import merge_derivatives
+
+        merge_derivatives(out_dir, subjects, description, rules, segmenter)
+        return
     raw_root = str(dataset.root.resolve()) if dataset.kind == "bids" else None
     from brainsynth_cli.interfaces import segmenter_labels
 
     note = missing_note(segmenter, rules, segmenter_labels(checked))
     if note:
         typer.echo(note)
+
+    if participants:
+        from brainsynth_cli.segment_group import segment_participants
+
+        segment_participants(out_dir, mine, description, segmenter, options, jobs=jobs, longitudinal=longitudinal,
+                             rules=rules, overwrite=overwrite, raw_root=raw_root)
+        return
 
     def finished_any() -> bool:
         return any(_finished(session_paths(out_dir, sub, s.session)) for sub, ses in subjects.items() for s in ses)
@@ -437,7 +470,9 @@ def check_layout(out_dir: Path) -> None:
 
 def _segment_sessions(out_dir: Path, subjects: dict[str, list[Any]], description: dict[str, Any], segmenter: str,
                       options: dict[str, str], *, jobs: int, longitudinal: bool, rules: "Rules", overwrite: bool,
-                      raw_root: str | None = None) -> None:
+                      raw_root: str | None = None, group: bool = True) -> None:
+    """Segment the unfinished sessions of ``subjects``; ``group=False`` (a participant job)
+    writes only the subjects' own files, none that spans subjects."""
     import json
 
     from brainsynth_cli.images import atomic_write_text
@@ -446,8 +481,9 @@ def _segment_sessions(out_dir: Path, subjects: dict[str, list[Any]], description
     todo = {sub: ses for sub, ses in subjects.items()
             if overwrite or not all(_finished(session_paths(out_dir, sub, s.session)) for s in ses)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "dataset_description.json", json.dumps(description, indent=2) + "\n")
-    _write_top_files(out_dir, rules, segmenter)
+    if group:
+        atomic_write_text(out_dir / "dataset_description.json", json.dumps(description, indent=2) + "\n")
+        _write_top_files(out_dir, rules, segmenter)
     total = sum(len(v) for v in subjects.values())
     done = total - sum(len(v) for v in todo.values())
     tasks = [(sub, [(s.session, str(s.image)) for s in ses]) for sub, ses in todo.items()]
@@ -468,8 +504,10 @@ def _segment_sessions(out_dir: Path, subjects: dict[str, list[Any]], description
                 for fut in cf.as_completed(futures):
                     done += fut.result()
                     bar(done, total, "")
-    _write_table(out_dir, subjects, rules)
+    _write_table(out_dir, subjects, rules, group=group)
     typer.echo(f"segmented {len(tasks)} subject(s) into {out_dir} ({skipped} session(s) already done)")
+    if not group:
+        typer.echo("when every participant is done, run the same command with --merge instead of --participant-label")
 
 
 def _check_header(path: Path) -> None:
@@ -610,9 +648,10 @@ def _columns(rules: Rules, per: str) -> str:
     return json.dumps(columns, indent=2) + "\n"
 
 
-def _write_table(out_dir: Path, subjects: dict[str, list[Any]], rules: "Rules") -> None:
+def _write_table(out_dir: Path, subjects: dict[str, list[Any]], rules: "Rules", *, group: bool = True) -> None:
     """``sub-X/sub-X_sessions.tsv`` (BIDS) and ``volumes.tsv`` (the whole dataset): one row per
-    finished session, one column per structure group."""
+    finished session, one column per structure group. ``group=False``: only the subjects' own
+    tables (``volumes.tsv``, ``sessions.json`` and ``participants.tsv`` span subjects)."""
     import json
 
     from brainsynth_cli.images import atomic_write_text
@@ -637,6 +676,8 @@ def _write_table(out_dir: Path, subjects: dict[str, list[Any]], rules: "Rules") 
             atomic_write_text(out_dir / subject / f"{subject}_sessions.tsv", text)
             with_sessions = True
         lines += ["\t".join([subject, *r]) for r in rows]
+    if not group:
+        return
     atomic_write_text(out_dir / "volumes.tsv", "\n".join(lines) + "\n")
     if with_sessions:
         atomic_write_text(out_dir / "sessions.json", _columns(rules, "session"))

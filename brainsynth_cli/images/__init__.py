@@ -4,7 +4,7 @@ Heavy libraries (nibabel, Pillow, numpy) are imported inside the functions so th
 this package costs nothing on the path of ``brainsynth --help``.
 """
 
-from brainsynth_cli.images.atomic import atomic_output, atomic_write_bytes, atomic_write_text
+from brainsynth_cli.images.atomic import atomic_output, atomic_write_bytes, atomic_write_text, write_text_once
 from brainsynth_cli.images.nifti import read_labels, read_volume, write_labels, write_volume
 from brainsynth_cli.images.png import read_png, write_png
 from brainsynth_cli.images.validate import check_same_grid
@@ -21,5 +21,6 @@ __all__ = [
     "read_volume",
     "write_labels",
     "write_png",
+    "write_text_once",
     "write_volume",
 ]

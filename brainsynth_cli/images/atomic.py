@@ -67,3 +67,40 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+
+
+
+def write_text_once(path: str | os.PathLike[str], text: str) -> bool:
+    """Write ``text`` to ``path`` unless ``path`` exists; returns whether this call wrote it.
+
+    The text goes to a temporary file in the target folder that is then hard-linked to ``path``,
+    which fails when the name exists: of several runs writing at once exactly one writes the
+    file, none writes over another's, and a reader never sees it half-written. Where the file
+    system has no hard links the file is renamed into place when it is still missing."""
+    target = Path(path)
+    if target.exists():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise InputError(target, f"cannot write here ({exc.strerror})", "choose a writable location") from None
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system
+            if target.exists():
+                return False
+            os.replace(tmp, target)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()

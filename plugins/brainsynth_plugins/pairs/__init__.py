@@ -32,7 +32,8 @@ def register_commands(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the split, the registration sampling and the template choice."),
         jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes."),
         shard: Optional[str] = typer.Option(None, "--shard", help="K/N: make only the pairs of shard K (1..N); finish with --merge."),
-        merge: bool = typer.Option(False, "--merge", help="Make nothing; merge the finished pairs of all shards into metadata.jsonl."),
+        participant_label: list[str] = typer.Option([], "--participant-label", help="Make only the pairs of these participants (labels with or without sub-; repeat the option or separate by commas); finish with --merge."),
+        merge: bool = typer.Option(False, "--merge", help="Make nothing; merge the finished pairs of all shards (or participants) into metadata.jsonl."),
         margin: float = typer.Option(2.0, "--margin", help="Ω margin in mm: a structure's voxels (prior ∪ target) dilated by this much."),
         min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Skip pairs whose prior/target PSNR (dB, [0,1] volumes) is below this."),
         montage: int = typer.Option(3, "--montage", help="Pairs shown per kind in montage-real.png / montage-disentangled.png / montage-deformed.png."),
@@ -45,6 +46,7 @@ def register_commands(app: typer.Typer) -> None:
         structure-disentangled pair per described structure, and with --deformed the prior
         deformed to every interval (see docs/commands/make-pairs.md)."""
         from brainsynth_cli.errors import UserError
+        from brainsynth_cli.participants import participant_labels
         from brainsynth_plugins.pairs.engine import Options, parse_shard
         from brainsynth_plugins.pairs.engine import make_pairs as make
 
@@ -56,7 +58,7 @@ def register_commands(app: typer.Typer) -> None:
         options = Options(
             dataset=dataset, out=output, labels=labels, rules=rules, prompt_builder=prompt_builder, blender=blender,
             dim=dim.lower(), slices=slices, size=size, pairing=pairing, split=split, seed=seed, jobs=jobs,
-            shard=parse_shard(shard), margin=margin, min_psnr=min_psnr, merge_only=merge, montage=montage,
+            shard=parse_shard(shard), participants=participant_labels(participant_label), margin=margin, min_psnr=min_psnr, merge_only=merge, montage=montage,
             deformed=deformed, deformed_splits=tuple(x for x in ("train", "validation", "test") if x in chosen),
             match_intensities=match_intensities, run=run,
         )

@@ -6,8 +6,9 @@ is renamed into place when complete, and then recorded by a *part file*
 ``OUT/.parts/<pair>.json`` (its rows, its files, or why it was skipped). A pair with a part
 file whose files all exist is finished: re-running skips it. The last step (``merge``) reads
 the part files of every planned pair in dataset order and writes ``metadata.jsonl``, the
-montages and ``summary.json``; with ``--shard K/N`` a run only makes its pairs, and a final
-``--merge`` (or a run without ``--shard``) merges them. See docs/commands/make-pairs.md.
+montages and ``summary.json``; with ``--shard K/N`` or ``--participant-label`` a run only makes
+its pairs, and a final ``--merge`` (or a run without either) merges them. See
+docs/commands/make-pairs.md.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Options:
     seed: int = 0
     jobs: int = 1
     shard: tuple[int, int] | None = None
+    participants: tuple[str, ...] = ()  # --participant-label: make only these subjects' pairs ("sub-X")
     margin: float = 2.0
     min_psnr: float | None = None
     merge_only: bool = False
@@ -165,11 +167,13 @@ def assign_splits(subjects: list[str], ratios: tuple[float, float, float], seed:
 def plan(options: Options, warn=lambda msg: None, echo=lambda msg: None) -> tuple[list[Pair], dict[str, str]]:
     """All pairs of the dataset in order, and the subject splits."""
     from brainsynth_cli.datasets import read_dataset, runs_note
+    from brainsynth_cli.participants import select_participants
 
     ds = read_dataset(options.dataset, options.labels, run=options.run)
     if runs_note(ds):  # several runs in a session: say which was taken
         echo(runs_note(ds))
     subjects = ds.subjects()
+    chosen = set(select_participants(options.dataset, subjects, options.participants)) if options.participants else set(subjects)
     eligible = [subject for subject, sessions in subjects.items() if len(sessions) >= 2]
     if not eligible:
         if all(s.session == "" for s in ds.sessions):
@@ -178,7 +182,7 @@ def plan(options: Options, warn=lambda msg: None, echo=lambda msg: None) -> tupl
                              "with a session column")
         raise InputError(options.dataset, "has no subject with two or more sessions", "make-pairs needs longitudinal data")
     for subject, sessions in subjects.items():
-        if len(sessions) < 2:
+        if len(sessions) < 2 and subject in chosen:
             only = sessions[0]
             what = (f"has no session level (one scan, {only.image.parent.relative_to(ds.root).as_posix()})"
                     if not only.session and ds.kind == "bids" else f"has one session ({only.session})")
@@ -199,6 +203,10 @@ def plan(options: Options, warn=lambda msg: None, echo=lambda msg: None) -> tupl
 
 def in_shard(pair: Pair, shard: tuple[int, int] | None) -> bool:
     return shard is None or pair.index % shard[1] == shard[0] - 1
+
+
+def in_participants(pair: Pair, participants: tuple[str, ...]) -> bool:
+    return not participants or pair.subject in participants
 
 
 def check_inputs(pairs: Iterable[Pair]) -> None:
@@ -291,7 +299,9 @@ def _same_rules(old: Any, new: Any) -> bool:
 
 
 def check_or_write_config(out: Path, cfg: dict[str, Any], merge_only: bool) -> None:
-    from brainsynth_cli.images import atomic_write_text
+    """Refuse a folder made with other options; write ``pairs.json`` into a new one (once: runs
+    side by side never rewrite it)."""
+    from brainsynth_cli.images import write_text_once
 
     path = out / "pairs.json"
     if path.is_file():
@@ -311,9 +321,10 @@ def check_or_write_config(out: Path, cfg: dict[str, Any], merge_only: bool) -> N
                              "use the same options to resume, or another -o folder")
         return
     if merge_only:
-        raise InputError(out, "holds no pairs.json", "run make-pairs (with --shard K/N) before --merge")
+        raise InputError(out, "holds no pairs.json", "run make-pairs (with --shard K/N or --participant-label) before --merge")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(cfg, indent=2) + "\n")
+    if not write_text_once(path, json.dumps(cfg, indent=2) + "\n"):  # a shard running beside this one wrote it
+        check_or_write_config(out, cfg, merge_only)
 
 
 # -- one pair ------------------------------------------------------------------------------
@@ -927,6 +938,7 @@ def write_montage(path: Path, rows: list[dict[str, Any]], options: Options, rule
 def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -> Summary:
     from brainsynth_cli.limits import check_number, check_seed
     from brainsynth_cli.outputs import check_inside, locked_output, on_interrupt
+    from brainsynth_cli.participants import participant_slots, shown
     from brainsynth_cli.structures import load_rules
 
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
@@ -947,6 +959,10 @@ def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -
         check_number("--min-psnr", options.min_psnr, low=0, high=1000, example="--min-psnr 20")
     check_seed(options.seed)
     parse_split(options.split)
+    if options.participants and options.shard is not None:
+        raise UserError("--shard and --participant-label both choose the subjects of a job; give one of them")
+    if options.participants and options.merge_only:
+        raise UserError("--merge merges the pairs of every participant; leave out --participant-label")
     rules = load_rules(options.rules)
     components(options.prompt_builder, options.blender, rules, options.seed)  # unknown names fail here
     if options.deformed:
@@ -961,14 +977,18 @@ def make_pairs(options: Options, progress_factory=None, echo=print, warn=None) -
         raise InputError(out, "exists and is not a folder", "choose another -o")
     check_not_into_inputs(options)
     pairs, splits = plan(options, warn, echo)
-    mine = [p for p in pairs if in_shard(p, options.shard)]
+    mine = [p for p in pairs if in_shard(p, options.shard) and in_participants(p, options.participants)]
     check_inputs(pairs if options.merge_only else mine)
     for pair in pairs:
         check_inside(out / pair.folder, out, what=f"the pairs of {pair.subject}")
     shard = options.shard if not options.merge_only else None
-    with locked_output(out, command="make-pairs" + (f" --shard {shard[0]}/{shard[1]}" if shard else ""),
-                       keep=lambda: any((out / PARTS).glob("*.json")), shared=shard is not None,
-                       slot=f"shard-{shard[0]}-of-{shard[1]}" if shard else None):
+    command, slot = "make-pairs", None
+    if shard:
+        command, slot = f"make-pairs --shard {shard[0]}/{shard[1]}", f"shard-{shard[0]}-of-{shard[1]}"
+    elif options.participants:
+        command, slot = f"make-pairs --participant-label {shown(options.participants)}", participant_slots(options.participants)
+    with locked_output(out, command=command, keep=lambda: any((out / PARTS).glob("*.json")), shared=slot is not None,
+                       slot=slot):
         on_interrupt(lambda: f"the finished pairs in {out} are kept; run the same command again to resume"
                      if any((out / PARTS).glob("*.json")) else "no pair was finished, nothing was kept; run the command again")
         return _make_pairs_locked(options, pairs, splits, mine, rules, progress_factory, echo)
@@ -1002,6 +1022,12 @@ def _make_pairs_locked(options: Options, pairs: list[Pair], splits: dict[str, st
     if options.shard is not None and not options.merge_only:
         echo(f"shard {options.shard[0]}/{options.shard[1]}: {len(mine)} pairs ready; when every shard is done run "
              f"make-pairs with the same options and --merge")
+        return summary
+    if options.participants:
+        from brainsynth_cli.participants import shown
+
+        echo(f"{shown(options.participants)}: {len(mine)} pairs ready; when every participant is done run "
+             f"make-pairs with the same options and --merge instead of --participant-label")
         return summary
     merge(pairs, splits, options, rules, summary)
     return summary
