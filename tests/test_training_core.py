@@ -296,3 +296,38 @@ def test_native_bf16_reads_the_cpu_flags():
     flags = cpuinfo.read_text().split()
     assert native_bf16("cpu") == ("avx512_bf16" in flags or "amx_tile" in flags)
     assert native_bf16("mps") is False
+
+
+def test_out_of_memory_becomes_one_line_naming_the_preset_and_a_smaller_batch():
+    from brainsynth_cli.errors import UserError
+    from brainsynth_plugins.training_core.memory import out_of_memory_advice
+
+    cfg = {"preset": "base", "mixed_precision": "no", "gradient_checkpointing": False}
+    with pytest.raises(UserError) as err:
+        with out_of_memory_advice(cfg, "unet", 32, "cuda"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert str(err.value) == ("out of GPU memory in stage unet (base preset, batch 32 per process); train again into a new folder "
+                              "with --batch-size 16 or --gradient-checkpointing or --mixed-precision bf16")
+    with pytest.raises(UserError, match=r"out of memory in stage vae \(tiny preset, batch 8 per process\); .*--batch-size 4$"):
+        with out_of_memory_advice({**cfg, "preset": "tiny", "gradient_checkpointing": True}, "vae", 8, "cpu"):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # anything else is not translated
+        with out_of_memory_advice(cfg, "vae", 8, "cpu"):
+            raise RuntimeError("shape mismatch")
+
+
+def test_train_out_of_memory_is_exit_2_and_one_line(tmp_path, monkeypatch, capsys):
+    from brainsynth_cli.main import run
+    from brainsynth_plugins.ip2p import training
+    from test_train_pairs import FAST, make_pairs
+
+    pairs = make_pairs(tmp_path / "pairs", size=32, subjects=2, slices=1)
+
+    def too_big(self, start):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(training.Trainer, "train_vae", too_big)
+    code = run(["train", str(pairs), "-o", str(tmp_path / "m"), *FAST, "--steps", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("brainsynth: error: out of memory in stage vae (tiny preset, batch 4 per process)")

@@ -28,6 +28,7 @@ from brainsynth_plugins.training_core import checkpoints as ckpts
 from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
+from brainsynth_plugins.training_core.memory import out_of_memory_advice
 from brainsynth_plugins.training_core.ema import ema_settings, ema_tensors, load_ema, new_ema
 from brainsynth_plugins.training_core.runtime import process_group, quiet, resolve_mixed_precision
 from brainsynth_plugins.training_core.step_module import step_module
@@ -350,10 +351,12 @@ class Trainer(StagedTrainer):
                     self._trim_log(stage, start.step)
                 elif resume:
                     self._trim_log(stage, 0)
-                if stage == "vae":
-                    self.train_vae(start)
-                else:
-                    self.train_unet(start)
+                batch = int(self.cfg[f"{stage}_batch_size"])
+                with out_of_memory_advice(self.cfg, stage, batch, self.device_name):
+                    if stage == "vae":
+                        self.train_vae(start)
+                    else:
+                        self.train_unet(start)
             return self.out
         finally:
             torch.use_deterministic_algorithms(deterministic)

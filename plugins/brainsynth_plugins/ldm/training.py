@@ -29,6 +29,7 @@ from brainsynth_plugins.training_core import checkpoints as ckpts
 from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
+from brainsynth_plugins.training_core.memory import out_of_memory_advice
 from brainsynth_plugins.training_core.runtime import MIXED_PRECISION, process_group, quiet, resolve_mixed_precision
 from brainsynth_plugins.training_core.step_module import step_module
 from brainsynth_plugins.training_core.trainer import StagedTrainer
@@ -219,8 +220,10 @@ class Trainer(StagedTrainer):
     def run(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         if not (self.out / "vae" / "config.json").is_file():
-            self.train_vae(ckpts.latest_checkpoint(self.out, "vae"))
-        self.train_unet(ckpts.latest_checkpoint(self.out, "unet"))
+            with out_of_memory_advice(self.cfg, "vae", int(self.cfg["vae_batch_size"]), self.device_name):
+                self.train_vae(ckpts.latest_checkpoint(self.out, "vae"))
+        with out_of_memory_advice(self.cfg, "unet", int(self.cfg["unet_batch_size"]), self.device_name):
+            self.train_unet(ckpts.latest_checkpoint(self.out, "unet"))
         if process_rank()[0] == 0:
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
         return self.out
