@@ -95,6 +95,9 @@ def train_bare(model: Path, steps: int) -> dict[str, float]:
 
 
 def edit_times(model: Path, pairs: Path, n: int) -> dict[str, float]:
+    """Seconds per slice (20 DDIM steps) of the generator's edit and of diffusers' pipeline called
+    directly, at InstructPix2Pix's guidance (7.5, image 1.5: three UNet branches in both) and at
+    image guidance 1 (the tiny preset's 3.0 / 1.0: the edit runs two branches, the pipeline three)."""
     import numpy as np
     import torch
     from brainsynth_plugins.ip2p.data import load_slice
@@ -104,16 +107,20 @@ def edit_times(model: Path, pairs: Path, n: int) -> dict[str, float]:
     images = [load_slice(p, m.resolution) for p in sorted((pairs / "images").glob("*_prior.png"))[:n]]
     prompt = "moderate ventricle enlargement"
     m.edit(images[:1], prompt, steps=2)  # warm-up
-    t = time.perf_counter()
-    m.edit(images, prompt, steps=20, seed=0, batch_size=4)
-    ours = (time.perf_counter() - t) / len(images)
-    t = time.perf_counter()
-    g = torch.Generator().manual_seed(0)
-    for i in range(0, len(images), 4):
-        x = torch.from_numpy(np.stack(images[i : i + 4]))[:, None]
-        with torch.no_grad():
-            m.pipe(prompt=[prompt] * len(x), image=x, num_inference_steps=20, generator=g, output_type="pt")
-    return {"ours": ours, "pipeline": (time.perf_counter() - t) / len(images)}
+    out = {}
+    for name, g, ig in (("", 7.5, 1.5), ("_ig1", 3.0, 1.0)):
+        t = time.perf_counter()
+        m.edit(images, prompt, steps=20, seed=0, batch_size=4, guidance_scale=g, image_guidance_scale=ig)
+        out["ours" + name] = (time.perf_counter() - t) / len(images)
+        t = time.perf_counter()
+        gen = torch.Generator().manual_seed(0)
+        for i in range(0, len(images), 4):
+            x = torch.from_numpy(np.stack(images[i : i + 4]))[:, None]
+            with torch.no_grad():
+                m.pipe(prompt=[prompt] * len(x), image=x, num_inference_steps=20, generator=gen, output_type="pt",
+                       guidance_scale=g, image_guidance_scale=ig)
+        out["pipeline" + name] = (time.perf_counter() - t) / len(images)
+    return out
 
 
 def main() -> None:
@@ -143,12 +150,14 @@ def main() -> None:
             ed = edit_times(model, pairs, args.slices)
             rows.append((threads, ours, bare, ed))
         print()
-        print("| torch threads | stage 1 samples/s (bare loop, ratio) | stage 2 samples/s (bare loop, ratio) | edit s/slice, 20 steps (pipeline, ratio) |")
-        print("|---|---|---|---|")
+        print("| torch threads | stage 1 samples/s (bare loop, ratio) | stage 2 samples/s (bare loop, ratio) | "
+              "edit s/slice, 20 steps, guidance 7.5/1.5 (pipeline, ratio) | the same at 3.0/1.0 (pipeline, ratio) |")
+        print("|---|---|---|---|---|")
         for threads, ours, bare, ed in rows:
             print(f"| {threads} | {ours['vae']:.1f} ({bare['vae']:.1f}, {ours['vae'] / bare['vae']:.2f}) | "
                   f"{ours['unet']:.1f} ({bare['unet']:.1f}, {ours['unet'] / bare['unet']:.2f}) | "
-                  f"{ed['ours']:.3f} ({ed['pipeline']:.3f}, {ed['ours'] / ed['pipeline']:.2f}) |")
+                  f"{ed['ours']:.3f} ({ed['pipeline']:.3f}, {ed['ours'] / ed['pipeline']:.2f}) | "
+                  f"{ed['ours_ig1']:.3f} ({ed['pipeline_ig1']:.3f}, {ed['ours_ig1'] / ed['pipeline_ig1']:.2f}) |")
         if len(rows) > 1:
             a, b = rows[0], rows[-1]
             print(f"\n{b[0]} threads vs {a[0]}: stage 1 x{b[1]['vae'] / a[1]['vae']:.2f}, stage 2 x{b[1]['unet'] / a[1]['unet']:.2f}, "
