@@ -151,8 +151,7 @@ class VolumeIP2PModel:
                     if vol.ndim != 3:
                         raise ValueError(f"a 3D model edits volumes, got an array of shape {vol.shape}")
                     lab = labels[i] if labels is not None else None
-                    box = vn.place(vol, lab, spacing if spacing is not None else (1.0, 1.0, 1.0), self.grid, self.voxel_mm)
-                    seen = np.clip(box.to_model(vol), 0, 1)
+                    box, seen = vn.model_view(vol, lab, spacing if spacing is not None else (1.0, 1.0, 1.0), self.grid, self.voxel_mm)
                     x = torch.from_numpy(seen)[None, None].to(self.device) * 2 - 1
                     prior = self.conditioning(x)
                     z = denoise_volume(self.unet, sched, prior, emb[:1], emb[1:], steps=steps, guidance_scale=guidance_scale,

@@ -139,3 +139,12 @@ def place(image: Any, labels: Any | None, spacing: Sequence[float], grid: Sequen
     centre = tuple(float(c) for c in ndimage.center_of_mass(mask))
     return Box(centre, tuple(float(s) for s in spacing), tuple(int(n) for n in np.asarray(image).shape),
                tuple(int(g) for g in grid), float(voxel_mm))
+
+
+def model_view(volume: Any, labels: Any | None, spacing: Sequence[float], grid: Sequence[int], voxel_mm: float) -> tuple[Box, Any]:
+    """(box, the volume on the model grid in [0, 1]): how training sees a pair's prior and how
+    ``edit`` sees its input, the same call."""
+    import numpy as np
+
+    box = place(volume, labels, spacing, grid, voxel_mm)
+    return box, np.clip(box.to_model(volume), 0, 1)

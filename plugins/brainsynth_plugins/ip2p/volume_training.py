@@ -196,15 +196,16 @@ class VolumeTrainer(StagedTrainer):
         rules = rules_from_text(self.pairs.info["rules"], "pairs.json rules") if self.pairs.info.get("rules") else default_rules()
         lam = float(self.cfg.get("region_weight") or 0.0)
         boxes: dict[Path, vn.Box] = {}
+        train_index = {r.number: i for i, r in enumerate(self.train_pairs)}
         for i, row in enumerate(self.pairs.rows):
             prior, spacing = read_canonical(row.prior)
             labels, lab_spacing = read_canonical(row.path("input_labels_file_name"), labels=True)
             if labels.shape != prior.shape:
                 raise InputError(row.path("input_labels_file_name"), f"has shape {labels.shape} but its image {prior.shape}",
                                  "re-run make-pairs --dim 3d")
-            box = boxes.get(row.prior) or vn.place(prior, labels, spacing, self.grid, self.cfg["voxel_mm"])
-            boxes[row.prior] = box
-            self.images.setdefault(row.prior, np.clip(box.to_model(prior), 0, 1))
+            if row.prior not in boxes:
+                boxes[row.prior], self.images[row.prior] = vn.model_view(prior, labels, spacing, self.grid, self.cfg["voxel_mm"])
+            box = boxes[row.prior]
             target, t_spacing = read_canonical(row.target)
             if target.shape != prior.shape:
                 raise InputError(row.target, f"has shape {target.shape} but its prior {prior.shape}", "re-run make-pairs --dim 3d")
@@ -212,7 +213,7 @@ class VolumeTrainer(StagedTrainer):
             if lam > 0 and row.split == "train":
                 names = [k for k, v in (row.data.get("intervals") or {}).items() if v and k in rules.names()]
                 m = region(labels, [rules[n] for n in names], spacing, float(self.cfg["region_margin_mm"])) if names else np.zeros(labels.shape, bool)
-                self.regions[self.train_pairs.index(row)] = box.to_model(m.astype(np.float32), order=1) > 0.5
+                self.regions[train_index[row.number]] = box.to_model(m.astype(np.float32), order=1) > 0.5
 
     def tensor(self, paths: list[Path]) -> Any:
         import numpy as np
@@ -347,11 +348,7 @@ class VolumeTrainer(StagedTrainer):
         vae.to(acc.device)
         # latents once, in a fixed order: the posterior mode, unscaled (the prior's conditioning, as edit builds it)
         paths = sorted({p.prior for p in self.train_pairs + self.val_pairs} | {p.target for p in self.train_pairs})
-        latents: dict[Path, Any] = {}
-        with torch.no_grad():
-            for i in range(0, len(paths), 4):
-                chunk = paths[i : i + 4]
-                latents.update(zip(chunk, vn.volume_conditioning(vae, self.tensor(chunk).to(acc.device))))
+        latents = self.latents(vae, paths, acc.device)
         lat_ch = int(cfg["vae"]["latent_channels"])
         prompts = sorted({p.prompt for p in self.pairs.rows}) + [""]
         vecs = vn.embed_prompts(self.tokenizer, self.text_model, prompts, acc.device)
@@ -407,6 +404,17 @@ class VolumeTrainer(StagedTrainer):
         unet = acc.unwrap_model(unet).eval()
         self.save_model(unet, vae, noise_sched, scale, [int(s) for s in latents[paths[0]].shape])
         acc.free_memory()
+
+    def latents(self, vae: Any, paths: list[Path], device: Any) -> dict[Path, Any]:
+        """The posterior modes, unscaled, of the model-grid volumes ``paths`` (computed in chunks of 4, in order)."""
+        import torch
+
+        out: dict[Path, Any] = {}
+        with torch.no_grad():
+            for i in range(0, len(paths), 4):
+                chunk = paths[i : i + 4]
+                out.update(zip(chunk, vn.volume_conditioning(vae, self.tensor(chunk).to(device))))
+        return out
 
     def _loss_weights(self, latent_shape: Any, device: Any) -> Any:
         """Per training row, 1 + region_weight inside the prompt's structures (max-pooled to the latent grid), else 1."""
