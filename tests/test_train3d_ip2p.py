@@ -105,11 +105,11 @@ def test_training_and_edit_see_and_condition_the_same(models, pairs3d):
     """The model-grid volume and the prior latent the trainer feeds the UNet are what `edit` builds
     from the same volume: the posterior's mode, unscaled (the target is diffused on mode x scaling)."""
     import torch
-
-    from brainsynth_cli.interfaces import TrainOptions
     from brainsynth_plugins.ip2p import volume_nets as vn
     from brainsynth_plugins.ip2p import volume_training as vt
     from brainsynth_plugins.ip2p.volume_model import VolumeIP2PModel
+
+    from brainsynth_cli.interfaces import TrainOptions
 
     model, _ = models
     _, _, pairs = pairs3d
@@ -141,7 +141,7 @@ def test_box_round_trip():
     box, seen = vn.model_view(vol, None, (2.0, 2.0, 3.0), (16, 16, 16), 4.0)
     assert seen.shape == (16, 16, 16) and 0 <= seen.min() and seen.max() <= 1
     back = box.to_volume(np.ones((16, 16, 16), np.float32))
-    c = tuple(int(round(v)) for v in box.centre)
+    c = tuple(round(v) for v in box.centre)
     assert back.shape == vol.shape and back[c] == pytest.approx(1.0) and back[0, 0, 0] == 0.0
 
 
@@ -178,7 +178,7 @@ def test_edit_volume_keeps_grid_header_and_outside(models, pairs3d, tmp_path):
 
 def test_untrained_prompt_and_wrong_pairs_refused(models, pairs3d, tmp_path):
     model, _ = models
-    cohort, truth, pairs = pairs3d
+    cohort, _, pairs = pairs3d
     src = next(cohort.glob("sub-*/ses-01/anat/*_T1w.nii.gz"))
     out = tmp_path / "x.nii.gz"
     code, _, err = run_cli("edit", model, src, "--prompt", "severe ventricle enlargement", "-o", out)

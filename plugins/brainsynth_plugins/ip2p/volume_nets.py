@@ -15,8 +15,9 @@ and the target of a pair share the prior's box, so their difference is anatomy, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from brainsynth_plugins.ldm import nets
 

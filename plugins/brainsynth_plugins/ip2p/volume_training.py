@@ -199,14 +199,14 @@ class VolumeTrainer(StagedTrainer):
         train_index = {r.number: i for i, r in enumerate(self.train_pairs)}
         for i, row in enumerate(self.pairs.rows):
             prior, spacing = read_canonical(row.prior)
-            labels, lab_spacing = read_canonical(row.path("input_labels_file_name"), labels=True)
+            labels, _ = read_canonical(row.path("input_labels_file_name"), labels=True)
             if labels.shape != prior.shape:
                 raise InputError(row.path("input_labels_file_name"), f"has shape {labels.shape} but its image {prior.shape}",
                                  "re-run make-pairs --dim 3d")
             if row.prior not in boxes:
                 boxes[row.prior], self.images[row.prior] = vn.model_view(prior, labels, spacing, self.grid, self.cfg["voxel_mm"])
             box = boxes[row.prior]
-            target, t_spacing = read_canonical(row.target)
+            target, _ = read_canonical(row.target)
             if target.shape != prior.shape:
                 raise InputError(row.target, f"has shape {target.shape} but its prior {prior.shape}", "re-run make-pairs --dim 3d")
             self.images[row.target] = np.clip(box.to_model(target), 0, 1)
