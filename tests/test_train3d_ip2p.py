@@ -191,3 +191,39 @@ def test_untrained_prompt_and_wrong_pairs_refused(models, pairs3d, tmp_path):
     code, _, err = run_cli("train", pairs, "-o", tmp_path / "m3", *SMALL, "--set", "grid=24,30,24")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "multiple of 4" in err
     assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
+
+
+def test_resume_after_interruption_gives_the_same_model(models, pairs3d, tmp_path):
+    """Stopped in each stage after a checkpoint and resumed, the run ends with the uninterrupted run's weights."""
+    import torch
+
+    from brainsynth_cli.interfaces import TrainOptions
+    from brainsynth_cli.plugin_manager import get_manager
+
+    full, _ = models
+    gen = get_manager().registry("generator").create("instruct-pix2pix")
+    sets = dict(s.split("=", 1) for s in SMALL[7::2] if "=" in s)
+    extra = {"dim": "3d", "batch_size": 2, "checkpoint_every": 2, "set": sets}
+    cut = tmp_path / "cut"
+
+    class Stop(Exception):
+        pass
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for stage, at in (("stage 1", 3), ("stage 2", 3)):
+            def stop(done, total, message="", stage=stage, at=at):
+                if message.startswith(stage) and done == at:
+                    raise Stop
+
+            with pytest.raises(Stop):
+                gen.train(TrainOptions(data=pairs3d[2], output=cut, seed=3, device="cpu", extra=extra, resume=stage == "stage 2"), stop)
+            assert not (cut / "brainsynth.json").exists()
+        gen.train(TrainOptions(data=pairs3d[2], output=cut, seed=3, device="cpu", extra=extra, resume=True))
+    finally:
+        torch.set_num_threads(n)
+    for part in ("vae/model.safetensors", "unet/model.safetensors"):
+        assert (full / part).read_bytes() == (cut / part).read_bytes(), part
+    stages = [line.split(",")[0] for line in (cut / "logs" / "loss.csv").read_text().splitlines()[1:]]
+    assert stages == ["vae"] * 3 + ["unet"] * 3
