@@ -91,6 +91,7 @@ def test_model_folder_layout_and_record(models, pairs3d):
     weights = sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pkl"))
     assert weights == ["unet/model.safetensors", "vae/model.safetensors"]
     assert not (model / "checkpoints").exists()
+    assert (model / "validation" / "vae.png").stat().st_size > 0 and (model / "validation" / "unet.png").stat().st_size > 0
     loss = (model / "logs" / "loss.csv").read_text().splitlines()
     assert sum(line.startswith("vae,") for line in loss) == 3 and sum(line.startswith("unet,") for line in loss) == 3
 

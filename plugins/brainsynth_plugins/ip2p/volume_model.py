@@ -93,7 +93,7 @@ class VolumeIP2PModel:
     dims = ("3d",)
     resolution = None
 
-    def __init__(self, model_dir: Path, device: str = "auto") -> None:
+    def __init__(self, model_dir: Path, device: str = "auto", text: tuple[Any, Any] | None = None) -> None:
         from brainsynth_plugins.ldm.model import load_text_encoder
         from brainsynth_plugins.training_core.runtime import quiet, resolve_device
 
@@ -113,7 +113,7 @@ class VolumeIP2PModel:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(self.path, f"cannot be loaded as a 3D model ({first[:160]})", "re-run the training") from None
-        self.tokenizer, self.text_model = load_text_encoder(self.info["text_encoder"])
+        self.tokenizer, self.text_model = text or load_text_encoder(self.info["text_encoder"])  # text: the trainer's, already loaded
         self._scheduler_config = json.loads((self.path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
 
     def conditioning(self, x: Any) -> Any:

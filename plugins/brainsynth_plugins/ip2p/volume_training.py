@@ -301,7 +301,68 @@ class VolumeTrainer(StagedTrainer):
         (tmp / "brainsynth-latent.json").write_text(json.dumps(meta), encoding="utf-8")
         shutil.rmtree(self.out / "vae", ignore_errors=True)
         os.replace(tmp, self.out / "vae")
+        self.validate_vae(vae)
         acc.free_memory()
+
+    def _validation_rows(self) -> list[Any]:
+        from brainsynth_plugins.ip2p.training import one_per_prompt
+
+        return one_per_prompt(self.val_pairs or self.train_pairs, int(self.cfg["validation_count"]))
+
+    @staticmethod
+    def _shown(volume: Any) -> Any:
+        """The middle axial slice of a model-grid volume (canonical axes), in the display orientation."""
+        from brainsynth_cli.figures.orientation import display
+
+        return display(volume[:, :, volume.shape[2] // 2])
+
+    def validate_vae(self, vae: Any) -> None:
+        """``validation/vae.png``: validation priors and their reconstructions D(E(x)), middle axial slice of the model grid."""
+        import torch
+
+        from brainsynth_cli.figures.comparison import comparison_figure
+        from brainsynth_cli.figures.save import save_figure
+
+        rows = self._validation_rows()
+        if not rows:
+            return
+        device = next(vae.parameters()).device
+        items = []
+        with torch.no_grad():
+            for r in rows:
+                x = self.tensor([r.prior]).to(device)
+                rec = ((vn.decode(vae, vn.volume_conditioning(vae, x)).float() + 1) / 2).clamp(0, 1)[0, 0].cpu().numpy()
+                items.append((f"{r.subject}: {r.prior.parent.name} prior (middle axial slice)", self._shown(self.images[r.prior]), self._shown(rec)))
+        (self.out / "validation").mkdir(parents=True, exist_ok=True)
+        save_figure(comparison_figure(items, columns=("input", "reconstruction"),
+                                      title="3D autoencoder: validation priors and their reconstructions"),
+                    self.out / "validation" / "vae.png")
+
+    def validate_unet(self) -> None:
+        """``validation/unet.png``: validation pairs edited by the saved model as ``edit`` runs it (no
+        restriction), the middle axial slice of the model grid: prior, edit, target."""
+        import numpy as np
+
+        from brainsynth_cli.edit_montage import EditRow, edit_montage
+        from brainsynth_plugins.ip2p.volume_model import VolumeIP2PModel
+
+        rows = self._validation_rows()
+        if not rows:
+            return
+        model = VolumeIP2PModel(self.out, self.device_name, text=(self.tokenizer, self.text_model))
+        shown = []
+        for i, r in enumerate(rows):
+            vol, spacing = read_canonical(r.prior)
+            lab, _ = read_canonical(r.path("input_labels_file_name"), labels=True)
+            out = model.edit([vol], r.prompt, labels=[lab], spacing=spacing, steps=int(self.cfg["validation_steps"]),
+                             guidance_scale=float(self.cfg["guidance_scale"]), image_guidance_scale=float(self.cfg["image_guidance_scale"]),
+                             seed=int(self.cfg["seed"]) + i)[0]
+            _, seen = vn.model_view(np.asarray(out, np.float32), lab, spacing, self.grid, self.cfg["voxel_mm"])
+            shown.append(EditRow(title=r.prompt, prior=self._shown(self.images[r.prior]), edited=self._shown(seen),
+                                 target=self._shown(self.images[r.target]), note=f"{r.subject}, middle axial slice of the model grid"))
+        (self.out / "validation").mkdir(parents=True, exist_ok=True)
+        edit_montage(self.out / "validation" / "unet.png", shown,
+                     title=f"validation edits after {self.cfg['unet_steps']} UNet steps (residual decoding, no restriction)")
 
     def vae_reconstruction(self, vae: Any) -> dict[str, Any]:
         """PSNR and SSIM of D(E(x)) against x on the validation split's volumes (train split if it
@@ -404,6 +465,7 @@ class VolumeTrainer(StagedTrainer):
         unet = acc.unwrap_model(unet).eval()
         self.save_model(unet, vae, noise_sched, scale, [int(s) for s in latents[paths[0]].shape])
         acc.free_memory()
+        self.validate_unet()
 
     def latents(self, vae: Any, paths: list[Path], device: Any) -> dict[Path, Any]:
         """The posterior modes, unscaled, of the model-grid volumes ``paths`` (computed in chunks of 4, in order)."""
