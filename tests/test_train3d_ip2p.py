@@ -186,6 +186,13 @@ def test_untrained_prompt_and_wrong_pairs_refused(models, pairs3d, tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert str(model) in err and "not trained on ventricle severe" in err and "mild ventricle enlargement" in err
     assert not list(tmp_path.iterdir())
+    png = tmp_path / "slice.png"
+    from brainsynth_cli.images import write_png
+
+    write_png(png, np.full((16, 16), 30000, np.uint16))
+    code, _, err = run_cli("edit", model, png, "--prompt", TRAINED, "-o", tmp_path / "y.png", "--no-restrict")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "3D volumes" in err and "slice.png" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slice.png"]
     # 3D pairs without --dim 3d, and a grid the networks cannot halve: one line, nothing written
     code, _, err = run_cli("train", pairs, "-o", tmp_path / "m2", "--device", "cpu")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--dim 3d" in err
