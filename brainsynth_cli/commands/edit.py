@@ -205,6 +205,8 @@ def register(app: typer.Typer) -> None:
 
         loaded = gen.load(model_dir, device)
         dims = tuple(getattr(loaded, "dims", ("2d",)))
+        if "2d" not in dims and kind == "png":
+            raise InputError(input, "is a 2D slice but the model edits whole 3D volumes", "give a NIfTI volume (.nii, .nii.gz)")
         resolution = getattr(loaded, "resolution", None)
         convention = str((info.get("intensity_normalisation") or {}).get("slice_convention") or "brainsynth_cli.slices v1")
         sampling, sampling_from = resolve_sampling(info, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,

@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Model folder to write (diffusers pipeline layout + brainsynth.json)."),
         generator: str = typer.Option("", "--generator", help="Generator plugin (default: instruct-pix2pix for --task edit, ldm for --task generate; see `brainsynth plugins`)."),
         task: Literal["edit", "generate"] = typer.Option("edit", "--task", help="edit (prior + prompt -> target) or generate (covariates and/or text -> image)."),
-        dim: Literal["2d", "3d"] = typer.Option("2d", "--dim", case_sensitive=False, help="--task generate: 2d (slices, diffusers) or 3d (volumes, MONAI)."),
+        dim: Literal["2d", "3d"] = typer.Option("2d", "--dim", case_sensitive=False, help="2d (slices, diffusers) or 3d (whole volumes, MONAI networks): for --task edit (instruct-pix2pix) and --task generate."),
         condition: Literal["text", "covariates", "both"] = typer.Option("both", "--condition", help="--task generate: text, covariates or both."),
         labels: str = typer.Option("", "--labels", help="--task generate on a dataset: label maps folder (default DATASET/derivatives/brainsynth-truth)."),
         run: str | None = typer.Option(None, "--run", help="--task generate on a BIDS dataset: the T1w run to take where a session has several (default: the last)."),

@@ -126,6 +126,8 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
     if model_dir is not None:  # None: only the baselines (the measurement's own error on real targets)
         generator = registry("generator").create(model_generator(Path(model_dir)))
         model = generator.load(Path(model_dir), device)
+        if "3d" in tuple(getattr(model, "dims", ("2d",))):
+            raise InputError(model_dir, "is a 3D model", "evaluate scores 2D slice models so far; edit volumes with `brainsynth edit`")
         model_info = dict(getattr(model, "info", {}) or {})
         if jobs > 1:  # the workers take the other cores; this process's edits run on one thread
             import torch

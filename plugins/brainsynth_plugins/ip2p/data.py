@@ -15,7 +15,7 @@ def read_pairs(root: str | Path) -> PairsFolder:
     """The kernel's pairs-folder reader plus what this generator needs: 2D PNG slices and training rows."""
     folder = read_pairs_folder(root)
     if folder.dim != "2d":
-        raise InputError(folder.root, f"holds {folder.dim} pairs", "instruct-pix2pix trains on 2D slices: run make-pairs with 2D output")
+        raise InputError(folder.root, f"holds {folder.dim} pairs", "train it with --dim 3d, or run make-pairs with 2D output")
     for row in folder.rows:
         for f in (row.prior, row.target):
             if f.suffix.lower() != ".png":

@@ -27,6 +27,7 @@ from brainsynth_plugins.ip2p.presets import COMMON, OPTIONAL_UNET, PRESETS, SETT
 from brainsynth_plugins.training_core import checkpoints as ckpts
 from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
+from brainsynth_plugins.training_core.conditioning import drop_conditioning
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
 from brainsynth_plugins.training_core.memory import out_of_memory_advice
 from brainsynth_plugins.training_core.ema import ema_settings, ema_tensors, load_ema, new_ema
@@ -648,9 +649,7 @@ class Trainer(StagedTrainer):
                 t = training_timesteps(str(cfg["timestep_sampling"]), T, len(rows), gen, acc.device)
                 noisy = noise_sched.add_noise(target, noise, t)
                 if drop > 0:  # InstructPix2Pix: drop text, both, image (each with probability `drop`)
-                    u = torch.rand(len(rows), generator=gen, device=acc.device)
-                    text = torch.where((u < 2 * drop)[:, None, None], null[None], text)
-                    prior = prior * (1 - ((u >= drop) & (u < 3 * drop)).float())[:, None, None, None]
+                    text, prior = drop_conditioning(text, prior, null, drop, gen)
                 with acc.accumulate(unet):
                     pred = unet(torch.cat([noisy, prior], 1), t, text).sample
                     err = (pred.float() - diffusion_target(noise_sched, target, noise, t).float()) ** 2

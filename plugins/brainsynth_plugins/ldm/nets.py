@@ -104,7 +104,11 @@ def _monai_vae_kwargs(size: dict[str, Any]) -> dict[str, Any]:
     return {"spatial_dims": 3, "in_channels": 1, "out_channels": 1, "channels": ch,
             "num_res_blocks": int(size["num_res_blocks"]), "latent_channels": int(size["latent_channels"]),
             "norm_num_groups": int(size["norm_num_groups"]),
-            "attention_levels": [bool(a) for a in size.get("attention_levels", [False] * len(ch))]}
+            "attention_levels": [bool(a) for a in size.get("attention_levels", [False] * len(ch))],
+            # MONAI's default: a non-local attention block at the latent grid of the encoder and the
+            # decoder; a size may turn it off (its cost grows with the square of the latent voxels)
+            **({"with_encoder_nonlocal_attn": bool(size["nonlocal_attention"]),
+                "with_decoder_nonlocal_attn": bool(size["nonlocal_attention"])} if "nonlocal_attention" in size else {})}
 
 
 def build_unet(dim: str, size: dict[str, Any], *, in_channels: int, out_channels: int, cross_attention_dim: int,

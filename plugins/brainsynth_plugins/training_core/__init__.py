@@ -2,6 +2,7 @@
 
 - :mod:`.trainer`: ``StagedTrainer``, the accelerator, LR schedule, loss log and checkpoint
   save/restore both trainers use;
+- :mod:`.conditioning`: InstructPix2Pix's three-way conditioning dropout (2D and 3D ip2p);
 - :mod:`.batches`: ``Batches``, batch contents as a pure function of (seed, step);
 - :mod:`.checkpoints`: checkpoints as safetensors + JSON (no pickle), RNG state, damaged ones set aside;
 - :mod:`.ema`: diffusers' ``EMAModel`` of a model's weights, in checkpoints by parameter name;

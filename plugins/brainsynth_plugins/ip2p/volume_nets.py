@@ -1,0 +1,151 @@
+"""The 3D InstructPix2Pix networks and the model's grid.
+
+Networks: MONAI's 3D ``AutoencoderKL`` and ``DiffusionModelUNet``, built, saved and loaded by the
+``ldm`` generator's builders (:mod:`brainsynth_plugins.ldm.nets`: ``config.json`` holding the
+constructor arguments, ``model.safetensors``). The UNet's input is the noisy target latent
+concatenated with the prior latent (``2 x latent_channels`` channels); the prompt enters by
+cross-attention on the text encoder's token embeddings.
+
+Grid: a volume is seen in its canonical RAS voxel frame (``brainsynth_cli.slices.to_canonical``,
+as ``edit`` reads it) and resampled onto a box of ``grid`` voxels of ``voxel_mm``, axis-aligned
+with that frame and centred on the centroid of the brain's labels (a label map comes with every
+pair and every restricted edit; without one, the centroid of the image's foreground). The prior
+and the target of a pair share the prior's box, so their difference is anatomy, not placement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from brainsynth_plugins.ldm import nets
+
+DIM = "3d"
+
+
+# ---------------------------------------------------------------------------------------------
+# networks
+# ---------------------------------------------------------------------------------------------
+def vae_kwargs(size: dict[str, Any]) -> dict[str, Any]:
+    return nets.monai_kwargs("vae", size)
+
+
+def unet_kwargs(size: dict[str, Any], latent_channels: int, text_width: int) -> dict[str, Any]:
+    """The 3D UNet: noisy target latent + prior latent in, the target's prediction out, text by cross-attention."""
+    return nets.monai_kwargs("unet", size, in_channels=2 * int(latent_channels), out_channels=int(latent_channels),
+                             cross_attention_dim=int(text_width))
+
+
+def build_vae(size: dict[str, Any]) -> Any:
+    return nets.build_vae(DIM, size)
+
+
+def build_unet(size: dict[str, Any], latent_channels: int, text_width: int) -> Any:
+    return nets.build_unet(DIM, size, in_channels=2 * int(latent_channels), out_channels=int(latent_channels),
+                           cross_attention_dim=int(text_width))
+
+
+def factor(size: dict[str, Any]) -> int:
+    """How many times a network halves the grid (MONAI: once per level after the first)."""
+    return 2 ** (len(size["channels"]) - 1)
+
+
+def volume_conditioning(vae: Any, x: Any) -> Any:
+    """The prior latent the UNet is conditioned on, from volumes ``x`` in [-1, 1] (B, 1, D, H, W):
+    the posterior's mode (MONAI's ``z_mu``), *not* scaled, as the 2D model's
+    :func:`brainsynth_plugins.ip2p.model.image_conditioning`. Training and editing both call this."""
+    return nets.encode(vae, DIM, x)[0]
+
+
+def decode(vae: Any, z: Any) -> Any:
+    return nets.decode(vae, DIM, z)
+
+
+def unet_forward(unet: Any, noisy: Any, prior: Any, t: Any, text: Any) -> Any:
+    """The UNet's prediction for noisy target latents ``noisy`` conditioned on ``prior`` latents and text tokens."""
+    return nets.denoise(unet, DIM, _cat(noisy, prior), t, text)
+
+
+def _cat(a: Any, b: Any) -> Any:
+    import torch
+
+    return torch.cat([a, b.to(a.dtype)], dim=1)
+
+
+def embed_prompts(tokenizer: Any, model: Any, prompts: Sequence[str], device: Any) -> Any:
+    """Token embeddings (B, T, H) of prompts: the same call in training and editing."""
+    from brainsynth_plugins.ldm.model import embed_text
+
+    return embed_text(tokenizer, model, list(prompts), device)
+
+
+# ---------------------------------------------------------------------------------------------
+# the grid
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Box:
+    """Where the model's grid lies in a canonical volume: its centre (canonical voxel coordinates),
+    the volume's voxel size and shape, and the model grid's shape and voxel size."""
+
+    centre: tuple[float, float, float]
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    grid: tuple[int, int, int]
+    voxel_mm: float
+
+    def _map(self) -> tuple[Any, Any]:
+        """(scale, offset): model voxel i -> volume voxel ``scale * i + offset``."""
+        import numpy as np
+
+        scale = np.asarray([self.voxel_mm / s for s in self.spacing], dtype=np.float64)
+        offset = np.asarray(self.centre, np.float64) - scale * (np.asarray(self.grid, np.float64) - 1) / 2
+        return scale, offset
+
+    def to_model(self, volume: Any, order: int = 1) -> Any:
+        """``volume`` (canonical, on this box's volume grid) resampled onto the model grid; linear
+        with Gaussian anti-aliasing for images (``order=1``), nearest neighbour for labels (0)."""
+        import numpy as np
+        from scipy import ndimage
+
+        scale, offset = self._map()
+        src = np.asarray(volume, dtype=np.float32 if order else None)
+        if order:
+            sigma = [0.5 * max(float(r) - 1.0, 0.0) for r in scale]
+            if any(s > 0 for s in sigma):
+                src = ndimage.gaussian_filter(src, sigma, mode="constant")
+        out = ndimage.affine_transform(src, scale, offset, output_shape=self.grid, order=order, mode="constant", cval=0)
+        return out.astype(np.float32) if order else out
+
+    def to_volume(self, grid_data: Any) -> Any:
+        """Data on the model grid (a change) brought back onto the volume's grid, linearly; 0 outside the box."""
+        import numpy as np
+        from scipy import ndimage
+
+        scale, offset = self._map()
+        out = ndimage.affine_transform(np.asarray(grid_data, np.float32), 1 / scale, -offset / scale,
+                                       output_shape=self.shape, order=1, mode="constant", cval=0.0)
+        return out.astype(np.float32)
+
+
+def place(image: Any, labels: Any | None, spacing: Sequence[float], grid: Sequence[int], voxel_mm: float) -> Box:
+    """The model's box for a canonical volume: centred on its labelled voxels' centroid (else its foreground's)."""
+    import numpy as np
+    from scipy import ndimage
+
+    mask = np.asarray(labels) > 0 if labels is not None else None
+    if mask is None or not mask.any():
+        a = np.asarray(image, np.float32)
+        mask = a > 0.1 * float(a.max()) if a.size and float(a.max()) > 0 else np.ones(a.shape, bool)
+    centre = tuple(float(c) for c in ndimage.center_of_mass(mask))
+    return Box(centre, tuple(float(s) for s in spacing), tuple(int(n) for n in np.asarray(image).shape),
+               tuple(int(g) for g in grid), float(voxel_mm))
+
+
+def model_view(volume: Any, labels: Any | None, spacing: Sequence[float], grid: Sequence[int], voxel_mm: float) -> tuple[Box, Any]:
+    """(box, the volume on the model grid in [0, 1]): how training sees a pair's prior and how
+    ``edit`` sees its input, the same call."""
+    import numpy as np
+
+    box = place(volume, labels, spacing, grid, voxel_mm)
+    return box, np.clip(box.to_model(volume), 0, 1)

@@ -1,0 +1,237 @@
+"""`brainsynth train PAIRS --dim 3d` (3D InstructPix2Pix, MONAI networks) and `brainsynth edit` with it.
+
+A simulated 3-subject cohort at 4 mm, made into 3D pairs with its truth labels; a model far
+smaller than the `tiny` preset (8 mm grid, a few steps) is trained twice with the same seed.
+The edits are not good; the plumbing, the grid, determinism, the conditioning and the edit
+path's guarantees are checked on real results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+#: An 8 mm grid of 24 x 32 x 24 voxels (192 x 256 x 192 mm), f=2 autoencoder, 2-level UNet, a few steps.
+SMALL = ["--dim", "3d", "--device", "cpu", "--seed", "3", "--set", "voxel_mm=8", "--set", "grid=24,32,24",
+         "--set", "vae.channels=8,8", "--set", "vae.attention_levels=false,false",
+         "--set", "unet.channels=16,32", "--set", "unet.attention_levels=false,true", "--set", "unet.num_head_channels=16",
+         "--set", "vae_steps=3", "--set", "unet_steps=3", "--set", "warmup_steps=1", "--batch-size", "2"]
+TRAINED = "mild ventricle enlargement"
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    import torch
+
+    from brainsynth_cli.main import run
+
+    err, out = io.StringIO(), io.StringIO()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = run([str(a) for a in args])
+    finally:
+        torch.set_num_threads(n)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pairs3d(tmp_path_factory):
+    from brainsynth_plugins.simulate.cohort import simulate_cohort
+
+    d = tmp_path_factory.mktemp("ip2p3d")
+    simulate_cohort(d / "cohort", subjects=3, sessions=2, resolution=4.0, seed=2)
+    truth = d / "cohort" / "derivatives" / "brainsynth-truth"
+    code, _, err = run_cli("make-pairs", d / "cohort", "-o", d / "pairs", "--labels", truth, "--dim", "3d",
+                           "--split", "2:1:0", "--blender", "copy-paste", "--montage", "0")
+    assert code == 0, err
+    return d / "cohort", truth, d / "pairs"
+
+
+@pytest.fixture(scope="module")
+def models(pairs3d, tmp_path_factory):
+    _, _, pairs = pairs3d
+    d = tmp_path_factory.mktemp("models3d")
+    for name in ("a", "b"):
+        code, _, err = run_cli("train", pairs, "-o", d / name, *SMALL)
+        assert code == 0, err
+    return d / "a", d / "b"
+
+
+def _rows(pairs: Path) -> list[dict]:
+    return [json.loads(line) for line in (pairs / "metadata.jsonl").read_text().splitlines()]
+
+
+def test_model_folder_layout_and_record(models, pairs3d):
+    model, _ = models
+    info = json.loads((model / "brainsynth.json").read_text())
+    assert info["generator"] == "instruct-pix2pix" and info["dims"] == ["3d"]
+    assert info["grid"]["shape"] == [24, 32, 24] and info["grid"]["voxel_mm"] == 8.0
+    assert info["latent"]["shape"] == [3, 12, 16, 12] and info["latent"]["scaling_factor"] > 0
+    rec = info["vae_reconstruction"]
+    assert rec["split"] == "validation" and rec["volumes"] >= 2 and np.isfinite(rec["psnr"]) and -1 <= rec["ssim"] <= 1
+    train_rows = [r for r in _rows(pairs3d[2]) if r["split"] == "train"]
+    assert info["prompts"] == sorted({r["edit_prompt"] for r in train_rows}) and TRAINED in info["prompts"]
+    assert info["intervals"]["ventricle"] == ["mild"]
+    assert set(info["sampling"]) == {"steps", "scheduler", "guidance_scale", "image_guidance_scale"}
+    assert info["text_encoder"]["name"] == "minilm" and info["text_encoder"]["hidden_size"] == 384
+    for part, cls in (("vae", "AutoencoderKL"), ("unet", "DiffusionModelUNet")):
+        cfg = json.loads((model / part / "config.json").read_text())
+        assert cfg["_class_name"] == f"monai.networks.nets.{cls}"
+    unet = json.loads((model / "unet" / "config.json").read_text())["kwargs"]
+    assert unet["in_channels"] == 6 and unet["out_channels"] == 3 and unet["cross_attention_dim"] == 384
+    weights = sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pkl"))
+    assert weights == ["unet/model.safetensors", "vae/model.safetensors"]
+    assert not (model / "checkpoints").exists()
+    assert (model / "validation" / "vae.png").stat().st_size > 0 and (model / "validation" / "unet.png").stat().st_size > 0
+    loss = (model / "logs" / "loss.csv").read_text().splitlines()
+    assert sum(line.startswith("vae,") for line in loss) == 3 and sum(line.startswith("unet,") for line in loss) == 3
+
+
+def test_same_seed_same_weights(models):
+    a, b = models
+    for part in ("vae", "unet"):
+        assert (a / part / "model.safetensors").read_bytes() == (b / part / "model.safetensors").read_bytes()
+
+
+def test_training_and_edit_see_and_condition_the_same(models, pairs3d):
+    """The model-grid volume and the prior latent the trainer feeds the UNet are what `edit` builds
+    from the same volume: the posterior's mode, unscaled (the target is diffused on mode x scaling)."""
+    import torch
+    from brainsynth_plugins.ip2p import volume_nets as vn
+    from brainsynth_plugins.ip2p import volume_training as vt
+    from brainsynth_plugins.ip2p.volume_model import VolumeIP2PModel
+
+    from brainsynth_cli.interfaces import TrainOptions
+
+    model, _ = models
+    _, _, pairs = pairs3d
+    extra = {"dim": "3d", "set": dict(s.split("=", 1) for s in SMALL[7::2] if "=" in s)}
+    cfg = vt.build_config(TrainOptions(data=pairs, output=model, seed=3, device="cpu", extra=extra))
+    trainer = vt.VolumeTrainer(cfg, model, vt.read_volume_pairs(pairs), device="cpu", progress=lambda *a: None)
+    trainer.check()
+    trainer.load_volumes()
+    row = trainer.train_pairs[0]
+    m = VolumeIP2PModel(model, "cpu")
+    vol, spacing = vt.read_canonical(row.prior)
+    lab, _ = vt.read_canonical(row.path("input_labels_file_name"), labels=True)
+    _, seen = vn.model_view(vol, lab, spacing, m.grid, m.voxel_mm)
+    assert np.array_equal(seen, trainer.images[row.prior])
+    ours = trainer.latents(m.vae, [row.prior], "cpu")[row.prior]
+    with torch.no_grad():
+        theirs = m.conditioning(torch.from_numpy(seen)[None, None] * 2 - 1)[0]
+        mu, _ = m.vae.encode(torch.from_numpy(seen)[None, None] * 2 - 1)
+    assert torch.equal(ours, theirs) and torch.equal(theirs, mu[0])
+    assert m.scaling_factor != 1.0
+
+
+def test_box_round_trip():
+    """A change on the model grid comes back onto the input's grid where the box covers it, and is 0 elsewhere."""
+    from brainsynth_plugins.ip2p import volume_nets as vn
+
+    vol = np.zeros((40, 50, 30), np.float32)
+    vol[10:30, 10:40, 5:25] = 1
+    box, seen = vn.model_view(vol, None, (2.0, 2.0, 3.0), (16, 16, 16), 4.0)
+    assert seen.shape == (16, 16, 16) and 0 <= seen.min() and seen.max() <= 1
+    back = box.to_volume(np.ones((16, 16, 16), np.float32))
+    c = tuple(round(v) for v in box.centre)
+    assert back.shape == vol.shape and back[c] == pytest.approx(1.0) and back[0, 0, 0] == 0.0
+
+
+def test_edit_volume_keeps_grid_header_and_outside(models, pairs3d, tmp_path):
+    import nibabel as nib
+
+    model, _ = models
+    cohort, truth, _ = pairs3d
+    src = next(cohort.glob("sub-*/ses-01/anat/*_T1w.nii.gz"))
+    sub = src.name.split("_")[0]
+    lab = next((truth / sub / "ses-01" / "anat").glob("*_dseg.nii.gz"))
+    outs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        out = tmp_path / f"{name}.nii.gz"
+        code, _, err = run_cli("edit", model, src, "--labels", lab, "--prompt", TRAINED, "-o", out, "--steps", 2, "--seed", seed)
+        assert code == 0, err
+        outs[name] = out
+    assert outs["a"].read_bytes() == outs["b"].read_bytes()  # same seed, same bytes
+    a, e, c = nib.load(src), nib.load(outs["a"]), nib.load(outs["c"])
+    assert e.shape == a.shape and np.array_equal(e.affine, a.affine) and e.get_data_dtype() == a.get_data_dtype()
+    assert np.array_equal(e.header.get_zooms(), a.header.get_zooms()) and int(e.header["qform_code"]) == int(a.header["qform_code"])
+    side = json.loads((tmp_path / "a.json").read_text())
+    assert side["structures"] == ["ventricle"] and side["edit_path"]["region_voxels"] > 0
+    before, after = np.asanyarray(a.dataobj), np.asanyarray(e.dataobj)
+    changed = before != after
+    assert changed.any() and not np.array_equal(after, np.asanyarray(c.dataobj))
+    # outside the ventricles + 3 mm (at least 2 voxels) the output is the input, bit for bit
+    from scipy import ndimage
+
+    vent = np.isin(np.asanyarray(nib.load(lab).dataobj), [4, 5, 43, 44])
+    near = ndimage.binary_dilation(vent, iterations=3)
+    assert changed.sum() <= near.sum() and not changed[~near].any()
+
+
+def test_untrained_prompt_and_wrong_pairs_refused(models, pairs3d, tmp_path):
+    model, _ = models
+    cohort, _, pairs = pairs3d
+    src = next(cohort.glob("sub-*/ses-01/anat/*_T1w.nii.gz"))
+    out = tmp_path / "x.nii.gz"
+    code, _, err = run_cli("edit", model, src, "--prompt", "severe ventricle enlargement", "-o", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(model) in err and "not trained on ventricle severe" in err and "mild ventricle enlargement" in err
+    assert not list(tmp_path.iterdir())
+    png = tmp_path / "slice.png"
+    from brainsynth_cli.images import write_png
+
+    write_png(png, np.full((16, 16), 30000, np.uint16))
+    code, _, err = run_cli("edit", model, png, "--prompt", TRAINED, "-o", tmp_path / "y.png", "--no-restrict")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "3D volumes" in err and "slice.png" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slice.png"]
+    # 3D pairs without --dim 3d, and a grid the networks cannot halve: one line, nothing written
+    code, _, err = run_cli("train", pairs, "-o", tmp_path / "m2", "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--dim 3d" in err
+    code, _, err = run_cli("train", pairs, "-o", tmp_path / "m3", *SMALL, "--set", "grid=24,30,24")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "multiple of 4" in err
+    assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
+
+
+def test_resume_after_interruption_gives_the_same_model(models, pairs3d, tmp_path):
+    """Stopped in each stage after a checkpoint and resumed, the run ends with the uninterrupted run's weights."""
+    import torch
+
+    from brainsynth_cli.interfaces import TrainOptions
+    from brainsynth_cli.plugin_manager import get_manager
+
+    full, _ = models
+    gen = get_manager().registry("generator").create("instruct-pix2pix")
+    sets = dict(s.split("=", 1) for s in SMALL[7::2] if "=" in s)
+    extra = {"dim": "3d", "batch_size": 2, "checkpoint_every": 2, "set": sets}
+    cut = tmp_path / "cut"
+
+    class Stop(Exception):
+        pass
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for stage, at in (("stage 1", 3), ("stage 2", 3)):
+            def stop(done, total, message="", stage=stage, at=at):
+                if message.startswith(stage) and done == at:
+                    raise Stop
+
+            with pytest.raises(Stop):
+                gen.train(TrainOptions(data=pairs3d[2], output=cut, seed=3, device="cpu", extra=extra, resume=stage == "stage 2"), stop)
+            assert not (cut / "brainsynth.json").exists()
+        gen.train(TrainOptions(data=pairs3d[2], output=cut, seed=3, device="cpu", extra=extra, resume=True))
+    finally:
+        torch.set_num_threads(n)
+    for part in ("vae/model.safetensors", "unet/model.safetensors"):
+        assert (full / part).read_bytes() == (cut / part).read_bytes(), part
+    stages = [line.split(",")[0] for line in (cut / "logs" / "loss.csv").read_text().splitlines()[1:]]
+    assert stages == ["vae"] * 3 + ["unet"] * 3
