@@ -124,3 +124,15 @@ def test_generate_trains_on_two_processes(runs):
     assert a.keys() == b.keys() == {(s, k) for s in ("vae", "unet") for k in range(1, 5)}
     assert all(b[k][1] == pytest.approx(a[k][1]) for k in a)
     assert max(abs(b[k][0] - a[k][0]) / a[k][0] for k in a) < 0.25
+
+
+def test_3d_models_refuse_several_processes_in_one_line(tmp_path, monkeypatch, capsys):
+    from brainsynth_cli.main import run
+
+    pairs = make_pairs(tmp_path / "pairs", size=32, subjects=2, slices=1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code = run(["train", str(pairs), "-o", str(tmp_path / "m3"), "--dim", "3d"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--dim 3d trains on one process" in err[0]
+    assert not (tmp_path / "m3").exists()

@@ -36,6 +36,7 @@ from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.conditioning import drop_conditioning
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
+from brainsynth_plugins.training_core.memory import out_of_memory_advice
 from brainsynth_plugins.training_core.runtime import quiet, resolve_mixed_precision
 from brainsynth_plugins.training_core.trainer import StagedTrainer
 
@@ -134,6 +135,11 @@ def read_canonical(path: Path, labels: bool = False) -> tuple[Any, tuple[float, 
 def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     """Validate everything (options, sizes, every volume), write ``checkpoints/run.json``, train both
     stages (or ``--resume``); returns the model folder."""
+    from brainsynth_cli.launch import process_rank
+
+    if process_rank()[1] > 1:
+        raise UserError("--dim 3d trains on one process: run `brainsynth train` without accelerate launch or torchrun "
+                        "(several processes train 2D models)")
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
     if options.resume:
@@ -238,8 +244,10 @@ class VolumeTrainer(StagedTrainer):
                     self._trim_log(stage, start.step if start is not None else 0)
                     break
             if not (self.out / "vae" / "config.json").is_file():
-                self.train_vae(ckpts.latest_checkpoint(self.out, "vae") if resume else None)
-            self.train_unet(ckpts.latest_checkpoint(self.out, "unet") if resume else None)
+                with out_of_memory_advice(self.cfg, "vae", int(self.cfg["vae_batch_size"]), self.device_name):
+                    self.train_vae(ckpts.latest_checkpoint(self.out, "vae") if resume else None)
+            with out_of_memory_advice(self.cfg, "unet", int(self.cfg["unet_batch_size"]), self.device_name):
+                self.train_unet(ckpts.latest_checkpoint(self.out, "unet") if resume else None)
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
             return self.out
         finally:
