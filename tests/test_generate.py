@@ -343,3 +343,36 @@ def test_samples_montage_captions_each_sample_and_shows_the_radiological_view(tm
         assert cols.size and cols.max() < 16  # the patient's right on the left
         with Image.open(out / "samples.png") as im:
             assert im.size[0] >= 2 * 180
+
+
+def test_monai_attention_switches_to_torch_fused_attention_with_the_same_result():
+    """MONAI's 3D attention blocks run torch's scaled_dot_product_attention when switched (what
+    trainers and loaders do on CUDA devices): it is called, and the output is unchanged on the CPU."""
+    import torch
+    import torch.nn.functional as F
+
+    from brainsynth_plugins.ldm import nets
+    from brainsynth_plugins.ldm.presets import PRESETS
+
+    torch.manual_seed(0)
+    unet = nets.build_unet("3d", PRESETS["tiny"]["unet"]["3d"], in_channels=3, out_channels=3, cross_attention_dim=8)
+    x, ctx, t = torch.randn(2, 3, 8, 8, 8), torch.randn(2, 1, 8), torch.tensor([10, 20])
+    calls = []
+    fused = F.scaled_dot_product_attention
+
+    def spy(*a, **k):
+        calls.append(1)
+        return fused(*a, **k)
+
+    F.scaled_dot_product_attention = spy
+    try:
+        with torch.no_grad():
+            plain = nets.denoise(unet, "3d", x, t, ctx)
+            assert calls == []
+            assert nets.use_flash_attention(unet, True) > 0
+            flash = nets.denoise(unet, "3d", x, t, ctx)
+    finally:
+        F.scaled_dot_product_attention = fused
+    assert calls and torch.allclose(plain, flash, atol=1e-5)
+    assert nets.use_flash_attention(nets.build_unet("2d", PRESETS["tiny"]["unet"]["2d"], in_channels=4, out_channels=4,
+                                                    cross_attention_dim=8), True) == 0  # diffusers' networks: no switch

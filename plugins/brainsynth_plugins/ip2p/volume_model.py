@@ -110,6 +110,8 @@ class VolumeIP2PModel:
         try:
             self.vae = vn.nets.load(vn.DIM, "vae", self.path / "vae").eval().to(self.device)
             self.unet = vn.nets.load(vn.DIM, "unet", self.path / "unet").eval().to(self.device)
+            for net in (self.vae, self.unet):  # MONAI's fused attention on GPUs
+                vn.nets.use_flash_attention(net, str(self.device).startswith("cuda"))
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(self.path, f"cannot be loaded as a 3D model ({first[:160]})", "re-run the training") from None

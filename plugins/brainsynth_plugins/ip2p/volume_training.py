@@ -263,6 +263,7 @@ class VolumeTrainer(StagedTrainer):
         paths = sorted({p.prior for p in self.train_pairs} | {p.target for p in self.train_pairs})
         torch.manual_seed(int(cfg["seed"]))
         vae = vn.build_vae(cfg["vae"])
+        vn.nets.use_flash_attention(vae, self.device_name == "cuda")  # MONAI's fused attention on GPUs
         acc = self._accelerator()
         opt = torch.optim.AdamW(vae.parameters(), lr=float(cfg["vae_lr"]))
         sched = self._lr_scheduler(opt, total)
@@ -411,6 +412,7 @@ class VolumeTrainer(StagedTrainer):
         cfg = self.cfg
         total = int(cfg["unet_steps"])
         vae = vn.nets.load(vn.DIM, "vae", self.out / "vae").eval()
+        vn.nets.use_flash_attention(vae, self.device_name == "cuda")
         vae.requires_grad_(False)
         scale = float(json.loads((self.out / "vae" / "brainsynth-latent.json").read_text(encoding="utf-8"))["scaling_factor"])
         acc = self._accelerator()
@@ -426,6 +428,7 @@ class VolumeTrainer(StagedTrainer):
         weights = self._loss_weights(latents[self.train_pairs[0].prior].shape[1:], acc.device)
         torch.manual_seed(int(cfg["seed"]) + 1)
         unet = vn.build_unet(cfg["unet"], lat_ch, self.text_width)
+        vn.nets.use_flash_attention(unet, self.device_name == "cuda")
         noise_sched = self.noise_scheduler()
         opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg["unet_lr"]))
         sched = self._lr_scheduler(opt, total)

@@ -144,6 +144,8 @@ class LDMModel:
         self.device = torch.device(resolve_device(device))
         self.vae = nets.load(self.dim, "vae", self.dir / "vae").to(self.device).eval()
         self.unet = nets.load(self.dim, "unet", self.dir / "unet").to(self.device).eval()
+        for net in (self.vae, self.unet):  # MONAI's fused attention on GPUs
+            nets.use_flash_attention(net, str(self.device).startswith("cuda"))
         self.noise_config = self.info["noise_scheduler"]
         self.text = text if text is not None else (load_text_encoder(self.info.get("text_encoder")) if nets.uses_text(self.condition_kind) else None)
         self._null_text: Any = None

@@ -133,6 +133,19 @@ def _monai_unet_kwargs(size: dict[str, Any], in_channels: int, out_channels: int
             "cross_attention_dim": int(cross_attention_dim)}
 
 
+def use_flash_attention(module: Any, on: bool) -> int:
+    """Switch MONAI's attention blocks of ``module`` to torch's fused ``scaled_dot_product_attention``
+    (their ``use_flash_attention``; less memory on GPUs) or back; returns how many blocks have the
+    switch (0 for diffusers' networks and MONAI versions without it). Not stored with the model:
+    trainers and loaders turn it on for CUDA devices."""
+    n = 0
+    for m in module.modules():
+        if hasattr(m, "use_flash_attention") and getattr(m, "save_attn", False) is not True:
+            m.use_flash_attention = bool(on)
+            n += 1
+    return n
+
+
 def vae_factor(dim: str, size: dict[str, Any]) -> int:
     n = len(size["block_out_channels"] if dim == "2d" else size["channels"])
     return 2 ** (n - 1)

@@ -240,6 +240,7 @@ class Trainer(StagedTrainer):
         total = int(cfg["vae_steps"])
         torch.manual_seed(int(cfg["seed"]))
         vae = nets.build_vae(self.dim, {**cfg["vae"], "sample_size": cfg["resolution"]})
+        nets.use_flash_attention(vae, self.device_name == "cuda")  # MONAI's fused attention on GPUs
         acc = self._accelerator()
         images = self.images()
         opt = torch.optim.Adam(vae.parameters(), lr=float(cfg["vae_lr"]))
@@ -349,6 +350,7 @@ class Trainer(StagedTrainer):
         cfg = self.cfg
         total = int(cfg["unet_steps"])
         vae = nets.load(self.dim, "vae", self.out / "vae").eval()
+        nets.use_flash_attention(vae, self.device_name == "cuda")
         vae.requires_grad_(False)
         meta = json.loads((self.out / "vae" / "brainsynth-latent.json").read_text(encoding="utf-8"))
         self.scaling_factor = float(meta["scaling_factor"])
@@ -365,6 +367,7 @@ class Trainer(StagedTrainer):
         torch.manual_seed(int(cfg["seed"]) + 1)
         unet = nets.build_unet(self.dim, cfg["unet"], in_channels=in_ch, out_channels=lat_ch, cross_attention_dim=ctx_dim,
                                sample_size=int(latents.shape[-1]))
+        nets.use_flash_attention(unet, self.device_name == "cuda")
         noise = DDPMScheduler(**cfg["noise"])
         cov = self.scaled_covariates().to(acc.device)
         # captions: every image's list, embedded once (and the empty prompt, the null condition)
