@@ -15,6 +15,7 @@ pipeline's rule) one branch runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -33,42 +34,57 @@ def guidance_branches(guidance_scale: float, image_guidance_scale: float) -> int
     return 2 if image_guidance_scale == 1.0 else 3
 
 
-def denoise(pipe: Any, image_latents: Any, prompts: list[str], *, steps: int, guidance_scale: float,
-            image_guidance_scale: float, generator: Any) -> Any:
-    """Denoise a target latent for each prior latent in ``image_latents`` (the unscaled posterior
-    mode, :func:`brainsynth_plugins.ip2p.model.image_conditioning`) and prompt; returns the final
-    latents in the scaled space the UNet works in (the pipeline's ``output_type="latent"``)."""
+def guided_denoise(sched: Any, predict: Callable[[Any, Any, Any, Any], Any], prior: Any, text: Any, empty: Any, *,
+                   steps: int, guidance_scale: float, image_guidance_scale: float, generator: Any, latent_channels: int,
+                   step_kwargs: dict[str, Any]) -> Any:
+    """The loop shared by 2D and 3D models: noise drawn by ``generator`` (diffusers' ``randn_tensor``),
+    the branches :func:`guidance_branches` says, the InstructPix2Pix guidance formula, ``sched``'s
+    steps. ``predict(x, prior_latents, t, embeddings)`` is the UNet on the branches' batch;
+    ``prior`` the unscaled prior latents, ``text``/``empty`` the prompts' and the empty prompt's
+    embeddings (one row per prior). Returns the final latents (scaled, as the UNet works)."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
-    device = image_latents.device
-    n = len(prompts)
-    text = encode_prompts(pipe, prompts, device)
     k = guidance_branches(guidance_scale, image_guidance_scale)
     if k == 1:
-        embeds, cond = text, image_latents
+        embeds, cond = text, prior
+    elif k == 2:
+        embeds, cond = torch.cat([text, empty]), torch.cat([prior, prior])
     else:
-        empty = encode_prompts(pipe, [""] * n, device)
-        if k == 2:
-            embeds, cond = torch.cat([text, empty]), torch.cat([image_latents, image_latents])
-        else:
-            embeds = torch.cat([text, empty, empty])
-            cond = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
+        embeds, cond = torch.cat([text, empty, empty]), torch.cat([prior, prior, torch.zeros_like(prior)])
     cond = cond.to(embeds.dtype)
-    sched = pipe.scheduler
-    sched.set_timesteps(int(steps), device=device)
-    shape = (n, int(pipe.vae.config.latent_channels), *image_latents.shape[-2:])
-    latents = randn_tensor(shape, generator=generator, device=device, dtype=embeds.dtype) * sched.init_noise_sigma
-    extra = pipe.prepare_extra_step_kwargs(generator, 0.0)
+    sched.set_timesteps(int(steps), device=prior.device)
+    shape = (len(prior), int(latent_channels), *prior.shape[2:])
+    latents = randn_tensor(shape, generator=generator, device=prior.device, dtype=embeds.dtype) * sched.init_noise_sigma
     g, s = float(guidance_scale), float(image_guidance_scale)
     for t in sched.timesteps:
-        x = sched.scale_model_input(torch.cat([latents] * k), t)
-        e = pipe.unet(torch.cat([x, cond], dim=1), t, encoder_hidden_states=embeds, return_dict=False)[0]
+        e = predict(sched.scale_model_input(torch.cat([latents] * k), t), cond, t, embeds)
         if k == 3:
             e_text, e_image, e_uncond = e.chunk(3)
             e = e_uncond + g * (e_text - e_image) + s * (e_image - e_uncond)
         elif k == 2:
             e_text, e_image = e.chunk(2)
             e = e_image + g * (e_text - e_image)
-        latents = sched.step(e, t, latents, **extra, return_dict=False)[0]
+        latents = sched.step(e, t, latents, **step_kwargs, return_dict=False)[0]
     return latents
+
+
+def denoise(pipe: Any, image_latents: Any, prompts: list[str], *, steps: int, guidance_scale: float,
+            image_guidance_scale: float, generator: Any) -> Any:
+    """Denoise a target latent for each prior latent in ``image_latents`` (the unscaled posterior
+    mode, :func:`brainsynth_plugins.ip2p.model.image_conditioning`) and prompt with a 2D model's
+    diffusers pipeline parts; returns the final latents in the scaled space the UNet works in (the
+    pipeline's ``output_type="latent"``)."""
+    import torch
+
+    device = image_latents.device
+    text = encode_prompts(pipe, prompts, device)
+    empty = encode_prompts(pipe, [""] * len(prompts), device) if guidance_branches(guidance_scale, image_guidance_scale) > 1 else None
+
+    def predict(x: Any, cond: Any, t: Any, embeds: Any) -> Any:
+        return pipe.unet(torch.cat([x, cond], dim=1), t, encoder_hidden_states=embeds, return_dict=False)[0]
+
+    return guided_denoise(pipe.scheduler, predict, image_latents, text, empty, steps=steps, guidance_scale=guidance_scale,
+                          image_guidance_scale=image_guidance_scale, generator=generator,
+                          latent_channels=int(pipe.vae.config.latent_channels),
+                          step_kwargs=pipe.prepare_extra_step_kwargs(generator, 0.0))

@@ -54,37 +54,18 @@ def check_volume_model_dir(model_dir: Path) -> dict[str, Any]:
 
 def denoise_volume(unet: Any, sched: Any, prior: Any, text: Any, empty: Any, *, steps: int, guidance_scale: float,
                    image_guidance_scale: float, generator: Any, latent_channels: int) -> Any:
-    """The InstructPix2Pix denoising loop (:func:`brainsynth_plugins.ip2p.sampling.denoise`, the same
-    noise draw, branches and guidance formula) for 3D prior latents ``prior`` (B, C, D, H, W,
-    unscaled posterior modes) and text tokens ``text`` (B, T, H); returns the scaled latents."""
-    import torch
-    from diffusers.utils.torch_utils import randn_tensor
+    """The InstructPix2Pix denoising loop (:func:`brainsynth_plugins.ip2p.sampling.guided_denoise`, the
+    2D models' loop: the same noise draw, branches and guidance formula) for 3D prior latents
+    ``prior`` (B, C, D, H, W, unscaled posterior modes) and text tokens ``text`` (B, T, H); returns
+    the scaled latents."""
+    from brainsynth_plugins.ip2p.sampling import guided_denoise
 
-    from brainsynth_plugins.ip2p.sampling import guidance_branches
+    def predict(x: Any, cond: Any, t: Any, embeds: Any) -> Any:
+        return vn.unet_forward(unet, x, cond, t, embeds)
 
-    n = len(prior)
-    k = guidance_branches(guidance_scale, image_guidance_scale)
-    if k == 1:
-        embeds, cond = text, prior
-    elif k == 2:
-        embeds, cond = torch.cat([text, empty]), torch.cat([prior, prior])
-    else:
-        embeds, cond = torch.cat([text, empty, empty]), torch.cat([prior, prior, torch.zeros_like(prior)])
-    sched.set_timesteps(int(steps), device=prior.device)
-    shape = (n, int(latent_channels), *prior.shape[2:])
-    latents = randn_tensor(shape, generator=generator, device=prior.device, dtype=prior.dtype) * sched.init_noise_sigma
-    g, s = float(guidance_scale), float(image_guidance_scale)
-    for t in sched.timesteps:
-        x = sched.scale_model_input(torch.cat([latents] * k), t)
-        e = vn.unet_forward(unet, x, cond, t, embeds)
-        if k == 3:
-            e_text, e_image, e_uncond = e.chunk(3)
-            e = e_uncond + g * (e_text - e_image) + s * (e_image - e_uncond)
-        elif k == 2:
-            e_text, e_image = e.chunk(2)
-            e = e_image + g * (e_text - e_image)
-        latents = sched.step(e, t, latents, generator=generator, return_dict=False)[0]
-    return latents
+    return guided_denoise(sched, predict, prior, text, empty, steps=steps, guidance_scale=guidance_scale,
+                          image_guidance_scale=image_guidance_scale, generator=generator, latent_channels=latent_channels,
+                          step_kwargs={"generator": generator})
 
 
 class VolumeIP2PModel:
