@@ -19,22 +19,28 @@ WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pyto
 SCHEDULERS = ("ddim", "dpm++", "euler-a")
 
 
-def check_model_dir(model_dir: Path) -> dict[str, Any]:
-    """Refuse a folder that is not a complete brainsynth model; returns its brainsynth.json."""
+def read_model_folder(model_dir: Path, required: tuple[str, ...], command: str) -> tuple[Path, dict[str, Any]]:
+    """The checks every model folder gets: a folder, its ``required`` parts, no pickled weights,
+    a readable ``brainsynth.json`` (returned with the path). ``command`` is what writes such a folder."""
     d = Path(model_dir)
     if not d.is_dir():
-        raise InputError(d, "is not a model folder", "give the folder written by `brainsynth train -o MODEL`")
-    for part in REQUIRED:
+        raise InputError(d, "is not a model folder", f"give the folder written by `{command} -o MODEL`")
+    for part in required:
         if not (d / part).exists():
-            raise InputError(d, f"is missing {part}", "give a complete model folder written by `brainsynth train` (re-run or --resume the training)")
+            raise InputError(d, f"is missing {part}", f"give a complete model folder written by `{command}` (re-run or --resume the training)")
     refuse_pickled_weights(d, strict=True)  # brainsynth never writes pickles: one here was put there
+    try:
+        return d, json.loads((d / "brainsynth.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(d / "brainsynth.json", f"is not valid JSON ({exc})", "re-run the training") from None
+
+
+def check_model_dir(model_dir: Path) -> dict[str, Any]:
+    """Refuse a folder that is not a complete brainsynth model; returns its brainsynth.json."""
+    d, info = read_model_folder(model_dir, REQUIRED, "brainsynth train")
     for sub, name in WEIGHTS.items():
         if not any((d / sub).glob("*.safetensors")):
             raise InputError(d, f"is missing {sub}/{name}", "give a complete model folder written by `brainsynth train`")
-    try:
-        info = json.loads((d / "brainsynth.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(d / "brainsynth.json", f"is not valid JSON ({exc})", "re-run the training") from None
     if info.get("format") != "brainsynth-model" or info.get("generator") != "instruct-pix2pix":
         raise InputError(d / "brainsynth.json", "is not an instruct-pix2pix brainsynth model", "give a model trained with --generator instruct-pix2pix")
     return info

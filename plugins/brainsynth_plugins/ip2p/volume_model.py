@@ -18,7 +18,6 @@ from typing import Any
 
 from brainsynth_cli.errors import InputError
 from brainsynth_cli.interfaces import Progress
-from brainsynth_cli.weights import refuse_pickled_weights
 from brainsynth_plugins.ip2p import volume_nets as vn
 
 REQUIRED = ("brainsynth.json", "vae/config.json", "vae/model.safetensors", "unet/config.json", "unet/model.safetensors",
@@ -36,17 +35,9 @@ def is_volume_model(model_dir: Path) -> bool:
 
 def check_volume_model_dir(model_dir: Path) -> dict[str, Any]:
     """Refuse a folder that is not a complete 3D instruct-pix2pix model; returns its brainsynth.json."""
-    d = Path(model_dir)
-    if not d.is_dir():
-        raise InputError(d, "is not a model folder", "give the folder written by `brainsynth train --dim 3d -o MODEL`")
-    for part in REQUIRED:
-        if not (d / part).is_file():
-            raise InputError(d, f"is missing {part}", "give a complete model folder written by `brainsynth train --dim 3d` (re-run or --resume it)")
-    refuse_pickled_weights(d, strict=True)
-    try:
-        info = json.loads((d / "brainsynth.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(d / "brainsynth.json", f"is not valid JSON ({exc})", "re-run the training") from None
+    from brainsynth_plugins.ip2p.model import read_model_folder
+
+    d, info = read_model_folder(model_dir, REQUIRED, "brainsynth train --dim 3d")
     if info.get("format") != "brainsynth-model" or info.get("generator") != "instruct-pix2pix" or "3d" not in (info.get("dims") or []):
         raise InputError(d / "brainsynth.json", "is not a 3D instruct-pix2pix brainsynth model", "give a model trained with --dim 3d")
     return info
