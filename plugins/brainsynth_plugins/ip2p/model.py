@@ -9,6 +9,7 @@ from typing import Any
 from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress
 from brainsynth_cli.weights import SAFE_LOAD, refuse_pickled_weights
+from brainsynth_plugins.training_core.runtime import deterministic_on_cpu
 
 #: What a model folder must hold (diffusers pipeline layout + brainsynth.json).
 REQUIRED = ("brainsynth.json", "model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
@@ -154,12 +155,9 @@ class IP2PModel:
             if np.asarray(a).shape != (self.resolution, self.resolution):
                 raise ValueError(f"edit needs {self.resolution}x{self.resolution} slices, got {np.asarray(a).shape}")
         self.pipe.scheduler = scheduler_for(scheduler, self._scheduler_config)
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        if self.device == "cpu":
-            torch.use_deterministic_algorithms(True)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         out: list[Any] = []
-        try:
+        with deterministic_on_cpu(self.device):
             for i in range(0, len(images), max(1, batch_size)):
                 chunk = images[i : i + max(1, batch_size)]
                 x = torch.from_numpy(np.stack([np.asarray(a, dtype=np.float32) for a in chunk]))[:, None]
@@ -172,6 +170,4 @@ class IP2PModel:
                 out.extend(y.cpu().numpy().astype(np.float32))
                 if progress is not None:
                     progress(len(out), len(images), "slices")
-        finally:
-            torch.use_deterministic_algorithms(deterministic)
         return out

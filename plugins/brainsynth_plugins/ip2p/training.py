@@ -29,9 +29,9 @@ from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.conditioning import drop_conditioning
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
-from brainsynth_plugins.training_core.memory import out_of_memory_advice
 from brainsynth_plugins.training_core.ema import ema_settings, ema_tensors, load_ema, new_ema
-from brainsynth_plugins.training_core.runtime import process_group, quiet, resolve_mixed_precision
+from brainsynth_plugins.training_core.memory import out_of_memory_advice
+from brainsynth_plugins.training_core.runtime import deterministic_on_cpu, process_group, quiet, resolve_mixed_precision
 from brainsynth_plugins.training_core.step_module import step_module
 from brainsynth_plugins.training_core.trainer import StagedTrainer
 
@@ -335,10 +335,7 @@ class Trainer(StagedTrainer):
         import torch
 
         quiet()
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        if self.device_name == "cpu":
-            torch.use_deterministic_algorithms(True)
-        try:
+        with deterministic_on_cpu(self.device_name):
             torch.manual_seed(int(self.cfg["seed"]))
             stages = list(ckpts.STAGES) if self.cfg["stage"] == "all" else [self.cfg["stage"]]
             latest = ckpts.latest_checkpoint(self.out) if resume else None
@@ -359,8 +356,6 @@ class Trainer(StagedTrainer):
                     else:
                         self.train_unet(start)
             return self.out
-        finally:
-            torch.use_deterministic_algorithms(deterministic)
 
     # -- stage 1 -------------------------------------------------------------------------
     def _new_vae(self) -> Any:

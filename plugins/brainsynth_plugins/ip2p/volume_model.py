@@ -19,6 +19,7 @@ from typing import Any
 from brainsynth_cli.errors import InputError
 from brainsynth_cli.interfaces import Progress
 from brainsynth_plugins.ip2p import volume_nets as vn
+from brainsynth_plugins.training_core.runtime import deterministic_on_cpu
 
 REQUIRED = ("brainsynth.json", "vae/config.json", "vae/model.safetensors", "unet/config.json", "unet/model.safetensors",
             "scheduler/scheduler_config.json")
@@ -112,12 +113,9 @@ class VolumeIP2PModel:
         from brainsynth_plugins.ip2p.model import scheduler_for
 
         sched = scheduler_for(scheduler, self._scheduler_config)
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        if self.device == "cpu":
-            torch.use_deterministic_algorithms(True)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         out: list[Any] = []
-        try:
+        with deterministic_on_cpu(self.device):
             with torch.no_grad():
                 emb = vn.embed_prompts(self.tokenizer, self.text_model, [prompt, ""], self.device)
                 for i, vol in enumerate(volumes):
@@ -139,6 +137,4 @@ class VolumeIP2PModel:
                     out.append(vol + box.to_volume(change))
                     if progress is not None:
                         progress(i + 1, len(volumes), "volumes")
-        finally:
-            torch.use_deterministic_algorithms(deterministic)
         return out

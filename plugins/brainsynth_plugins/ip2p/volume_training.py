@@ -37,7 +37,7 @@ from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.conditioning import drop_conditioning
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
 from brainsynth_plugins.training_core.memory import out_of_memory_advice
-from brainsynth_plugins.training_core.runtime import quiet, resolve_mixed_precision
+from brainsynth_plugins.training_core.runtime import deterministic_on_cpu, quiet, resolve_mixed_precision
 from brainsynth_plugins.training_core.trainer import StagedTrainer
 
 NIFTI = (".nii", ".nii.gz")
@@ -142,12 +142,7 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
                         "(several processes train 2D models)")
     out = Path(options.output)
     progress = progress or (lambda done, total, message="": None)
-    if options.resume:
-        cfg = run_folder.resume_run(out)
-    else:
-        cfg = build_config(options)
-        run_folder.refuse_file(out)
-        run_folder.refuse_not_empty(out)
+    cfg = run_folder.new_or_resumed(out, options.resume, lambda: build_config(options))
     pairs = read_volume_pairs(cfg["data"])
     trainer = VolumeTrainer(cfg, out, pairs, device=options.device, progress=progress)
     trainer.check()
@@ -229,12 +224,8 @@ class VolumeTrainer(StagedTrainer):
 
     # -- run ---------------------------------------------------------------------------------
     def run(self, resume: bool) -> Path:
-        import torch
 
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        if self.device_name == "cpu":
-            torch.use_deterministic_algorithms(True)
-        try:
+        with deterministic_on_cpu(self.device_name):
             self.out.mkdir(parents=True, exist_ok=True)
             if resume:
                 for stage in ckpts.STAGES:
@@ -250,8 +241,6 @@ class VolumeTrainer(StagedTrainer):
                 self.train_unet(ckpts.latest_checkpoint(self.out, "unet") if resume else None)
             shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
             return self.out
-        finally:
-            torch.use_deterministic_algorithms(deterministic)
 
     # -- stage 1 -----------------------------------------------------------------------------
     def train_vae(self, start: ckpts.Checkpoint | None) -> None:

@@ -111,12 +111,7 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
         trainer = Trainer(cfg, out, ts, device=options.device, progress=lambda *a, **k: None)
         trainer.check()
         return trainer.run()
-    if options.resume:
-        cfg = run_folder.resume_run(out)
-    else:
-        cfg = build_config(options)
-        run_folder.refuse_file(out)
-        run_folder.refuse_not_empty(out)
+    cfg = run_folder.new_or_resumed(out, options.resume, lambda: build_config(options))
     ts = read_training_set(cfg["data"], dim=cfg["dim"], resolution=cfg["resolution"], voxel_mm=cfg["voxel_mm"],
                            labels_dir=cfg.get("labels"), captions_per_image=int(cfg["captions_per_image"]), run=cfg.get("run"))
     trainer = Trainer(cfg, out, ts, device=options.device, progress=progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,14 @@ def write_run(out: Path, cfg: dict[str, Any]) -> None:
     tmp = out / "checkpoints" / f".{RUN_FILE}.tmp"
     tmp.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
     os.replace(tmp, out / "checkpoints" / RUN_FILE)
+
+
+def new_or_resumed(out: Path, resume: bool, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The settings of the run: with ``--resume`` those stored in ``out`` (:func:`resume_run`),
+    else ``build()``'s for a new run into a folder that is not a file and is empty."""
+    if resume:
+        return resume_run(out)
+    cfg = build()
+    refuse_file(out)
+    refuse_not_empty(out)
+    return cfg

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from brainsynth_cli.errors import UserError
@@ -73,3 +75,18 @@ def process_group(device: str) -> Any:
     from accelerate import PartialState
 
     return PartialState(cpu=device == "cpu")
+
+
+@contextlib.contextmanager
+def deterministic_on_cpu(device: str) -> Iterator[None]:
+    """torch's deterministic algorithms while the block runs on the CPU (same seed, same bytes);
+    the previous setting afterwards. Other devices are left as they are."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    if str(device) == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
