@@ -106,7 +106,7 @@ def bare_vae(model: Path, cfg: dict[str, Any], images: Any, *, device: str, step
     stamps = []
     for k in range(steps):
         x = images[order[(torch.arange(b) + k * b) % n]].to(device)  # kept on the CPU, as the trainer keeps them
-        with _autocast(device, cfg["mixed_precision"]):
+        with _autocast(device, "no"):  # as `brainsynth train`: the autoencoder trains in float32 whatever --mixed-precision says
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample()).sample
         loss = (rec.float() - x).abs().mean() + float(cfg["kl_weight"]) * post.kl().float().mean()
