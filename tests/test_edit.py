@@ -142,7 +142,6 @@ def _ball():
 def test_residual_decoding_adds_the_decoded_change(tiny):
     """edit = x + (D(z_edit) - D(E(x))) / 2, where z_edit is what the diffusers pipeline denoises to."""
     import torch
-
     from brainsynth_plugins.ip2p.model import IP2PModel
 
     _, model = tiny
@@ -172,7 +171,6 @@ def test_image_guidance_one_runs_two_branches_and_matches_the_pipeline(tiny):
     """At image guidance 1 the sampler drops the unconditional UNet branch (it cancels): the
     latents equal diffusers' three-branch pipeline's to float rounding, for a third less UNet work."""
     import torch
-
     from brainsynth_plugins.ip2p.model import IP2PModel, image_conditioning, scheduler_for
     from brainsynth_plugins.ip2p.sampling import denoise, guidance_branches
 
@@ -205,7 +203,6 @@ def test_image_guidance_one_runs_two_branches_and_matches_the_pipeline(tiny):
 def test_training_and_edit_condition_the_unet_identically(tiny):
     """The prior latent the trainer feeds the UNet is the one the pipeline builds at inference."""
     import torch
-
     from brainsynth_plugins.ip2p.model import IP2PModel, image_conditioning
 
     _, model = tiny

@@ -166,9 +166,9 @@ def test_train_generate_needs_labels(cohort, tmp_path, capsys):
 
 
 def test_generate_3d_on_template_grid(model3d, tmp_path):
-    from brainsynth_cli.images import read_volume
-
     from brainsynth_plugins.simulate.template import reference
+
+    from brainsynth_cli.images import read_volume
 
     info = json.loads((model3d / "brainsynth.json").read_text())
     assert (model3d / "unet" / "model.safetensors").is_file()
@@ -219,9 +219,9 @@ def test_evaluate_generation_2d_cli(model2d, tmp_path, capsys):
 
 
 def test_evaluate_generation_3d(model3d, tmp_path):
-    from brainsynth_cli.plugin_manager import get_manager
-
     from brainsynth_plugins.ldm.evaluation import evaluate_generation
+
+    from brainsynth_cli.plugin_manager import get_manager
 
     if "atlas" not in get_manager().registry("segmenter"):
         pytest.skip("the atlas segmenter plugin is not registered in this tree")
@@ -316,11 +316,11 @@ def test_samples_montage_captions_each_sample_and_shows_the_radiological_view(tm
     to the radiological view whatever the model's slice convention."""
     from types import SimpleNamespace
 
+    from brainsynth_plugins.ldm.command import sample_caption, write_samples
+    from brainsynth_plugins.ldm.model import Condition
     from PIL import Image
 
     import brainsynth_cli.figures.save as save
-    from brainsynth_plugins.ldm.command import sample_caption, write_samples
-    from brainsynth_plugins.ldm.model import Condition
 
     prompt = "a 71 year old woman with a ventricle volume of 31,000 mm3 and a brain volume of 1,050,000 mm3"
     cond = Condition(prompt, {"age": 71.0, "sex": 0.0, "ventricle_volume": 31000.0, "brain_volume": 1.05e6},
@@ -350,7 +350,6 @@ def test_monai_attention_switches_to_torch_fused_attention_with_the_same_result(
     trainers and loaders do on CUDA devices): it is called, and the output is unchanged on the CPU."""
     import torch
     import torch.nn.functional as F
-
     from brainsynth_plugins.ldm import nets
     from brainsynth_plugins.ldm.presets import PRESETS
 

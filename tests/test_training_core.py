@@ -258,7 +258,6 @@ def test_validation_rows_show_one_prompt_after_another() -> None:
 
 def test_high_timestep_sampling_puts_more_of_the_batch_at_high_noise():
     import torch
-
     from brainsynth_plugins.ip2p.training import training_timesteps
 
     g = torch.Generator().manual_seed(0)
@@ -299,27 +298,27 @@ def test_native_bf16_reads_the_cpu_flags():
 
 
 def test_out_of_memory_becomes_one_line_naming_the_preset_and_a_smaller_batch():
-    from brainsynth_cli.errors import UserError
     from brainsynth_plugins.training_core.memory import out_of_memory_advice
 
+    from brainsynth_cli.errors import UserError
+
     cfg = {"preset": "base", "mixed_precision": "no", "gradient_checkpointing": False}
-    with pytest.raises(UserError) as err:
-        with out_of_memory_advice(cfg, "unet", 32, "cuda"):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(UserError) as err, out_of_memory_advice(cfg, "unet", 32, "cuda"):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert str(err.value) == ("out of GPU memory in stage unet (base preset, batch 32 per process); train again into a new folder "
                               "with --batch-size 16 or --gradient-checkpointing or --mixed-precision bf16")
-    with pytest.raises(UserError, match=r"out of memory in stage vae \(tiny preset, batch 8 per process\); .*--batch-size 4$"):
-        with out_of_memory_advice({**cfg, "preset": "tiny", "gradient_checkpointing": True}, "vae", 8, "cpu"):
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
-    with pytest.raises(RuntimeError, match="shape mismatch"):  # anything else is not translated
-        with out_of_memory_advice(cfg, "vae", 8, "cpu"):
-            raise RuntimeError("shape mismatch")
+    with (pytest.raises(UserError, match=r"out of memory in stage vae \(tiny preset, batch 8 per process\); .*--batch-size 4$"),
+          out_of_memory_advice({**cfg, "preset": "tiny", "gradient_checkpointing": True}, "vae", 8, "cpu")):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+    with pytest.raises(RuntimeError, match="shape mismatch"), out_of_memory_advice(cfg, "vae", 8, "cpu"):  # the rest is not translated
+        raise RuntimeError("shape mismatch")
 
 
 def test_train_out_of_memory_is_exit_2_and_one_line(tmp_path, monkeypatch, capsys):
-    from brainsynth_cli.main import run
     from brainsynth_plugins.ip2p import training
     from test_train_pairs import FAST, make_pairs
+
+    from brainsynth_cli.main import run
 
     pairs = make_pairs(tmp_path / "pairs", size=32, subjects=2, slices=1)
 

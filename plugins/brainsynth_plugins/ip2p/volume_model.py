@@ -115,26 +115,25 @@ class VolumeIP2PModel:
         sched = scheduler_for(scheduler, self._scheduler_config)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         out: list[Any] = []
-        with deterministic_on_cpu(self.device):
-            with torch.no_grad():
-                emb = vn.embed_prompts(self.tokenizer, self.text_model, [prompt, ""], self.device)
-                for i, vol in enumerate(volumes):
-                    vol = np.asarray(vol, np.float32)
-                    if vol.ndim != 3:
-                        raise ValueError(f"a 3D model edits volumes, got an array of shape {vol.shape}")
-                    lab = labels[i] if labels is not None else None
-                    box, seen = vn.model_view(vol, lab, spacing if spacing is not None else (1.0, 1.0, 1.0), self.grid, self.voxel_mm)
-                    x = torch.from_numpy(seen)[None, None].to(self.device) * 2 - 1
-                    prior = self.conditioning(x)
-                    z = denoise_volume(self.unet, sched, prior, emb[:1], emb[1:], steps=steps, guidance_scale=guidance_scale,
-                                       image_guidance_scale=image_guidance_scale, generator=gen,
-                                       latent_channels=self.latent_channels) / self.scaling_factor
-                    edited = vn.decode(self.vae, z).float()
-                    if residual:
-                        change = ((edited - vn.decode(self.vae, prior).float()) / 2)[0, 0].cpu().numpy()
-                    else:
-                        change = ((edited + 1) / 2).clamp(0, 1)[0, 0].cpu().numpy() - seen
-                    out.append(vol + box.to_volume(change))
-                    if progress is not None:
-                        progress(i + 1, len(volumes), "volumes")
+        with deterministic_on_cpu(self.device), torch.no_grad():
+            emb = vn.embed_prompts(self.tokenizer, self.text_model, [prompt, ""], self.device)
+            for i, vol in enumerate(volumes):
+                vol = np.asarray(vol, np.float32)
+                if vol.ndim != 3:
+                    raise ValueError(f"a 3D model edits volumes, got an array of shape {vol.shape}")
+                lab = labels[i] if labels is not None else None
+                box, seen = vn.model_view(vol, lab, spacing if spacing is not None else (1.0, 1.0, 1.0), self.grid, self.voxel_mm)
+                x = torch.from_numpy(seen)[None, None].to(self.device) * 2 - 1
+                prior = self.conditioning(x)
+                z = denoise_volume(self.unet, sched, prior, emb[:1], emb[1:], steps=steps, guidance_scale=guidance_scale,
+                                   image_guidance_scale=image_guidance_scale, generator=gen,
+                                   latent_channels=self.latent_channels) / self.scaling_factor
+                edited = vn.decode(self.vae, z).float()
+                if residual:
+                    change = ((edited - vn.decode(self.vae, prior).float()) / 2)[0, 0].cpu().numpy()
+                else:
+                    change = ((edited + 1) / 2).clamp(0, 1)[0, 0].cpu().numpy() - seen
+                out.append(vol + box.to_volume(change))
+                if progress is not None:
+                    progress(i + 1, len(volumes), "volumes")
         return out

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from brainsynth_cli.errors import UserError
 
@@ -30,7 +31,7 @@ def out_of_memory_advice(cfg: dict[str, Any], stage: str, batch: int, device: st
     again, into a new folder)."""
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - only out-of-memory is translated; the rest is re-raised
+    except Exception as exc:
         if not is_out_of_memory(exc):
             raise
         where = "GPU memory" if device.startswith("cuda") else f"{device.upper()} memory" if device == "mps" else "memory"

@@ -8,7 +8,8 @@ several processes train) synchronises gradients only for what runs through the w
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def step_module(inner: Any, fn: Callable[..., Any], *, autocast: bool = True) -> Any:
