@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
         lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate of stage 2 (stage 1: --set vae_lr=...)."),
         resolution: Optional[int] = typer.Option(None, "--resolution", help="Training resolution in pixels (square)."),
         channels: Optional[int] = typer.Option(None, "--channels", help="Image channels of the model: 1 (grey) or 3 (grey replicated to RGB)."),
-        mixed_precision: Optional[Literal["no", "fp16", "bf16", "auto"]] = typer.Option(None, "--mixed-precision", help="no, fp16, bf16 or auto (bf16 where the device computes it natively; through accelerate)."),
+        mixed_precision: Optional[Literal["no", "fp16", "bf16", "auto"]] = typer.Option(None, "--mixed-precision", help="no, fp16, bf16 or auto (bf16 where the device computes it natively; through accelerate). A 2D model's autoencoder stage trains in float32."),
         gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade compute for memory."),
         ema: bool = typer.Option(False, "--ema", help="Keep an exponential moving average of the UNet weights (saved as the model)."),
         conditioning_dropout: Optional[float] = typer.Option(None, "--conditioning-dropout", help="Probability of dropping the text, the image, and both (each; default 0.05)."),

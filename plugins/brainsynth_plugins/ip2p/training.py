@@ -417,12 +417,7 @@ class Trainer(StagedTrainer):
                     if gan and step >= int(cfg["gan_start"]):
                         g_loss = -disc(rec).mean()
                         loss = loss + float(cfg["gan_weight"]) * g_loss
-                    acc.backward(loss)
-                    if acc.sync_gradients:
-                        acc.clip_grad_norm_(vae.parameters(), 1.0)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
+                    self._optimizer_step(acc, loss, vae.parameters(), opt, sched)
                     if gan and step >= int(cfg["gan_start"]):
                         d_loss = torch.relu(1 - disc(x)).mean() + torch.relu(1 + disc(rec.detach())).mean()
                         acc.backward(d_loss)
@@ -653,12 +648,7 @@ class Trainer(StagedTrainer):
                     else:  # the named structures' region counts region_weight times more (see _loss_weights)
                         w = weights[picked]
                         loss = (err * w).mean() / w.mean()
-                    acc.backward(loss)
-                    if acc.sync_gradients:
-                        acc.clip_grad_norm_(unet.parameters(), 1.0)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
+                    self._optimizer_step(acc, loss, unet.parameters(), opt, sched)
             step += 1
             if ema is not None:
                 ema.step(acc.unwrap_model(unet).parameters())

@@ -196,17 +196,17 @@ class VolumeTrainer(StagedTrainer):
 
         rules = rules_from_text(self.pairs.info["rules"], "pairs.json rules") if self.pairs.info.get("rules") else default_rules()
         lam = float(self.cfg.get("region_weight") or 0.0)
-        boxes: dict[Path, vn.Box] = {}
         train_index = {r.number: i for i, r in enumerate(self.train_pairs)}
-        for i, row in enumerate(self.pairs.rows):
-            prior, spacing = read_canonical(row.prior)
-            labels, _ = read_canonical(row.path("input_labels_file_name"), labels=True)
-            if labels.shape != prior.shape:
-                raise InputError(row.path("input_labels_file_name"), f"has shape {labels.shape} but its image {prior.shape}",
-                                 "re-run make-pairs --dim 3d")
-            if row.prior not in boxes:
-                boxes[row.prior], self.images[row.prior] = vn.model_view(prior, labels, spacing, self.grid, self.cfg["voxel_mm"])
-            box = boxes[row.prior]
+        current: tuple[Path, Path] | None = None  # rows share priors (real, disentangled, deformed): each is read once
+        for row in sorted(self.pairs.rows, key=lambda r: (str(r.prior), str(r.path("input_labels_file_name")), r.number)):
+            if (row.prior, row.path("input_labels_file_name")) != current:
+                current = (row.prior, row.path("input_labels_file_name"))
+                prior, spacing = read_canonical(row.prior)
+                labels, _ = read_canonical(current[1], labels=True)
+                if labels.shape != prior.shape:
+                    raise InputError(row.path("input_labels_file_name"), f"has shape {labels.shape} but its image {prior.shape}",
+                                     "re-run make-pairs --dim 3d")
+                box, self.images[row.prior] = vn.model_view(prior, labels, spacing, self.grid, self.cfg["voxel_mm"])
             target, _ = read_canonical(row.target)
             if target.shape != prior.shape:
                 raise InputError(row.target, f"has shape {target.shape} but its prior {prior.shape}", "re-run make-pairs --dim 3d")
@@ -275,11 +275,7 @@ class VolumeTrainer(StagedTrainer):
             var = std.float() ** 2
             kl = 0.5 * (mean.float() ** 2 + var - torch.log(var.clamp_min(1e-12)) - 1).flatten(1).sum(1).mean()
             loss = l1 + kl_w * kl
-            acc.backward(loss)
-            acc.clip_grad_norm_(vae.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            self._optimizer_step(acc, loss, vae.parameters(), opt, sched)
             step += 1
             self._log({"stage": "vae", "step": step, "loss": float(loss.detach()), "l1": float(l1.detach()),
                        "kl": float(kl.detach()), "lr": float(sched.get_last_lr()[0])})
@@ -452,11 +448,7 @@ class VolumeTrainer(StagedTrainer):
             else:  # the named structures' region counts 1 + region_weight times (as in 2D)
                 w = weights[picked]
                 loss = (err * w).mean() / w.mean()
-            acc.backward(loss)
-            acc.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            self._optimizer_step(acc, loss, unet.parameters(), opt, sched)
             step += 1
             self._log({"stage": "unet", "step": step, "loss": float(loss.detach()), "lr": float(sched.get_last_lr()[0])})
             self.progress(step, total, f"stage 2 (3D unet) loss {float(loss.detach()):.4f}")

@@ -266,10 +266,7 @@ class Trainer(StagedTrainer):
             var = std.float() ** 2
             kl = 0.5 * (mean.float() ** 2 + var - torch.log(var.clamp_min(1e-12)) - 1).flatten(1).sum(1).mean()
             loss = l1 + kl_w * kl
-            acc.backward(loss)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            self._optimizer_step(acc, loss, vae.parameters(), opt, sched, clip=None)
             step += 1
             means = self._mean_over_processes(acc, {"loss": loss, "l1": l1, "kl": kl})
             if acc.is_main_process:
@@ -408,11 +405,7 @@ class Trainer(StagedTrainer):
             with acc.autocast():
                 pred = nets.denoise(unet, self.dim, x, t, ctx)
             loss = F.mse_loss(pred.float(), eps.float())
-            acc.backward(loss)
-            acc.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            self._optimizer_step(acc, loss, unet.parameters(), opt, sched)
             step += 1
             mean_loss = self._mean_over_processes(acc, {"loss": loss})["loss"]
             if acc.is_main_process:

@@ -56,6 +56,17 @@ class StagedTrainer:
 
         return get_scheduler(name, optimizer=opt, num_warmup_steps=warmup, num_training_steps=total * world)
 
+    @staticmethod
+    def _optimizer_step(acc: Any, loss: Any, params: Any, opt: Any, sched: Any, *, clip: float | None = 1.0) -> None:
+        """Backward, gradient-norm clipping (when gradients are synchronised this step), the optimizer
+        and the schedule's step, gradients cleared: one training step's update, as every stage makes it."""
+        acc.backward(loss)
+        if clip is not None and acc.sync_gradients:
+            acc.clip_grad_norm_(params, clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+
     def _log(self, row: dict[str, Any]) -> None:
         """One step's losses: a row of ``logs/loss.csv``, and the trackers' values (``--report-to``)."""
         append_log(self.out / "logs" / "loss.csv", self.LOSS_FIELDS, row)
