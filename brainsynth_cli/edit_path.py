@@ -5,6 +5,9 @@ An edit is ``output = merge(input, input + change, region)``:
 - ``change`` is what the model predicts; a latent model decodes it as a difference
   (``decode(edited latent) - decode(encoded input)``, its *residual decoding*), so the
   autoencoder's own reconstruction error does not reach voxels the prompt does not touch;
+- the *change floor* (optional, a model's recommendation): changes smaller than the floor are
+  the model's faint, systematic noise rather than anatomy, and are dropped by soft thresholding
+  (``sign(c) * max(|c| - floor, 0)``, :func:`floor_change`);
 - ``region`` is the union of the structures the prompt names (from the rules), found in the
   input's label map and dilated by a margin in millimetres;
 - ``merge`` is a blender from the registry (``poisson`` by default: Poisson image editing with
@@ -30,6 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_MARGIN_MM = 3.0
 DEFAULT_BLENDER = "poisson"
+#: The largest change floor accepted: beyond a tenth of the window the floor erases anatomy.
+MAX_CHANGE_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,14 @@ class EditSettings:
     restrict: bool = True
     margin_mm: float = DEFAULT_MARGIN_MM
     blender: str = DEFAULT_BLENDER
+    change_floor: float = 0.0  # fraction of the [0, 1] intensity window; 0 keeps every change
 
     def check(self) -> None:
         if not math.isfinite(self.margin_mm) or not 0 <= self.margin_mm <= 50:
             raise UserError(f"--margin {self.margin_mm:g}: give a margin between 0 and 50 mm")
+        if not math.isfinite(self.change_floor) or not 0 <= self.change_floor <= MAX_CHANGE_FLOOR:
+            raise UserError(f"--change-floor {self.change_floor:g}: give a floor between 0 and {MAX_CHANGE_FLOOR:g} "
+                            "(a fraction of the intensity window; 0 keeps every change)")
         if self.restrict:
             from brainsynth_cli.plugin_manager import registry
 
@@ -51,10 +60,12 @@ class EditSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return {"residual": self.residual, "restrict": self.restrict, "margin_mm": self.margin_mm,
-                "blender": self.blender if self.restrict else None}
+                "blender": self.blender if self.restrict else None, "change_floor": self.change_floor}
 
     def describe(self) -> str:
         parts = ["residual decoding" if self.residual else "whole-image decoding"]
+        if self.change_floor > 0:
+            parts.append(f"changes below {self.change_floor:g} of the intensity window dropped (soft threshold)")
         if self.restrict:
             parts.append(f"restricted to the named structures + {self.margin_mm:g} mm, merged by {self.blender}")
         else:
@@ -130,15 +141,30 @@ def merge(image: "np.ndarray", edited: "np.ndarray", mask: "np.ndarray", blender
     return out
 
 
+def floor_change(change: "np.ndarray", floor: float) -> "np.ndarray":
+    """``change`` soft-thresholded at ``floor``: ``sign(c) * max(|c| - floor, 0)`` (float32).
+
+    Smaller changes become exactly 0; larger ones shrink by ``floor``, so the result stays
+    continuous (no step at the threshold, which a hard cut-off would draw into the image)."""
+    import numpy as np
+
+    c = np.asarray(change, dtype=np.float32)
+    if floor <= 0:
+        return c
+    return (np.sign(c) * np.maximum(np.abs(c) - np.float32(floor), np.float32(0))).astype(np.float32)
+
+
 def apply(image: "np.ndarray", change: "np.ndarray", labels: "np.ndarray | None", structures: Sequence["Structure"],
-          spacing: Sequence[float] | None, settings: EditSettings, within: "np.ndarray | None" = None) -> tuple["np.ndarray", "np.ndarray | None"]:
-    """The edited image ``merge(image, image + change, region)`` and the region used (None when
+          spacing: Sequence[float] | None, settings: EditSettings, within: "np.ndarray | None" = None,
+          window: float = 1.0) -> tuple["np.ndarray", "np.ndarray | None"]:
+    """The edited image ``merge(image, image + floor_change(change), region)`` and the region used (None when
     the edit is not restricted). ``within``: voxels the region may hold at most (the slices a 2D
-    model edited), so the rest of the input stays as it is."""
+    model edited), so the rest of the input stays as it is. ``window``: the width of the
+    intensity window in ``image``'s units (1 for [0, 1] images), which the change floor is a fraction of."""
     import numpy as np
 
     image = np.asarray(image, dtype=np.float32)
-    edited = image + np.asarray(change, dtype=np.float32)
+    edited = image + floor_change(change, settings.change_floor * float(window))
     if not settings.restrict:
         return edited, None
     if labels is None:

@@ -1,4 +1,5 @@
-"""Sampling settings of an edit (steps, scheduler, text and image guidance): what the user gave,
+"""Sampling settings of an edit (steps, scheduler, text and image guidance, the change floor of the
+edit path, :mod:`brainsynth_cli.edit_path`): what the user gave,
 else what the model folder recommends (``brainsynth.json`` ``sampling``, chosen for its preset by
 a sweep on validation pairs), else InstructPix2Pix's defaults."""
 
@@ -7,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 #: InstructPix2Pix's defaults (diffusers' pipeline and BrainEditor), for models that recommend none.
-FALLBACK: dict[str, Any] = {"steps": 20, "scheduler": "ddim", "guidance_scale": 7.5, "image_guidance_scale": 1.5}
+#: The change floor: 0 (every change kept) for models that recommend none.
+FALLBACK: dict[str, Any] = {"steps": 20, "scheduler": "ddim", "guidance_scale": 7.5, "image_guidance_scale": 1.5, "change_floor": 0.0}
 
 
 def resolve(info: dict[str, Any] | None, **given: Any) -> tuple[dict[str, Any], dict[str, str]]:

@@ -133,6 +133,42 @@ def test_outside_the_region_the_input_is_kept_bit_for_bit(tiny, volume, tmp_path
     assert side["edit_path"]["region_voxels"] == int(region.sum())
 
 
+def test_change_floor_drops_faint_changes_and_shrinks_the_rest():
+    """The change floor soft-thresholds the decoded change, in units of the image's intensity window."""
+    from brainsynth_cli.edit_path import EditSettings, apply, floor_change
+
+    c = np.array([-0.03, -0.004, 0.0, 0.003, 0.02], np.float32)
+    assert np.allclose(floor_change(c, 0.005), [-0.025, 0, 0, 0, 0.015])
+    assert np.array_equal(floor_change(c, 0.0), c)
+    image = np.full(5, 0.5, np.float32)
+    out, region = apply(image, c * 900, None, [], None, EditSettings(restrict=False, change_floor=0.005), window=900.0)
+    assert region is None and np.allclose(out, image + np.array([-22.5, 0, 0, 0, 13.5], np.float32), atol=1e-3)
+
+
+def test_edit_change_floor_keeps_more_of_the_input(tiny, volume, tmp_path):
+    """--change-floor: voxels whose change is below the floor keep the input's value; the floor and where it
+    came from are recorded; a floor outside [0, 0.1] is refused in one line."""
+    import nibabel as nib
+
+    _, model = tiny
+    args = [model, volume, "--prompt", PROMPT, "--steps", "3", "--labels", labels_of(volume), "--margin", "0", "--blender", "copy-paste"]
+    code, _, err = edit_cli(*args, "-o", tmp_path / "a.nii.gz", "--change-floor", "0")
+    assert code == 0, err
+    code, _, err = edit_cli(*args, "-o", tmp_path / "b.nii.gz", "--change-floor", "0.02")
+    assert code == 0, err
+    src = np.asarray(nib.load(volume).dataobj).astype(np.float32)
+    a = np.asarray(nib.load(tmp_path / "a.nii.gz").dataobj).astype(np.float32)
+    b = np.asarray(nib.load(tmp_path / "b.nii.gz").dataobj).astype(np.float32)
+    assert (b != src).sum() < (a != src).sum()  # fewer voxels changed
+    assert np.abs(b - src).sum() < np.abs(a - src).sum()
+    side = json.loads((tmp_path / "b.json").read_text())
+    assert side["edit_path"]["change_floor"] == 0.02 and side["sampling_from"]["change_floor"] == "option"
+    assert "soft threshold" in side["edit_path"]["description"]
+    code, _, err = edit_cli(*args, "-o", tmp_path / "c.nii.gz", "--change-floor", "0.5")
+    assert code == 2 and "--change-floor 0.5" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c.nii.gz").exists()
+
+
 def _ball():
     from brainsynth_cli.edit_path import ball
 

@@ -6,10 +6,13 @@ from brainsynth_cli.sampling import FALLBACK, resolve
 
 
 def test_options_win_then_the_model_then_the_defaults() -> None:
-    info = {"sampling": {"steps": 10, "guidance_scale": 3.0, "image_guidance_scale": 1.0}}
-    settings, sources = resolve(info, steps=None, scheduler=None, guidance_scale=12.0, image_guidance_scale=None)
-    assert settings == {"steps": 10, "scheduler": "ddim", "guidance_scale": 12.0, "image_guidance_scale": 1.0}
-    assert sources == {"steps": "model", "scheduler": "default", "guidance_scale": "option", "image_guidance_scale": "model"}
+    info = {"sampling": {"steps": 10, "guidance_scale": 3.0, "image_guidance_scale": 1.0, "change_floor": 0.005}}
+    settings, sources = resolve(info, steps=None, scheduler=None, guidance_scale=12.0, image_guidance_scale=None, change_floor=None)
+    assert settings == {"steps": 10, "scheduler": "ddim", "guidance_scale": 12.0, "image_guidance_scale": 1.0, "change_floor": 0.005}
+    assert sources == {"steps": "model", "scheduler": "default", "guidance_scale": "option", "image_guidance_scale": "model",
+                       "change_floor": "model"}
+    settings, sources = resolve(info, change_floor=0.0)  # 0 given is an option, not "missing"
+    assert settings["change_floor"] == 0.0 and sources["change_floor"] == "option"
 
 
 def test_models_without_a_recommendation_get_the_defaults() -> None:

@@ -113,6 +113,7 @@ def register(app: typer.Typer) -> None:
         scheduler: Literal["ddim", "dpm++", "euler-a"] | None = typer.Option(None, "--scheduler", help="ddim, dpm++ or euler-a (default: the model's, else ddim)."),
         guidance_scale: float | None = typer.Option(None, "--guidance-scale", help="Text guidance scale (default: the model's, else 7.5)."),
         image_guidance_scale: float | None = typer.Option(None, "--image-guidance-scale", help="Image guidance scale, closeness to INPUT (default: the model's, else 1.5)."),
+        change_floor: float | None = typer.Option(None, "--change-floor", help="Drop changes smaller than this fraction of the intensity window (soft threshold; default: the model's, else 0)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise."),
         slices: str = typer.Option("all", "--slices", help="2D models: axial slices of a volume to edit: all, center:N or A:B (empty slices are skipped)."),
         batch_size: int = typer.Option(4, "--batch-size", help="Slices per batch."),
@@ -123,6 +124,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Edit a scan or slice by a text prompt; the output keeps the input's grid, affine and header,
         and equals the input outside the named structures (plus --margin)."""
+        import dataclasses
+
         import numpy as np
 
         from brainsynth_cli import __version__, edit_io
@@ -154,7 +157,8 @@ def register(app: typer.Typer) -> None:
             check_number("--pixel-size", pixel_size, low=1e-3, high=20)
         if device not in ("auto", "cpu", "cuda", "mps"):
             raise UserError(f"--device must be auto, cpu, cuda or mps, got {device!r}")
-        settings = ep.EditSettings(residual=residual, restrict=restrict, margin_mm=float(margin), blender=blender)
+        settings = ep.EditSettings(residual=residual, restrict=restrict, margin_mm=float(margin), blender=blender,
+                                   change_floor=float(change_floor or 0.0))
         settings.check()
         fig = figure or output.with_name(output.name.split(".")[0] + "_before_after.png")
         sidecar = edit_io.sidecar_path(output)
@@ -210,7 +214,9 @@ def register(app: typer.Typer) -> None:
         resolution = getattr(loaded, "resolution", None)
         convention = str((info.get("intensity_normalisation") or {}).get("slice_convention") or "brainsynth_cli.slices v1")
         sampling, sampling_from = resolve_sampling(info, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
-                                       image_guidance_scale=image_guidance_scale)
+                                                   image_guidance_scale=image_guidance_scale, change_floor=change_floor)
+        settings = dataclasses.replace(settings, change_floor=float(sampling.pop("change_floor")))
+        settings.check()
         options = dict(**sampling, seed=seed, batch_size=batch_size, residual=residual)
         within = None
         if kind == "nifti" and "3d" in dims:
@@ -231,7 +237,8 @@ def register(app: typer.Typer) -> None:
             if kind == "nifti":  # a slice-wise edit changes only the slices the model edited
                 within = np.zeros(canvas.data.shape, bool)
                 within[:, :, jobs.indices] = True
-        result, mask = ep.apply(canvas.data, canvas.change, canvas.labels, structures, canvas.spacing, settings, within)
+        window = float(canvas.meta["norm"].high - canvas.meta["norm"].low) if kind == "nifti" else 1.0
+        result, mask = ep.apply(canvas.data, canvas.change, canvas.labels, structures, canvas.spacing, settings, within, window)
 
         record = {
             "brainsynth": __version__, "input": str(input), "output": str(output), "model": str(model_dir) if model_dir else None,

@@ -782,7 +782,8 @@ class Trainer(StagedTrainer):
             # what `edit` and `evaluate` use when their options are not given (the preset's, chosen by a sweep)
             "sampling": {"steps": int(self.cfg["sampling_steps"]), "scheduler": str(self.cfg["sampling_scheduler"]),
                          "guidance_scale": float(self.cfg["guidance_scale"]),
-                         "image_guidance_scale": float(self.cfg["image_guidance_scale"])},
+                         "image_guidance_scale": float(self.cfg["image_guidance_scale"]),
+                         "change_floor": float(self.cfg["change_floor"])},
         }
         tmp = self.out / ".brainsynth.json.tmp"
         tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
