@@ -1,8 +1,10 @@
 """Sweep the edit's sampling settings of a trained model on a pairs folder's validation split.
 
-    python benchmarks/edit_sweep.py MODEL PAIRS [--split validation] [--limit 96] [-o DIR]
+    python benchmarks/edit_sweep.py MODEL PAIRS [--split validation] [--limit 96] [-o DIR] [--change-floor 0 0.005 0.01]
 
-Text guidance x image guidance at 10 DDIM steps first, then steps and scheduler at the best pair;
+Text guidance x image guidance at 10 DDIM steps first, then steps and scheduler at the best pair,
+then the edit path's change floors (soft threshold of the model's change) at the best setting
+(the largest floor that keeps ACC and the structure change error, MAE within 0.1 pp);
 each setting is scored by `brainsynth evaluate`'s own engine (registration measure, edit path
 as `edit` uses it), per pair: ACC, MAE, change error, PSNR/SSIM, with the identity row of the same
 run beside it. The best setting maximises ACC, then minimises MAE, among those within 1 dB of
@@ -50,7 +52,7 @@ def line(r: dict) -> str:
     m, i = r["model"], r["identity"]
     s = r["settings"]
     return (f"| {s.get('guidance_scale')} | {s.get('image_guidance_scale')} | {s.get('steps')} | {s.get('scheduler')} | "
-            f"{m['acc']:.2f} (n={m['n']}) | {m['mae']:.2f} | {m['change_error']:.3f} | {m['psnr']:.2f} ({m['psnr'] - i['psnr']:+.2f}) | "
+            f"{s.get('change_floor', 0.0):g} | {m['acc']:.2f} (n={m['n']}) | {m['mae']:.2f} | {m['leak']:.2f} | {m['change_error']:.3f} | {m['psnr']:.2f} ({m['psnr'] - i['psnr']:+.2f}) | "
             f"{m['ssim']:.3f} | {r['seconds']:.0f} |")
 
 
@@ -65,6 +67,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, nargs="+", default=[3.0, 7.5, 15.0, 25.0])
     ap.add_argument("--image-guidance", type=float, nargs="+", default=[1.0, 1.5])
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 5, 20], help="first: the grid's steps; the rest tried at the best pair")
+    ap.add_argument("--change-floor", type=float, nargs="+", default=[0.0],
+                    help="first: the grid's change floor; the rest tried at the best setting")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -74,7 +78,7 @@ def main() -> None:
     for g in a.guidance:
         for ig in a.image_guidance:
             runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=g, image_guidance_scale=ig, steps=a.steps[0],
-                              scheduler="ddim"))
+                              scheduler="ddim", change_floor=a.change_floor[0]))
             print(line(runs[-1]), flush=True)
 
     def best_of(runs: list[dict]) -> dict:
@@ -90,13 +94,28 @@ def main() -> None:
     best = best_of(runs)["settings"]
     for steps, sched in [(n, "ddim") for n in a.steps[1:]] + [(a.steps[0], "dpm++")]:
         runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=best["guidance_scale"],
-                          image_guidance_scale=best["image_guidance_scale"], steps=steps, scheduler=sched))
+                          image_guidance_scale=best["image_guidance_scale"], steps=steps, scheduler=sched, change_floor=a.change_floor[0]))
         print(line(runs[-1]), flush=True)
-    print("\n| guidance | image guidance | steps | scheduler | pair ACC | MAE pp | change error | PSNR (vs identity) | SSIM | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    best = best_of(runs)["settings"]
+    for floor in a.change_floor[1:]:
+        runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, **{**best, "change_floor": floor}))
+        print(line(runs[-1]), flush=True)
+    print("\n| guidance | image guidance | steps | scheduler | change floor | pair ACC | MAE pp | leak pp | change error | PSNR (vs identity) | SSIM | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(line(r))
-    print(f"\nbest: {best_of(runs)['settings']}")
+    best = best_of([r for r in runs if r["settings"]["change_floor"] == a.change_floor[0]])
+    floors = [r for r in runs if r["settings"] == {**best["settings"], "change_floor": r["settings"]["change_floor"]}]
+    print(f"\nbest: {best['settings']}; change floor: {best_floor(best, floors)}")
+
+
+def best_floor(base: dict, runs: list[dict]) -> float:
+    """The largest change floor that keeps the setting's ACC and structure change error and its MAE
+    within 0.1 pp: it removes faint change without making the edits smaller where it matters."""
+    m0 = base["model"]
+    ok = [r for r in runs if r["model"]["acc"] >= m0["acc"] and r["model"]["mae"] <= m0["mae"] + 0.1
+          and r["model"]["structure_error"] <= m0["structure_error"] + 0.005]
+    return max((r["settings"]["change_floor"] for r in ok), default=base["settings"]["change_floor"])
 
 
 if __name__ == "__main__":

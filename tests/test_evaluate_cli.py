@@ -141,8 +141,42 @@ def test_other_settings_into_a_report_folder_are_refused_unless_overwrite(cli, t
     assert evaluate(cli, model, pairs, out, "--guidance-scale", "5").exit_code == 0  # the new settings resume
 
 
+def test_change_floor_acts_on_the_model_row_only(cli, trained):
+    """--change-floor soft-thresholds the model's change (fewer pixels changed, less change in all)
+    and is recorded; the deform row keeps every change; the default is the model's recommendation."""
+    from brainsynth_cli.slices import read_slice
+
+    root, pairs, model = trained
+    runs = {f: root / f"report-floor-{f}" for f in ("0", "0.03")}
+    for f, out in runs.items():
+        res = evaluate(cli, model, pairs, out, "--change-floor", f, "--blender", "copy-paste")  # no Poisson spread
+        assert res.exit_code == 0, res.stderr
+
+    def changed(out, name):
+        from brainsynth_cli.pairs_folder import read_pairs_folder
+
+        rows = {r.number: r for r in read_pairs_folder(pairs).rows}
+        total = []
+        for p in sorted((out / "edits").glob(f"{name}-*.png")):
+            prior = read_slice(rows[int(p.stem.split("-")[1])].prior)
+            total.append(np.abs(read_slice(p) - prior))
+        return np.stack(total)
+
+    a, b = changed(runs["0"], "row"), changed(runs["0.03"], "row")
+    assert (b > 0).sum() < (a > 0).sum() and b.sum() < a.sum()
+    assert np.array_equal(changed(runs["0"], "deform"), changed(runs["0.03"], "deform"))
+    metrics = json.loads((runs["0.03"] / "metrics.json").read_text())
+    assert metrics["settings"]["change_floor"] == 0.03 and "soft threshold" in metrics["settings"]["edit_path"]
+    assert metrics["first_screen"]["table"]["model"]["psnr"] != json.loads((runs["0"] / "metrics.json").read_text())["first_screen"]["table"]["model"]["psnr"]
+    recommended = json.loads((model / "brainsynth.json").read_text())["sampling"]["change_floor"]
+    out = root / "report-floor-default"
+    assert evaluate(cli, model, pairs, out, "--no-baselines").exit_code == 0
+    assert json.loads((out / "evaluate.json").read_text())["change_floor"] == recommended
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--measure", "registratoin"], "did you mean 'registration'"),
+    (["--change-floor", "0.5"], "--change-floor must be a finite number in [0, 0.1]"),
 ])
 def test_bad_options_are_one_line_errors(cli, trained, args, needle):
     root, pairs, model = trained

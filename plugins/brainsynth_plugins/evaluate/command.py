@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         restrict: bool = typer.Option(True, "--restrict/--no-restrict", help="Edit path: keep the change inside the named structures (row's prior labels) plus --margin."),
         margin: float = typer.Option(3.0, "--margin", help="Edit path: margin around the named structures, mm."),
         blender: str = typer.Option("poisson", "--blender", help="Edit path: how the change is merged into the prior (blender plugin; see `brainsynth plugins`)."),
+        change_floor: Optional[float] = typer.Option(None, "--change-floor", help="Edit path: drop the model's changes below this fraction of the intensity window (default: the model's, else 0)."),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score the deform and chance rows."),
         jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes that measure rows while the model edits the next ones (same numbers, less time)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report made in OUTPUT with other settings (its files are removed first)."),
@@ -68,8 +69,9 @@ def register(app: typer.Typer) -> None:
         if model is not None and not model.is_dir():
             raise InputError(model, "model folder not found", "give the folder written by `brainsynth train`")
         sampling, _ = resolve_sampling(model_info(model), steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
-                                       image_guidance_scale=image_guidance_scale)
+                                       image_guidance_scale=image_guidance_scale, change_floor=change_floor)
         steps, scheduler = sampling["steps"], sampling["scheduler"]
+        change_floor = sampling["change_floor"] if model is not None else 0.0
         guidance_scale, image_guidance_scale = sampling["guidance_scale"], sampling["image_guidance_scale"]
         if output.exists() and not output.is_dir():
             raise InputError(output, "exists and is not a folder", "choose another --output")
@@ -77,12 +79,13 @@ def register(app: typer.Typer) -> None:
         check_number("--image-guidance-scale", image_guidance_scale, low=0, high=100)
         check_number("--steps", steps, low=1, high=1000, integer=True)
         check_number("--margin", margin, low=0, high=50)
+        check_number("--change-floor", change_floor, low=0, high=0.1)
         check_seed(seed)
         check_number("--jobs", jobs, low=1, high=MAX_JOBS, integer=True)
         refuse_folder_over_input(output, {"model folder": model, "pairs folder": pairs})
         settings = EvalSettings(split=split, measure=measure, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                 image_guidance_scale=image_guidance_scale, seed=seed, limit=limit, residual=residual, restrict=restrict,
-                                margin_mm=margin, blender=blender, baselines=baselines)
+                                margin_mm=margin, blender=blender, baselines=baselines, change_floor=change_floor)
         log = output / "rows.jsonl"
         with locked_output(output, command="evaluate", keep=log.is_file):
             claim_report_folder(output, report_settings(model, pairs, settings), overwrite=overwrite)

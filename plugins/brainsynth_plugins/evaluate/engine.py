@@ -59,6 +59,7 @@ class EvalSettings:
     margin_mm: float = 3.0
     blender: str = "poisson"
     baselines: bool = True  # the deform and chance rows
+    change_floor: float = 0.0  # the model's edits only (the edit path's soft threshold); the deform row keeps every change
     record: int = 3  # version of the per-row record in rows.jsonl: rows scored by an older version are redone
 
     def key(self, model_dir: Path | None) -> str:

@@ -10,7 +10,7 @@ whichever process scored it: ``--jobs`` changes the time, not the numbers.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -49,7 +49,7 @@ class RowContext:
         if settings.baselines and "deform" in registry("generator"):
             deform = registry("generator").create("deform").load(None, device)
         path_settings = EditSettings(residual=settings.residual, restrict=settings.restrict, margin_mm=settings.margin_mm,
-                                     blender=settings.blender)
+                                     blender=settings.blender, change_floor=settings.change_floor)
         path_settings.check()
         return cls(pairs=pairs, rules=rules, parser=engine.prompt_parser(pairs, rules), measure=registry("measure").create(settings.measure),
                    deform=deform, path_settings=path_settings, settings=settings, out_dir=Path(out_dir))
@@ -96,7 +96,7 @@ def score(ctx: RowContext, row: PairRow, model_image: np.ndarray | None, inputs:
     if ctx.deform is not None and x.structures:
         moved = ctx.deform.edit([x.prior], row.prompt, labels=[x.prior_labels], spacing=x.spacing, strict=False)[0]
         images["deform"] = edited_slice(x.prior, np.asarray(moved, np.float32) - x.prior, x.prior_labels, x.structures, x.spacing,
-                                        ctx.path_settings)
+                                        replace(ctx.path_settings, change_floor=0.0))  # the floor is the model's
         write_png(ctx.out_dir / "edits" / f"deform-{row.number:05d}.png", to_png16(images["deform"]))
     if ctx.settings.baselines:
         noise = np.random.default_rng([ctx.settings.seed, row.number]).normal(0.0, engine.CHANCE_NOISE, x.prior.shape)

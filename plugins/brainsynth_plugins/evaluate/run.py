@@ -38,7 +38,8 @@ REPORT_FILES = (SETTINGS_FILE, "edits", "rows.jsonl", "metrics.csv", "metrics-pa
 _OPTION_NAMES = {"model": "MODEL", "pairs": "PAIRS", "split": "--split", "measure": "--measure", "steps": "--steps",
                  "scheduler": "--scheduler", "guidance_scale": "--guidance-scale",
                  "image_guidance_scale": "--image-guidance-scale", "seed": "--seed", "residual": "--residual",
-                 "restrict": "--restrict", "margin_mm": "--margin", "blender": "--blender", "baselines": "--baselines"}
+                 "restrict": "--restrict", "margin_mm": "--margin", "blender": "--blender", "baselines": "--baselines",
+                 "change_floor": "--change-floor"}
 
 
 def report_settings(model_dir: Path | None, pairs_dir: Path, settings: engine.EvalSettings) -> dict[str, Any]:

@@ -32,8 +32,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # edit defaults from a sweep on the demo's validation pairs (benchmarks/RESULTS.md, "edit quality")
         "guidance_scale": 3.0, "image_guidance_scale": 1.0, "sampling_steps": 10, "sampling_scheduler": "ddim",
         # the edit path drops decoded changes below 0.5 % of the intensity window (soft threshold): the
-        # model's faint, systematic change around the named structures cost 0.36 dB of PSNR and moved
-        # no structure (benchmarks/RESULTS.md, "The change floor")
+        # model's faint, systematic change around the named structures moved no structure and cost
+        # 0.36 dB of PSNR on the demo's test pairs; chosen on its validation pairs
+        # (benchmarks/RESULTS.md, "The change floor")
         "change_floor": 0.005,
         # constant, then a linear decay to 0 over the last 20 % of the steps: over two seeds ACC 0.84 and
         # 0.84 (constant: 0.84, 0.75), MAE 4.07 / 4.18 pp (4.48 / 4.40), leak 0.72 / 0.65 pp (0.80 / 0.85), for
