@@ -286,7 +286,8 @@ def test_diffusers_pipeline_gives_the_same_image(rgb_model, tmp_path):
     for sched, cls in (("ddim", None), ("euler-a", EulerAncestralDiscreteScheduler)):
         out = tmp_path / f"edit-{sched}.png"
         code, _, err = edit_cli(rgb_model, src, "--prompt", PROMPT, "-o", out, "--steps", "4", "--seed", 11, "--scheduler", sched,
-                                "--guidance-scale", "5", "--image-guidance-scale", "1.3", "--device", "cpu", "--no-residual", "--no-restrict")
+                                "--guidance-scale", "5", "--image-guidance-scale", "1.3", "--device", "cpu", "--no-residual", "--no-restrict",
+                                "--change-floor", "0")
         assert code == 0, err
         ours, bits = read_png(out)
         with one_thread():
