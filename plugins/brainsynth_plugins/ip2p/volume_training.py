@@ -29,6 +29,7 @@ from brainsynth_cli.interfaces import Progress, TrainOptions
 from brainsynth_cli.limits import check_settings
 from brainsynth_cli.pairs_folder import PairsFolder, read_pairs_folder
 from brainsynth_plugins.ip2p import volume_nets as vn
+from brainsynth_plugins.ip2p import volume_text as vt
 from brainsynth_plugins.ip2p.data import trained_intervals, trained_prompts
 from brainsynth_plugins.ip2p.volume_presets import VOLUME_COMMON, VOLUME_PRESETS, VOLUME_SETTINGS
 from brainsynth_plugins.training_core import checkpoints as ckpts
@@ -491,10 +492,13 @@ class VolumeTrainer(StagedTrainer):
         recon = self.vae_reconstruction(vae)
         tmp = self.out / ".tmp-unet"
         shutil.rmtree(tmp, ignore_errors=True)
-        vn.nets.save(unet, vn.DIM, "unet", tmp, vn.unet_kwargs(self.cfg["unet"], int(self.cfg["vae"]["latent_channels"]), self.text_width))
+        vn.save_unet(unet, tmp, self.cfg["unet"], int(self.cfg["vae"]["latent_channels"]), self.text_width)
         shutil.rmtree(self.out / "unet", ignore_errors=True)
         os.replace(tmp, self.out / "unet")
         noise_sched.save_pretrained(self.out / "scheduler")
+        for part in (vt.ENCODER, vt.TOKENIZER):
+            shutil.rmtree(self.out / part, ignore_errors=True)
+        vt.save_text_encoder(self.tokenizer, self.text_model, self.out)  # the folder needs no encoder by name
         rules_text = self.pairs.info.get("rules") or default_rules().to_toml()
         rules = rules_from_text(rules_text, "pairs.json rules")
         cfg = self.cfg
@@ -509,7 +513,7 @@ class VolumeTrainer(StagedTrainer):
             "structures": [s.name for s in rules.described()], "rules": rules_text,
             "prompts": trained_prompts(self.pairs), "intervals": trained_intervals(self.pairs),
             "vae_reconstruction": recon, "latent_target": "image", "prediction_type": str(noise_sched.config.prediction_type),
-            "text_encoder": dict(cfg["text_encoder"]),
+            "text_encoder": {**cfg["text_encoder"], "folder": [vt.ENCODER, vt.TOKENIZER]},
             "training": {k: cfg[k] for k in ("seed", "vae_steps", "unet_steps", "vae_lr", "unet_lr", "vae_batch_size",
                                              "unet_batch_size", "conditioning_dropout", "mixed_precision", "kl_weight",
                                              "prediction_type", "timestep_sampling", "region_weight", "gradient_checkpointing")},
