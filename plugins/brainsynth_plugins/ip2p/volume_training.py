@@ -506,7 +506,8 @@ class VolumeTrainer(StagedTrainer):
             "format": "brainsynth-model", "version": 1, "generator": "instruct-pix2pix", "brainsynth": __version__,
             "dims": ["3d"], "preset": cfg["preset"], "channels": 1, "channel_mode": "grey",
             "grid": {"shape": list(self.grid), "voxel_mm": cfg["voxel_mm"], "axes": "canonical RAS voxel axes of the input",
-                     "centre": "centroid of the input's labelled voxels (else of its foreground)"},
+                     "centre": "centroid of the input's labelled voxels (else of its foreground), moved by under half an "
+                               "input voxel to put the box's first voxel on an input voxel"},
             "latent": {"channels": int(cfg["vae"]["latent_channels"]), "shape": latent_shape, "scaling_factor": scale,
                        "vae_scale_factor": vn.factor(cfg["vae"])},
             "intensity_normalisation": {"method": "percentile-0.5-99.5-nonzero window", "model_range": [-1, 1]},
