@@ -21,8 +21,9 @@ VOLUME_PRESETS: dict[str, dict[str, Any]] = {
     # addition_embed_type=text): with cross-attention alone the model applied one small change
     # whatever size the prompt asked for (+1.5 / +1.9 / +1.2 % ventricles for mild / moderate / severe).
     # 600 UNet steps: with the pooled prompt, 300 steps still changed the ventricles alike for the
-    # cortex prompt and the ventricle prompts (-0.6 % each, one voxel); 600 separated them (+2.45 %
-    # for every ventricle prompt, -0.6 % for cortex atrophy). The size within a structure is not
+    # cortex prompt and the ventricle prompts (-0.6 % each, one voxel); 600 separated them (with the
+    # snapped box: ventricles +1.8 / +1.2 % for every ventricle prompt, 0.0 % and the cortex -0.8 /
+    # -0.9 % for cortex atrophy; seeds 0 / 1). The size within a structure is not
     # learned yet: this autoencoder passes only +1.0 / +3.2 / +3.8 % of a deformed pair's measured
     # +1.9 / +10.5 / +15.0 % (RESULTS, 3D prompt size).
     "tiny": {
