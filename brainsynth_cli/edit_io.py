@@ -6,9 +6,10 @@ whole volume), the change brought back to the input grid, and the output in the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from brainsynth_cli.errors import InputError, UserError
 
@@ -192,7 +193,7 @@ def write_output(canvas: Canvas, result: Any, output: Path) -> None:
         info = np.iinfo(on_disk)
         data = np.clip(np.round(data), info.min, info.max)
         dtype = on_disk
-    write_volume(output, data, vol.affine, vol.header, dtype=dtype)
+    write_volume(output, data, vol.affine, vol.header, dtype=dtype, keep_codes=True)
 
 
 def write_sidecar(path: Path, record: dict[str, Any]) -> None:

@@ -86,10 +86,14 @@ def test_model_folder_layout_and_record(models, pairs3d):
     for part, cls in (("vae", "AutoencoderKL"), ("unet", "DiffusionModelUNet")):
         cfg = json.loads((model / part / "config.json").read_text())
         assert cfg["_class_name"] == f"monai.networks.nets.{cls}"
-    unet = json.loads((model / "unet" / "config.json").read_text())["kwargs"]
+    unet_cfg = json.loads((model / "unet" / "config.json").read_text())
+    unet = unet_cfg["kwargs"]
     assert unet["in_channels"] == 6 and unet["out_channels"] == 3 and unet["cross_attention_dim"] == 384
+    assert unet_cfg["pooled_text"] == {"width": 384, "heads": 64}  # the tiny preset's pooled prompt
     weights = sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pkl"))
-    assert weights == ["unet/model.safetensors", "vae/model.safetensors"]
+    assert weights == ["text_encoder/model.safetensors", "unet/model.safetensors", "vae/model.safetensors"]
+    assert (model / "tokenizer" / "tokenizer_config.json").is_file()
+    assert info["text_encoder"]["folder"] == ["text_encoder", "tokenizer"]
     assert not (model / "checkpoints").exists()
     assert (model / "validation" / "vae.png").stat().st_size > 0 and (model / "validation" / "unet.png").stat().st_size > 0
     loss = (model / "logs" / "loss.csv").read_text().splitlines()
@@ -133,6 +137,101 @@ def test_training_and_edit_see_and_condition_the_same(models, pairs3d):
     assert m.scaling_factor != 1.0
 
 
+def test_pooled_prompt_is_added_to_the_time_embedding(models):
+    """The UNet's class-embedding slot holds the pooled prompt (diffusers' TextTimeEmbedding, as the
+    2D tiny model's addition_embed_type=text): it is called on the prompt's tokens, two prompts
+    pool differently, and what it returns changes the prediction."""
+    import torch
+    from brainsynth_plugins.ip2p import volume_nets as vn
+    from brainsynth_plugins.ip2p.volume_model import VolumeIP2PModel
+    from diffusers.models.embeddings import TextTimeEmbedding
+
+    model, _ = models
+    m = VolumeIP2PModel(model, "cpu")
+    assert isinstance(m.unet.class_embedding, TextTimeEmbedding)
+    emb = vn.embed_prompts(m.tokenizer, m.text_model, [TRAINED, "cortex atrophy"], "cpu")
+    g = torch.Generator().manual_seed(0)
+    x, prior = (torch.randn((1, 3, 12, 16, 12), generator=g) for _ in range(2))
+    t = torch.tensor([900])
+    seen = []
+
+    def record(module, args, out):
+        seen.append(args[0])
+
+    def zero(module, args, out):
+        return torch.zeros_like(out)
+
+    with torch.no_grad():
+        hook = m.unet.class_embedding.register_forward_hook(record)
+        a = vn.unet_forward(m.unet, x, prior, t, emb[:1])
+        hook.remove()
+        assert len(seen) == 1 and torch.equal(seen[0], emb[:1])
+        pooled = m.unet.class_embedding(emb)
+        assert pooled.shape == (2, 64) and not torch.allclose(pooled[0], pooled[1], atol=1e-4)
+        hook = m.unet.class_embedding.register_forward_hook(zero)
+        b = vn.unet_forward(m.unet, x, prior, t, emb[:1])
+        hook.remove()
+    assert not torch.allclose(a, b, atol=1e-5)
+
+
+def _strip_to_old_folder(model: Path, old: Path) -> None:
+    """``old``: ``model`` as brainsynth wrote 3D folders before the pooled prompt and the copied text
+    encoder (no class embedding in the UNet, no text_encoder/ and tokenizer/)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model, old)
+    for part in ("text_encoder", "tokenizer"):
+        shutil.rmtree(old / part)
+    cfg = json.loads((old / "unet" / "config.json").read_text())
+    del cfg["pooled_text"]
+    (old / "unet" / "config.json").write_text(json.dumps(cfg))
+    weights = load_file(str(old / "unet" / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("class_embedding.")}, str(old / "unet" / "model.safetensors"))
+    info = json.loads((old / "brainsynth.json").read_text())
+    del info["text_encoder"]["folder"]
+    (old / "brainsynth.json").write_text(json.dumps(info))
+
+
+def test_model_folder_is_self_contained_and_old_folders_load(models, pairs3d, tmp_path):
+    """An edit reads the text encoder from the model folder: the same bytes when the encoder's name
+    in brainsynth.json names no plugin. A folder of the earlier layout still loads and edits."""
+    import shutil
+
+    from brainsynth_plugins.ip2p.volume_model import VolumeIP2PModel
+
+    model, _ = models
+    cohort, truth, _ = pairs3d
+    src = next(cohort.glob("sub-*/ses-01/anat/*_T1w.nii.gz"))
+    lab = next((truth / src.name.split("_")[0] / "ses-01" / "anat").glob("*_dseg.nii.gz"))
+    alone = tmp_path / "alone"
+    shutil.copytree(model, alone)
+    info = json.loads((alone / "brainsynth.json").read_text())
+    info["text_encoder"] = {**info["text_encoder"], "name": "no-such-encoder", "path": str(tmp_path / "gone")}
+    (alone / "brainsynth.json").write_text(json.dumps(info))
+    old = tmp_path / "old"
+    _strip_to_old_folder(model, old)
+    outs = {}
+    for name, folder in (("model", model), ("alone", alone), ("old", old)):
+        outs[name] = tmp_path / f"{name}.nii.gz"
+        code, _, err = run_cli("edit", folder, src, "--labels", lab, "--prompt", TRAINED, "-o", outs[name], "--steps", 2, "--seed", 1)
+        assert code == 0, err
+    assert outs["model"].read_bytes() == outs["alone"].read_bytes()
+    assert outs["model"].read_bytes() != outs["old"].read_bytes()  # without its pooled prompt the UNet predicts otherwise
+    assert VolumeIP2PModel(old, "cpu").unet.num_class_embeds is None
+
+
+def test_batch_size_is_refused_for_a_3d_model(models, pairs3d, tmp_path):
+    model, _ = models
+    cohort, _, _ = pairs3d
+    src = next(cohort.glob("sub-*/ses-01/anat/*_T1w.nii.gz"))
+    code, _, err = run_cli("edit", model, src, "--prompt", TRAINED, "-o", tmp_path / "x.nii.gz", "--batch-size", 2)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--batch-size" in err and str(model) in err and "leave out --batch-size" in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_box_round_trip():
     """A change on the model grid comes back onto the input's grid where the box covers it, and is 0 elsewhere."""
     from brainsynth_plugins.ip2p import volume_nets as vn
@@ -144,6 +243,29 @@ def test_box_round_trip():
     back = box.to_volume(np.ones((16, 16, 16), np.float32))
     c = tuple(round(v) for v in box.centre)
     assert back.shape == vol.shape and back[c] == pytest.approx(1.0) and back[0, 0, 0] == 0.0
+
+
+def test_box_is_snapped_to_the_input_voxels():
+    """At the model's voxel size a volume goes onto the model grid and back unchanged where the box
+    covers it (no interpolation); the box moved by less than half a voxel from the centroid."""
+    from brainsynth_plugins.ip2p import volume_nets as vn
+
+    rng = np.random.default_rng(0)
+    vol = rng.random((30, 34, 28)).astype(np.float32)
+    labels = np.zeros(vol.shape, np.int16)
+    labels[5:22, 7:30, 3:17] = 2
+    labels[5, 7, 3] = 0  # a centroid off the voxel grid
+    box = vn.place(vol, labels, (4.0, 4.0, 4.0), (16, 16, 12), 4.0)
+    from scipy import ndimage
+
+    assert np.abs(np.asarray(box.centre) - ndimage.center_of_mass(labels > 0)).max() <= 0.5
+    scale, offset = box._map()
+    assert np.array_equal(offset, np.round(offset)) and np.array_equal(scale, np.ones(3))
+    seen = box.to_model(vol)
+    back = box.to_volume(seen)
+    lo = offset.astype(int)
+    inside = tuple(slice(a, a + g) for a, g in zip(lo, box.grid))
+    assert np.array_equal(seen, vol[inside]) and np.array_equal(back[inside], vol[inside])
 
 
 def test_edit_volume_keeps_grid_header_and_outside(models, pairs3d, tmp_path):
@@ -166,6 +288,7 @@ def test_edit_volume_keeps_grid_header_and_outside(models, pairs3d, tmp_path):
     assert np.array_equal(e.header.get_zooms(), a.header.get_zooms()) and int(e.header["qform_code"]) == int(a.header["qform_code"])
     side = json.loads((tmp_path / "a.json").read_text())
     assert side["structures"] == ["ventricle"] and side["edit_path"]["region_voxels"] > 0
+    assert "batch_size" not in side["sampling"]  # one volume, one pass
     before, after = np.asanyarray(a.dataobj), np.asanyarray(e.dataobj)
     changed = before != after
     assert changed.any() and not np.array_equal(after, np.asanyarray(c.dataobj))
@@ -235,3 +358,50 @@ def test_resume_after_interruption_gives_the_same_model(models, pairs3d, tmp_pat
         assert (full / part).read_bytes() == (cut / part).read_bytes(), part
     stages = [line.split(",")[0] for line in (cut / "logs" / "loss.csv").read_text().splitlines()[1:]]
     assert stages == ["vae"] * 3 + ["unet"] * 3
+
+
+#: Colin27 (Holmes et al. 1998), skull-stripped: a real 1 mm scan, uint8, sform only (Debian's mricron-data).
+COLIN27 = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def colin27_labels(tmp_path_factory):
+    if not COLIN27.is_file():
+        pytest.skip(f"{COLIN27} is missing: apt-get install mricron-data (.ci/run does)")
+    d = tmp_path_factory.mktemp("colin27")
+    code, _, err = run_cli("segment", COLIN27, "-o", d / "ch2bet_dseg.nii.gz", "--segmenter", "atlas")
+    assert code == 0, err
+    return d / "ch2bet_dseg.nii.gz"
+
+
+def test_edit_a_real_scan_colin27(models, colin27_labels, tmp_path):
+    """A real scan on its own 1 mm grid (181 x 217 x 181, uint8, sform only) edited by a 3D model
+    trained on simulated 4 mm cohorts: grid, affine and header kept, every voxel outside the
+    ventricles + 3 mm unchanged bit for bit, the same seed the same bytes."""
+    import nibabel as nib
+
+    from brainsynth_cli.edit_path import region
+    from brainsynth_cli.structures import default_rules
+
+    model, _ = models
+    outs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        outs[name] = tmp_path / f"{name}.nii.gz"
+        code, _, err = run_cli("edit", model, COLIN27, "--labels", colin27_labels, "--prompt", TRAINED, "-o", outs[name],
+                               "--steps", 2, "--seed", seed)
+        assert code == 0, err
+    assert outs["a"].read_bytes() == outs["b"].read_bytes()
+    src, out = nib.load(COLIN27), nib.load(outs["a"])
+    assert out.shape == src.shape == (181, 217, 181) and np.array_equal(out.affine, src.affine)
+    assert out.get_data_dtype() == src.get_data_dtype() == np.uint8
+    # the whole header, field by field (its qform_code 0 stays 0: a written file is not "repaired")
+    differ = [k for k in src.header if src.header[k].tobytes() != out.header[k].tobytes()]
+    assert differ == [] and int(out.header["qform_code"]) == 0 and int(out.header["sform_code"]) == 4
+    before, after = np.asanyarray(src.dataobj), np.asanyarray(out.dataobj)
+    labels = np.asanyarray(nib.load(colin27_labels).dataobj)
+    allowed = region(labels, [default_rules()["ventricle"]], (1.0, 1.0, 1.0), 3.0)
+    changed = before != after
+    side = json.loads((tmp_path / "a.json").read_text())
+    assert side["edit_path"]["region_voxels"] == int(allowed.sum()) > 0
+    assert changed.any() and not changed[~allowed].any()
+    assert not np.array_equal(after, np.asanyarray(nib.load(outs["c"]).dataobj))

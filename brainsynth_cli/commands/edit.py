@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         change_floor: float | None = typer.Option(None, "--change-floor", help="Drop changes smaller than this fraction of the intensity window (soft threshold; default: the model's, else 0)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise."),
         slices: str = typer.Option("all", "--slices", help="2D models: axial slices of a volume to edit: all, center:N or A:B (empty slices are skipped)."),
-        batch_size: int = typer.Option(4, "--batch-size", help="Slices per batch."),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="2D models: slices per batch (default 4). A 3D model edits the whole volume in one pass and refuses it."),
         pixel_size: float | None = typer.Option(None, "--pixel-size", help="PNG input: pixel size in mm for --margin (default: the model's training slices', else 1)."),
         device: Literal["auto", "cpu", "cuda", "mps"] = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
         free_prompt: bool = typer.Option(False, "--free-prompt", help="Use a prompt the model was not trained on."),
@@ -147,7 +147,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(output, f"must be a {want} file like the input", f"name the output *{want}")
         if steps is not None:
             check_number("--steps", steps, low=1, high=1000, integer=True)
-        check_number("--batch-size", batch_size, low=1, high=1024, integer=True)
+        if batch_size is not None:
+            check_number("--batch-size", batch_size, low=1, high=1024, integer=True)
         if guidance_scale is not None:
             check_number("--guidance-scale", guidance_scale, low=0, high=100)
         if image_guidance_scale is not None:
@@ -172,6 +173,9 @@ def register(app: typer.Typer) -> None:
                      "run the command again")
 
         model_dir, generator_name, info = _resolve_model(model)
+        if batch_size is not None and "3d" in (info.get("dims") or []):
+            raise UserError(f"--batch-size counts the slices a 2D model edits at once; {model_dir} is a 3D model that "
+                            "edits the whole volume in one pass: leave out --batch-size")
         rules = rules_from_text(info["rules"], f"{model_dir}/brainsynth.json rules") if info.get("rules") else default_rules()
         builder = str((info.get("pairs") or {}).get("prompt_builder", "quantized"))
         parser = registry("prompt-builder").create(builder, rules=rules)
@@ -217,9 +221,10 @@ def register(app: typer.Typer) -> None:
                                                    image_guidance_scale=image_guidance_scale, change_floor=change_floor)
         settings = dataclasses.replace(settings, change_floor=float(sampling.pop("change_floor")))
         settings.check()
-        options = dict(**sampling, seed=seed, batch_size=batch_size, residual=residual)
+        volume_edit = kind == "nifti" and "3d" in dims
+        options = dict(**sampling, seed=seed, residual=residual, **({} if volume_edit else {"batch_size": batch_size or 4}))
         within = None
-        if kind == "nifti" and "3d" in dims:
+        if volume_edit:
             with progress_bar("edit (volume)", 1) as progress:
                 norm = canvas.meta["norm"]
                 volume01 = (canvas.data - np.float32(norm.low)) / np.float32(norm.high - norm.low)

@@ -123,8 +123,11 @@ def _check_out(path: Path) -> None:
         raise InputError(path, "output must end in .nii or .nii.gz", "rename the output")
 
 
-def write_volume(path: str | os.PathLike[str], data: Any, affine: Any, header: Any = None, *, dtype: Any = "float32") -> Path:
-    """Write ``data`` as NIfTI atomically, keeping ``header`` fields (descrip, units, codes)."""
+def write_volume(path: str | os.PathLike[str], data: Any, affine: Any, header: Any = None, *, dtype: Any = "float32",
+                 keep_codes: bool = False) -> Path:
+    """Write ``data`` as NIfTI atomically, keeping ``header`` fields (descrip, units, codes). A
+    header's sform or qform code of 0 (unknown) becomes 2 (aligned), unless ``keep_codes``: then
+    both codes and the qform are the header's own (an edit's output keeps its input's header)."""
     import nibabel as nib
     import numpy as np
 
@@ -136,10 +139,14 @@ def write_volume(path: str | os.PathLike[str], data: Any, affine: Any, header: A
     img.set_data_dtype(arr.dtype)
     if hdr is not None:
         img.header.set_slope_inter(1.0, 0.0)
-        sform, code = hdr.get_sform(coded=True)
-        img.set_sform(np.asarray(affine, dtype=np.float64), int(code) or 2)
+        code = hdr.get_sform(coded=True)[1]
         qcode = int(hdr.get_qform(coded=True)[1])
-        img.set_qform(np.asarray(affine, dtype=np.float64), qcode or 2)
+        if keep_codes:
+            img.set_sform(np.asarray(affine, dtype=np.float64), int(code))
+            img.set_qform(hdr.get_qform() if qcode == 0 else np.asarray(affine, dtype=np.float64), qcode)
+        else:
+            img.set_sform(np.asarray(affine, dtype=np.float64), int(code) or 2)
+            img.set_qform(np.asarray(affine, dtype=np.float64), qcode or 2)
     else:
         img.set_sform(np.asarray(affine, dtype=np.float64), 2)
         img.set_qform(np.asarray(affine, dtype=np.float64), 2)

@@ -6,8 +6,11 @@ Folder layout (written by :mod:`.volume_training`)::
     MODEL/vae/                MONAI AutoencoderKL: config.json (constructor arguments) + model.safetensors
     MODEL/unet/               MONAI DiffusionModelUNet: config.json + model.safetensors
     MODEL/scheduler/          the training noise schedule (diffusers DDPMScheduler config)
+    MODEL/text_encoder/       the text encoder training used (transformers: config.json + model.safetensors)
+    MODEL/tokenizer/          its tokenizer
 
-The text encoder is the named plugin's (``text_encoder`` in ``brainsynth.json``), loaded offline.
+A folder written before the text encoder was copied into it has no ``text_encoder/`` and
+``tokenizer/``: its encoder is the named plugin's (``text_encoder`` in ``brainsynth.json``), loaded offline.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class VolumeIP2PModel:
     resolution = None
 
     def __init__(self, model_dir: Path, device: str = "auto", text: tuple[Any, Any] | None = None) -> None:
-        from brainsynth_plugins.ldm.model import load_text_encoder
+        from brainsynth_plugins.ip2p.volume_text import load_text_encoder
         from brainsynth_plugins.training_core.runtime import quiet, resolve_device
 
         self.path = Path(model_dir)
@@ -82,13 +85,13 @@ class VolumeIP2PModel:
         quiet()
         try:
             self.vae = vn.nets.load(vn.DIM, "vae", self.path / "vae").eval().to(self.device)
-            self.unet = vn.nets.load(vn.DIM, "unet", self.path / "unet").eval().to(self.device)
+            self.unet = vn.load_unet(self.path / "unet").eval().to(self.device)
             for net in (self.vae, self.unet):  # MONAI's fused attention on GPUs
                 vn.nets.use_flash_attention(net, str(self.device).startswith("cuda"))
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(self.path, f"cannot be loaded as a 3D model ({first[:160]})", "re-run the training") from None
-        self.tokenizer, self.text_model = text or load_text_encoder(self.info["text_encoder"])  # text: the trainer's, already loaded
+        self.tokenizer, self.text_model = text or load_text_encoder(self.path, self.info["text_encoder"])  # text: the trainer's, already loaded
         self._scheduler_config = json.loads((self.path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
 
     def conditioning(self, x: Any) -> Any:

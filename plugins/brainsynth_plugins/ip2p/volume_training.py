@@ -29,6 +29,7 @@ from brainsynth_cli.interfaces import Progress, TrainOptions
 from brainsynth_cli.limits import check_settings
 from brainsynth_cli.pairs_folder import PairsFolder, read_pairs_folder
 from brainsynth_plugins.ip2p import volume_nets as vn
+from brainsynth_plugins.ip2p import volume_text as vt
 from brainsynth_plugins.ip2p.data import trained_intervals, trained_prompts
 from brainsynth_plugins.ip2p.volume_presets import VOLUME_COMMON, VOLUME_PRESETS, VOLUME_SETTINGS
 from brainsynth_plugins.training_core import checkpoints as ckpts
@@ -491,10 +492,13 @@ class VolumeTrainer(StagedTrainer):
         recon = self.vae_reconstruction(vae)
         tmp = self.out / ".tmp-unet"
         shutil.rmtree(tmp, ignore_errors=True)
-        vn.nets.save(unet, vn.DIM, "unet", tmp, vn.unet_kwargs(self.cfg["unet"], int(self.cfg["vae"]["latent_channels"]), self.text_width))
+        vn.save_unet(unet, tmp, self.cfg["unet"], int(self.cfg["vae"]["latent_channels"]), self.text_width)
         shutil.rmtree(self.out / "unet", ignore_errors=True)
         os.replace(tmp, self.out / "unet")
         noise_sched.save_pretrained(self.out / "scheduler")
+        for part in (vt.ENCODER, vt.TOKENIZER):
+            shutil.rmtree(self.out / part, ignore_errors=True)
+        vt.save_text_encoder(self.tokenizer, self.text_model, self.out)  # the folder needs no encoder by name
         rules_text = self.pairs.info.get("rules") or default_rules().to_toml()
         rules = rules_from_text(rules_text, "pairs.json rules")
         cfg = self.cfg
@@ -502,14 +506,15 @@ class VolumeTrainer(StagedTrainer):
             "format": "brainsynth-model", "version": 1, "generator": "instruct-pix2pix", "brainsynth": __version__,
             "dims": ["3d"], "preset": cfg["preset"], "channels": 1, "channel_mode": "grey",
             "grid": {"shape": list(self.grid), "voxel_mm": cfg["voxel_mm"], "axes": "canonical RAS voxel axes of the input",
-                     "centre": "centroid of the input's labelled voxels (else of its foreground)"},
+                     "centre": "centroid of the input's labelled voxels (else of its foreground), moved by under half an "
+                               "input voxel to put the box's first voxel on an input voxel"},
             "latent": {"channels": int(cfg["vae"]["latent_channels"]), "shape": latent_shape, "scaling_factor": scale,
                        "vae_scale_factor": vn.factor(cfg["vae"])},
             "intensity_normalisation": {"method": "percentile-0.5-99.5-nonzero window", "model_range": [-1, 1]},
             "structures": [s.name for s in rules.described()], "rules": rules_text,
             "prompts": trained_prompts(self.pairs), "intervals": trained_intervals(self.pairs),
             "vae_reconstruction": recon, "latent_target": "image", "prediction_type": str(noise_sched.config.prediction_type),
-            "text_encoder": dict(cfg["text_encoder"]),
+            "text_encoder": {**cfg["text_encoder"], "folder": [vt.ENCODER, vt.TOKENIZER]},
             "training": {k: cfg[k] for k in ("seed", "vae_steps", "unet_steps", "vae_lr", "unet_lr", "vae_batch_size",
                                              "unet_batch_size", "conditioning_dropout", "mixed_precision", "kl_weight",
                                              "prediction_type", "timestep_sampling", "region_weight", "gradient_checkpointing")},

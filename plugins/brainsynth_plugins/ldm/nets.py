@@ -22,6 +22,7 @@ of ``NULL_COVARIATE`` (outside the scaled range [0, 1]).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,13 +175,16 @@ def decode(vae: Any, dim: str, z: Any) -> Any:
     return vae.decode(z)
 
 
-def denoise(unet: Any, dim: str, x: Any, t: Any, context: Any) -> Any:
+def denoise(unet: Any, dim: str, x: Any, t: Any, context: Any, class_labels: Any = None) -> Any:
+    """The UNet's prediction; 3D ``class_labels`` go to MONAI's class-embedding path (added to the time embedding)."""
     import torch
 
     if dim == "2d":
         return unet(x, t, encoder_hidden_states=context).sample
     if not torch.is_tensor(t) or t.ndim == 0:
         t = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+    if class_labels is not None:
+        return unet(x, timesteps=t, context=context, class_labels=class_labels)
     return unet(x, timesteps=t, context=context)
 
 
@@ -190,8 +194,10 @@ def denoise(unet: Any, dim: str, x: Any, t: Any, context: Any) -> Any:
 MONAI_CLASSES = {"vae": "monai.networks.nets.AutoencoderKL", "unet": "monai.networks.nets.DiffusionModelUNet"}
 
 
-def save(module: Any, dim: str, kind: str, folder: Path, kwargs: dict[str, Any] | None = None) -> None:
-    """``save_pretrained`` (2D) or config.json + model.safetensors (3D) into ``folder``."""
+def save(module: Any, dim: str, kind: str, folder: Path, kwargs: dict[str, Any] | None = None,
+         extra: dict[str, Any] | None = None) -> None:
+    """``save_pretrained`` (2D) or config.json + model.safetensors (3D) into ``folder``; ``extra``:
+    more keys of a 3D config.json (what a caller adds to the MONAI network, e.g. ``pooled_text``)."""
     folder = Path(folder)
     if dim == "2d":
         module.save_pretrained(folder, safe_serialization=True)
@@ -199,11 +205,13 @@ def save(module: Any, dim: str, kind: str, folder: Path, kwargs: dict[str, Any] 
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"_class_name": MONAI_CLASSES[kind], "kwargs": kwargs}, indent=1), encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps({"_class_name": MONAI_CLASSES[kind], "kwargs": kwargs, **(extra or {})}, indent=1), encoding="utf-8")
     save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(folder / "model.safetensors"))
 
 
-def load(dim: str, kind: str, folder: Path) -> Any:
+def load(dim: str, kind: str, folder: Path, prepare: Callable[[Any, dict[str, Any]], None] | None = None) -> Any:
+    """The network saved in ``folder``; for 3D, ``prepare(module, config)`` runs before the weights
+    are loaded (it adds what ``save``'s ``extra`` recorded)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise InputError(folder, "is missing (no config.json)", "give a model folder written by `brainsynth train --task generate`")
@@ -221,6 +229,8 @@ def load(dim: str, kind: str, folder: Path) -> Any:
     m = _monai()
     cls = {"vae": m.AutoencoderKL, "unet": m.DiffusionModelUNet}[kind]
     module = cls(**cfg["kwargs"])
+    if prepare is not None:
+        prepare(module, cfg)
     module.load_state_dict(load_file(str(folder / "model.safetensors")))
     return module
 
