@@ -219,7 +219,9 @@ def test_3d_model_edits_whole_volumes(cohort3d):
     r = _rows(out)[0]
     assert (out / "edits" / f"row-{r['row']:05d}.nii.gz").is_file()
     assert any("hit" in v for v in r["methods"]["model"]["structures"].values())
-    assert "## Does the model work?" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Does the model work?" in report and "autoencoder reconstructs validation volumes" in report
+    assert "Structure change error: not measured" in report
 
 
 def test_refusals_are_one_line_with_exit_2(cohort3d, register_plugin, tmp_path):

@@ -154,8 +154,9 @@ def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None,
         reasons.append(f"Leak into structures a disentangled prompt does not name: {_f(m['leak'])} pp"
                        + (" (over 1 pp: the edit also changes what the prompt leaves alone)." if m["leak"] > 1.0 else "."))
     if vae:
-        reasons.append(f"The model's autoencoder reconstructs {vae.get('split', 'validation')} slices at PSNR {_f(vae.get('psnr'))} dB, "
-                       f"SSIM {_f(vae.get('ssim'), 3)} ({vae.get('slices')} slices): the ceiling of any edit that decodes whole images.")
+        unit = "volumes" if "volumes" in vae and "slices" not in vae else "slices"  # a 3D model's record counts volumes
+        reasons.append(f"The model's autoencoder reconstructs {vae.get('split', 'validation')} {unit} at PSNR {_f(vae.get('psnr'))} dB, "
+                       f"SSIM {_f(vae.get('ssim'), 3)} ({vae.get(unit)} {unit}): the ceiling of any edit that decodes whole images.")
     if deform is not None and math.isfinite(deform["mae"]):
         better_acc, better_mae = m["acc"] > deform["acc"], m["mae"] < deform["mae"]
         word = ("the model is more accurate" if better_acc and better_mae
