@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -50,8 +51,8 @@ class StripedModel:
 
     dims = ("2d",)
     resolution = None
-    info: dict = {}
-    calls: list[int] = []
+    info: ClassVar[dict] = {}
+    calls: ClassVar[list[int]] = []  # how many slices each call edited
 
     def edit(self, images, prompt, *, labels=None, seed=0, progress=None, **options):
         StripedModel.calls.append(len(images))
@@ -158,7 +159,8 @@ def test_baselines_measure_volume_change_rates(baselines, cohort3d):
     report = (out / "report.md").read_text()
     assert "Through-plane consistency" in report and "## Per volume" in report and "## Per slice" not in report
     assert "structure change error is not computed" in report and "FID: not computed: 3D volumes" in report
-    assert (out / "montage-deform.png").is_file() and sorted(p.name for p in (out / "edits").iterdir())[0].endswith(".nii.gz")
+    edits = sorted(p.name for p in (out / "edits").iterdir())
+    assert (out / "montage-deform.png").is_file() and edits and all(n.startswith("deform-") and n.endswith(".nii.gz") for n in edits)
     assert "through-plane" in stdout
 
 
@@ -179,7 +181,7 @@ def test_2d_model_edits_3d_pairs_slice_by_slice(cohort3d, register_plugin):
     model = fake_model(cohort3d / "striped", "test-striped-2d", ["2d"])
     out = cohort3d / "report-2d"
     StripedModel.calls.clear()
-    code, stdout, err = run_cli("evaluate", model, cohort3d / "pairs", "-o", out, "--limit", "1", "--no-baselines")
+    code, _, err = run_cli("evaluate", model, cohort3d / "pairs", "-o", out, "--limit", "1", "--no-baselines")
     assert code == 0, err
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["settings"]["model_dims"] == ["2d"] and set(summary["methods"]) == {"model", "identity", "target"}
@@ -212,7 +214,7 @@ def test_3d_model_edits_whole_volumes(cohort3d):
     code, _, err = run_cli("train", cohort3d / "pairs", "-o", model, *SMALL)
     assert code == 0, err
     out = cohort3d / "report-3d"
-    code, stdout, err = run_cli("evaluate", model, cohort3d / "pairs", "-o", out, "--limit", "1", "--steps", "2", "--no-baselines")
+    code, _, err = run_cli("evaluate", model, cohort3d / "pairs", "-o", out, "--limit", "1", "--steps", "2", "--no-baselines")
     assert code == 0, err
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["settings"]["model_dims"] == ["3d"] and "model" in summary["through_plane"]
