@@ -203,6 +203,13 @@ def test_2d_model_edits_3d_pairs_slice_by_slice(cohort3d, register_plugin):
     near = ndimage.binary_dilation(np.isin(labels, [i for s in named for i in rules[s].labels]), iterations=3)
     changed = np.asanyarray(edit.dataobj) != prior
     assert changed.any() and not changed[~near].any()
+    # the edit is `brainsynth edit`'s own, bit for bit (evaluate clips to [0, 1] like the pair's volumes)
+    single = cohort3d / "edit-2d.nii.gz"
+    code, _, err = run_cli("edit", model, cohort3d / "pairs" / row["input_image_file_name"], "--labels",
+                           cohort3d / "pairs" / row["input_labels_file_name"], "--prompt", row["edit_prompt"], "-o", single,
+                           "--seed", r["row"], "--free-prompt")
+    assert code == 0, err
+    assert np.array_equal(np.clip(np.asanyarray(nib.load(single).dataobj), 0, 1), np.asanyarray(edit.dataobj))
     # a change that flips sign from slice to slice is much rougher across slices than the real change
     tp = summary["through_plane"]["model"]
     assert tp["ratio"] > 1.5 and tp["anisotropy_ratio"] > 1.5
