@@ -256,3 +256,19 @@ def test_refusals_are_one_line_with_exit_2(cohort3d, register_plugin, tmp_path):
         assert len(err.strip().splitlines()) == 1, err
         assert all(w in err for w in words), (words, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fid.pt", "m3", "pairs2d"]  # no report folder was written
+
+
+def test_verdict_without_structure_maps_does_not_claim_them():
+    from brainsynth_plugins.evaluate.verdict import verdict
+
+    def row(acc, mae, psnr, se):
+        return {"acc": acc, "acc_ci": [acc - 0.1, min(1.0, acc + 0.1)], "hits": int(acc * 10), "n": 10, "mae": mae, "psnr": psnr,
+                "ssim": 0.9, "structure_error": se, "change_error": 1.0, "leak": 0.1}
+
+    table = {"model": row(0.6, 3.0, 30.0, float("nan")), "identity": row(0.0, 9.0, 30.0, float("nan")),
+             "chance": row(0.1, 9.0, 29.0, float("nan")), "target": row(0.9, 1.0, float("inf"), float("nan"))}
+    head, reasons = verdict(table, structure_maps=False)
+    assert head.startswith("**Partly: the model keeps the scan, but") and "moves the structures" not in head
+    assert any(r.startswith("Structure change error: not measured") for r in reasons)
+    head2d, _ = verdict(table)  # with maps, a NaN structure error fails the criterion: the 2D verdict as before
+    assert head2d.startswith("**Not yet")

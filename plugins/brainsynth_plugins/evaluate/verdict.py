@@ -169,13 +169,14 @@ def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None,
         reasons.insert(0, "Missed: " + "; ".join(
             f"{r['name']} (real targets {r['truth']:+.1f} %, model {r['model']:+.1f} %, ACC {_f(r['acc'])}, n={r['n']})"
             for r in missed) + ".")
+    moves = " and moves the structures towards the real change" if structure_maps else ""  # not measured without maps
     if ok and not missed and near_ceiling:
         head = "**Yes: the model does what the prompts say and keeps the scan.**"
     elif ok and missed:
-        head = ("**Partly: the model keeps the scan and moves the structures towards the real change, but misses "
+        head = (f"**Partly: the model keeps the scan{moves}, but misses "
                 + ", ".join(r["name"] for r in missed) + " (below).**")
     elif ok:
-        head = ("**Partly: the model keeps the scan and moves the structures towards the real change, but lands in the "
+        head = (f"**Partly: the model keeps the scan{moves}, but lands in the "
                 "requested interval clearly less often than the real targets do (below).**")
     else:
         head = "**Not yet: the model does not both follow the prompts and keep the scan (reasons below).**"
