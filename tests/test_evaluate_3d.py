@@ -246,6 +246,8 @@ def test_refusals_are_one_line_with_exit_2(cohort3d, register_plugin, tmp_path):
         (("evaluate", "--baselines-only", cohort3d / "pairs", "-o", tmp_path / "r2", "--measure", "tissue"),
          ["--measure tissue", "--segmenter"]),
         (("evaluate", "--baselines-only", cohort3d / "pairs", "-o", tmp_path / "r3", "--segmenter", "no-such-seg"), ["no-such-seg"]),
+        (("evaluate", "--baselines-only", cohort3d / "pairs", "-o", tmp_path / "r5", "--segmenter", "kmeans-tissue"),
+         ["kmeans-tissue", "longitudinal mode", "--segmenter atlas"]),
     ]
     fid = tmp_path / "fid.pt"
     fid.write_bytes(b"x")

@@ -46,7 +46,10 @@ def volume_measure(measure: str, segmenter: str) -> str:
     if measure != "registration":
         raise InputError(None, f"--measure {measure} measures 2D slices; 3D pairs are measured by a segmenter's longitudinal mode",
                          "leave out --measure (give --segmenter NAME, default atlas)")
-    registry("segmenter").get(segmenter)  # unknown name -> the registry's one-line error, before the report folder is made
+    # before the report folder is made: an unknown name -> the registry's one-line error; no longitudinal mode -> one line
+    if not hasattr(registry("segmenter").create(segmenter), "segment_followup"):
+        raise InputError(None, f"segmenter {segmenter!r} has no longitudinal mode (segment_followup)",
+                         "measure 3D pairs with --segmenter atlas")
     return f"followup:{segmenter}"
 
 
