@@ -166,6 +166,41 @@ def put_back(canvas: Canvas, jobs: SliceJobs, edited: list[Any]) -> None:
         canvas.change[:, :, k] = sl.from_view(delta, jobs.convention) * np.float32(norm.high - norm.low)
 
 
+def intensity_window(canvas: Canvas) -> float:
+    """The width of the canvas's intensity window in its own units, which a change floor is a
+    fraction of: the NIfTI normalisation's high - low; 1 for a PNG slice (already on [0, 1])."""
+    if canvas.kind != "nifti":
+        return 1.0
+    norm = canvas.meta["norm"]
+    return float(norm.high - norm.low)
+
+
+def edit_whole_volume(model: Any, canvas: Canvas, prompt: str, options: dict[str, Any], progress: Any = None) -> None:
+    """A 3D model's change of the whole NIfTI canvas, put into ``canvas.change`` (scanner units): the
+    volume goes to the model on [0, 1] by the canvas's window and the change comes back on its scale."""
+    import numpy as np
+
+    norm = canvas.meta["norm"]
+    volume01 = (canvas.data - np.float32(norm.low)) / np.float32(norm.high - norm.low)
+    out = model.edit([volume01], prompt, labels=[canvas.labels], spacing=canvas.spacing, progress=progress, **options)[0]
+    canvas.change = (np.asarray(out, np.float32) - volume01) * np.float32(norm.high - norm.low)
+
+
+def edit_slice_by_slice(model: Any, canvas: Canvas, jobs: SliceJobs, prompt: str, options: dict[str, Any],
+                        progress: Any = None) -> Any:
+    """A 2D model's change of the chosen slices (``jobs``), put into ``canvas.change``; returns the
+    voxels the edit may reach (the edited axial slices of a volume; None for a PNG slice)."""
+    import numpy as np
+
+    edited = model.edit(jobs.squares, prompt, labels=jobs.labels, progress=progress, **options)
+    put_back(canvas, jobs, edited)
+    if canvas.kind != "nifti":
+        return None
+    within = np.zeros(canvas.data.shape, bool)  # a slice-wise edit changes only the slices the model edited
+    within[:, :, jobs.indices] = True
+    return within
+
+
 def write_output(canvas: Canvas, result: Any, output: Path) -> None:
     """The edited canvas in the input's format: NIfTI on the input grid, affine and header (the
     input's integer data type when it had one and no scaling), PNG at the input's bit depth."""

@@ -226,24 +226,17 @@ def register(app: typer.Typer) -> None:
         within = None
         if volume_edit:
             with progress_bar("edit (volume)", 1) as progress:
-                norm = canvas.meta["norm"]
-                volume01 = (canvas.data - np.float32(norm.low)) / np.float32(norm.high - norm.low)
-                out = loaded.edit([volume01], prompt, labels=[canvas.labels], spacing=canvas.spacing, progress=progress, **options)[0]
-            canvas.change = (np.asarray(out, np.float32) - volume01) * np.float32(norm.high - norm.low)
+                edit_io.edit_whole_volume(loaded, canvas, prompt, options, progress)
             edited_slices = canvas.data.shape[2]
         else:
             jobs = edit_io.slice_jobs(canvas, int(resolution) if resolution else None, edit_io.chosen_slices(canvas, slices), convention)
             if not jobs.squares:
                 raise InputError(input, "has no non-empty slice in the chosen range", "choose other --slices")
             with progress_bar("edit", len(jobs.squares)) as progress:
-                edited = loaded.edit(jobs.squares, prompt, labels=jobs.labels, progress=progress, **options)
-            edit_io.put_back(canvas, jobs, edited)
+                within = edit_io.edit_slice_by_slice(loaded, canvas, jobs, prompt, options, progress)
             edited_slices = len(jobs.squares)
-            if kind == "nifti":  # a slice-wise edit changes only the slices the model edited
-                within = np.zeros(canvas.data.shape, bool)
-                within[:, :, jobs.indices] = True
-        window = float(canvas.meta["norm"].high - canvas.meta["norm"].low) if kind == "nifti" else 1.0
-        result, mask = ep.apply(canvas.data, canvas.change, canvas.labels, structures, canvas.spacing, settings, within, window)
+        result, mask = ep.apply(canvas.data, canvas.change, canvas.labels, structures, canvas.spacing, settings, within,
+                                edit_io.intensity_window(canvas))
 
         record = {
             "brainsynth": __version__, "input": str(input), "output": str(output), "model": str(model_dir) if model_dir else None,

@@ -12,10 +12,10 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
         model: Path = typer.Argument(..., help="Model folder written by `brainsynth train` (with --baselines-only: the pairs folder)."),
-        pairs: Optional[Path] = typer.Argument(None, help="Pairs folder written by `brainsynth make-pairs` (with label slices); not with --task generate."),
+        pairs: Optional[Path] = typer.Argument(None, help="Pairs folder written by `brainsynth make-pairs` (2D slices or --dim 3d volumes, with labels); not with --task generate."),
         output: Path = typer.Option(..., "-o", "--output", help="Report folder (created; re-running with the same settings resumes, other settings need --overwrite)."),
         split: Literal["train", "validation", "test", "all"] = typer.Option("test", help="Which split's rows to edit (train, validation, test, or all)."),
-        measure: str = typer.Option("registration", help="Measurement plugin that labels edited slices (see `brainsynth plugins`)."),
+        measure: str = typer.Option("registration", help="Measurement plugin that labels edited slices (see `brainsynth plugins`); 3D pairs use --segmenter."),
         steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps per edit (default: the model's recommendation, else 20) or sample (--task generate: 50)."),
         scheduler: Optional[Literal["ddim", "dpm++", "euler-a", "ddpm"]] = typer.Option(None, help="ddim, dpm++ or euler-a (default: the model's, else ddim); ddpm only with --task generate."),
         guidance_scale: Optional[float] = typer.Option(None, help="Text guidance scale (default: the model's, else 7.5; --task generate: 1, no guidance)."),
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         task: Literal["edit", "generate"] = typer.Option("edit", "--task", help="edit (an editing model on PAIRS) or generate (an ldm model: conditioning r, MS-SSIM)."),
         grid: int = typer.Option(5, "--grid", min=2, help="--task generate: requested ventricle volumes over the trained range."),
         per_value: int = typer.Option(4, "--per-value", min=1, help="--task generate: samples per requested volume."),
-        segmenter: str = typer.Option("atlas", "--segmenter", help="--task generate, 3D: segmenter plugin that measures the samples (see `brainsynth plugins`)."),
+        segmenter: str = typer.Option("atlas", "--segmenter", help="3D pairs and --task generate, 3D: segmenter plugin that measures the volumes (its longitudinal mode for pairs; see `brainsynth plugins`)."),
         data: Optional[Path] = typer.Option(None, "--data", help="--task generate: real images (default: the model's training data)."),
         baselines_only: bool = typer.Option(False, "--baselines-only", help="No model: `evaluate --baselines-only PAIRS -o REPORT` scores the identity and real-target baselines, i.e. the measurement's own error."),
         residual: bool = typer.Option(True, "--residual/--no-residual", help="Edit path: decode the change and add it to the prior."),
@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         from brainsynth_cli.sampling import resolve as resolve_sampling
 
         from brainsynth_plugins.evaluate.engine import EvalSettings
-        from brainsynth_plugins.evaluate.run import claim_report_folder, model_info, report_settings, run_evaluation
+        from brainsynth_plugins.evaluate.run import (claim_report_folder, model_info, pairs_dim, report_settings, run_evaluation,
+                                                     volume_measure)
 
         if task == "generate":
             from brainsynth_plugins.ldm.evaluation import run_command
@@ -83,6 +84,13 @@ def register(app: typer.Typer) -> None:
         check_seed(seed)
         check_number("--jobs", jobs, low=1, high=MAX_JOBS, integer=True)
         refuse_folder_over_input(output, {"model folder": model, "pairs folder": pairs})
+        if pairs_dim(pairs) == "3d":  # volumes: rates measured by --segmenter's longitudinal mode
+            measure = volume_measure(measure, segmenter)
+            if fid_weights is not None:
+                raise InputError(fid_weights, "FID is computed on 2D slices", "leave out --fid-weights for 3D pairs")
+        elif "3d" in (model_info(model).get("dims") or []):
+            raise InputError(pairs / "pairs.json", "holds 2D pairs (slices) but the model is a 3D model",
+                             "evaluate it on 3D pairs: `brainsynth make-pairs DATASET --dim 3d -o PAIRS3D`")
         settings = EvalSettings(split=split, measure=measure, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                 image_guidance_scale=image_guidance_scale, seed=seed, limit=limit, residual=residual, restrict=restrict,
                                 margin_mm=margin, blender=blender, baselines=baselines, change_floor=change_floor)
@@ -109,7 +117,8 @@ def print_summary(summary: dict, output: Path) -> None:
         console.print(first["headline"].replace("**", ""), style="bold")
         for reason in first["reasons"]:
             console.print(f"  - {reason}")
-        table = Table(title=f"per pair, {first['kinds']} pairs (slices pooled)")
+        volumes = (summary.get("settings") or {}).get("dim") == "3d"
+        table = Table(title=f"per pair, {first['kinds']} pairs ({'one volume each' if volumes else 'slices pooled'})")
         for col in ("method", "pairs", "ACC (95 % interval, n)", "MAE pp", "leak pp", "structure change err.", "intensity change err.",
                     "PSNR", "SSIM"):
             table.add_column(col)
@@ -118,6 +127,9 @@ def print_summary(summary: dict, output: Path) -> None:
             table.add_row(LABELS.get(method, method), str(t["pairs"]), f"{_f(t['acc'])} ({_f(lo)}–{_f(hi)}, n={t['n']})" if t["n"] else "n/a",
                           _f(t["mae"]), _f(t["leak"]), _f(t["structure_error"]), _f(t["change_error"]), _f(t["psnr"]), _f(t["ssim"], 3))
         console.print(table)
+        for method, t in (summary.get("through_plane") or {}).items():
+            console.print(f"  through-plane consistency, {method}: ratio {_f(t['ratio'])}, anisotropy ratio "
+                          f"{_f(t['anisotropy_ratio'])} (real target 1; > 1 rougher across axial slices)")
         if first.get("intervals") and len(first["intervals"]) > 2:
             rows = [[c.strip() for c in line.strip("|").split("|")] for line in first["intervals"]]
             itable = Table(title="what each prompt asked for and what happened (per pair, means)")

@@ -71,11 +71,15 @@ def markdown(summary: dict[str, Any]) -> str:
     s = summary["settings"]
     fid = summary["fid"]
     first = summary.get("first_screen") or {}
+    volumes = s.get("dim") == "3d"
     parts = ["# brainsynth evaluation", ""]
     if first:
         parts += ["## Does the model work?", "", first["headline"], ""]
         parts += [f"- {r}" for r in first["reasons"]] + [""]
-        parts += [f"Per pair, over the {first['kinds']} pairs (the pair's slices pooled):", "", *vd.table_lines(first["table"]), ""]
+        pooled_how = "one volume each" if volumes else "the pair's slices pooled"
+        parts += [f"Per pair, over the {first['kinds']} pairs ({pooled_how}):", "", *vd.table_lines(first["table"]), ""]
+        if volumes:
+            parts += through_plane_lines(summary.get("through_plane") or {})
         if first.get("intervals") and len(first["intervals"]) > 2:
             parts += ["What each prompt asked for and what happened (per pair, means):", "", *first["intervals"], ""]
         if first.get("deformed"):
@@ -83,17 +87,8 @@ def markdown(summary: dict[str, Any]) -> str:
                       *vd.table_lines(first["deformed"]), ""]
         if first.get("untrained"):
             parts += [f"Intervals the model was not trained on (its answer there is a guess): {', '.join(first['untrained'])}.", ""]
-    parts += [
-        "## How this was measured", "",
-        f"- model: `{s['model']}`" if s["model"] is not None else "- model: none (`--baselines-only`)",
-        f"- pairs: `{s['pairs']}` (split `{s['split']}`, {summary['rows']} rows)",
-        f"- measurement: `{s['measure']}`: {s['measure_help']}",
-        (f"- editing: {s['steps']} steps, scheduler {s['scheduler']}, guidance {s['guidance_scale']}, image guidance "
-         f"{s['image_guidance_scale']}, seed {s['seed']}; edit path: {s.get('edit_path', 'n/a')}") if s["model"] is not None else "- editing: none",
-        f"- prompts read back with prompt builder `{s['prompt_builder']}`", "",
-        ("Baselines only (`--baselines-only`): no model; the rows show the measurement's own error on real targets. "
-         if s["model"] is None else "")
-        + "Methods: `model` = the edit; `deform` = the model-free deformation editor (no training) to the middle of the "
+    methods_text = (
+        "Methods: `model` = the edit; `deform` = the model-free deformation editor (no training) to the middle of the "
         "requested interval; `identity` = edited image equals the prior; `chance` = the prior plus faint noise (an image "
         "that changes at random: ACC is read against it); `target` = the real target measured as if it were an edit (the "
         "ceiling of the measurement itself). PSNR/SSIM (scikit-image definitions) and MS-SSIM compare with the real target "
@@ -104,16 +99,49 @@ def markdown(summary: dict[str, Any]) -> str:
         "change, 1 = no change; dominated by scan-to-scan intensity differences and noise on real and Poisson targets). ACC: the achieved change rate lies in the interval the prompt requests, with its 95 % Wilson interval and "
         "the number of structure changes behind it. MAE: |achieved - target rate| in percentage points, the target rate "
         "from the row's label slices. Leak: |achieved rate| of the structures a disentangled or deformed prompt does not "
-        "mention.", "",
-        "## Per slice (as BrainEditor's Table 1)", "",
+        "mention.")
+    if volumes:
+        methods_text = (methods_text.replace("[0, 1] normalised slices", "[0, 1] windowed volumes (7×7×7 SSIM window)")
+                        .replace("the row's label slices", "the pair's label volumes")
+                        + " Rates are volume change rates: the segmenter's longitudinal mode labels each image from the prior "
+                        "and the prior's labels, and the voxels of each structure are counted. It gives label maps, not "
+                        "partial-volume maps, so the structure change error is not computed (n/a).")
+    parts += [
+        "## How this was measured", "",
+        f"- model: `{s['model']}`" if s["model"] is not None else "- model: none (`--baselines-only`)",
+        f"- pairs: `{s['pairs']}` (split `{s['split']}`, {summary['rows']} rows)",
+        f"- measurement: `{s['measure']}`: {s['measure_help']}",
+        (f"- editing: {s['steps']} steps, scheduler {s['scheduler']}, guidance {s['guidance_scale']}, image guidance "
+         f"{s['image_guidance_scale']}, seed {s['seed']}; edit path: {s.get('edit_path', 'n/a')}") if s["model"] is not None else "- editing: none",
+        f"- prompts read back with prompt builder `{s['prompt_builder']}`", "",
+        ("Baselines only (`--baselines-only`): no model; the rows show the measurement's own error on real targets. "
+         if s["model"] is None else "")
+        + methods_text, "",
+        "## Per volume (one row per pair)" if volumes else "## Per slice (as BrainEditor's Table 1)", "",
         *table_lines(summary), "", "### Per requested interval", "", *interval_lines(summary), "",
-        *pair_section(summary),
+        *([] if volumes else pair_section(summary)),
         f"FID: {_fmt(fid['value'], 2) if fid.get('value') is not None else 'not computed: ' + fid['reason']}", "",
         "Pictures: `montage.png` (per requested interval: prior, edit, target, edit − prior, target − prior on one colour "
         "scale, the named structures outlined), `montage-deform.png` (the same for the deform baseline), `rates.png` "
         "(achieved vs target rate; small marks: slices, large marks: pairs).", "",
     ]
     return "\n".join(parts)
+
+
+def through_plane_lines(table: dict[str, Any]) -> list[str]:
+    """The through-plane consistency table of a 3D evaluation (:mod:`.through_plane`)."""
+    if not table:
+        return []
+    lines = [("Through-plane consistency at the named structures' border (within 2 voxels, prior labels): the change map "
+             "(image − prior) between neighbouring axial slices, as a ratio to the real target's on the same row (1 = as "
+             "smooth as the real change, > 1 rougher, e.g. striped). `ratio`: mean |Δ between slices| / the target's; "
+             "`anisotropy ratio`: (through-plane / in-plane roughness) / the target's, which does not depend on how strong "
+             "the change is. Means over the rows."), "",
+             "| method | rows | ratio | anisotropy ratio | through-plane (per mm) | in-plane (per mm) |", "|---|---|---|---|---|---|"]
+    for method, t in table.items():
+        lines.append(f"| {method} | {t['rows']} | {_fmt(t['ratio'], 2)} | {_fmt(t['anisotropy_ratio'], 2)} | "
+                     f"{_fmt(t['through'], 4)} | {_fmt(t['in_plane'], 4)} |")
+    return lines + [""]
 
 
 def pair_section(summary: dict[str, Any]) -> list[str]:
@@ -139,14 +167,35 @@ def write_csv(path: Path, results: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def slice_views(out_dir: Path, rules: Any) -> Any:
+    """For :func:`montage`: (prior, edited, target, named-structure outline) of a 2D row's slices."""
+
+    def views(row: PairRow, res: dict[str, Any], method: str) -> tuple[np.ndarray, ...]:
+        prior, target = engine.load_slice(row.prior), engine.load_slice(row.target)
+        labels = engine.row_labels(row)[0]
+        named = [s for s, v in res["methods"].get(method, res["methods"]["identity"])["structures"].items() if "interval" in v]
+        outline = np.isin(labels, [i for s in named for i in rules[s].labels])
+        if method == "model":
+            edited = engine.load_slice(out_dir / "edits" / f"row-{row.number:05d}.png")
+        elif method == "deform":
+            edited = engine.load_slice(out_dir / "edits" / f"deform-{row.number:05d}.png")
+        else:
+            edited = prior
+        return prior, edited, target, outline
+
+    return views
+
+
 def montage(path: Path, rows: list[PairRow], results: list[dict[str, Any]], out_dir: Path, method: str = "model",
-            rules: Any = None, n: int = 6) -> bool:
+            rules: Any = None, n: int = 6, views: Any = None) -> bool:
     """One row per (kind, requested interval): the slice of that kind and interval whose named
-    structures are largest, with ``method``'s edit. False (nothing written) when no row has one."""
+    structures are largest, with ``method``'s edit. False (nothing written) when no row has one.
+    ``views(row, result, method)`` gives the four pictures (default: the 2D row's slices, :func:`slice_views`)."""
     from brainsynth_cli.edit_montage import EditRow, edit_montage
     from brainsynth_cli.structures import default_rules
 
     rules = rules or default_rules()
+    views = views or slice_views(out_dir, rules)
     by_number = {r.number: r for r in rows}
     best: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
     for res in results:
@@ -166,16 +215,8 @@ def montage(path: Path, rows: list[PairRow], results: list[dict[str, Any]], out_
     tiles = []
     for res in chosen:
         row = by_number[res["row"]]
-        prior, target = engine.load_slice(row.prior), engine.load_slice(row.target)
-        labels = engine.row_labels(row)[0]
+        prior, edited, target, outline = views(row, res, method)
         named = [s for s, v in res["methods"].get(method, res["methods"]["identity"])["structures"].items() if "interval" in v]
-        outline = np.isin(labels, [i for s in named for i in rules[s].labels])
-        if method == "model":
-            edited = engine.load_slice(out_dir / "edits" / f"row-{row.number:05d}.png")
-        elif method == "deform":
-            edited = engine.load_slice(out_dir / "edits" / f"deform-{row.number:05d}.png")
-        else:
-            edited = prior
         truth = ", ".join(f"{s} {res['truth'][s]:+.1f} %" for s in named if s in res["truth"])
         got = ", ".join(f"{res['methods'][method]['structures'][s]['achieved']:+.1f} %" for s in named) if method in res["methods"] else ""
         tiles.append(EditRow(title=res["prompt"], prior=prior, edited=edited, target=target, outline=outline,
@@ -236,12 +277,13 @@ def _finite(obj: Any) -> Any:
 
 
 def write_all(out_dir: Path, rows: list[PairRow], results: list[dict[str, Any]], summary: dict[str, Any],
-              pooled: list[dict[str, Any]] | None = None, rules: Any = None) -> None:
+              pooled: list[dict[str, Any]] | None = None, rules: Any = None, views: Any = None) -> None:
+    """Every report file (``views``: the montage's pictures of a row, default the 2D slices)."""
     write_csv(out_dir / "metrics.csv", results)
     write_csv(out_dir / "metrics-pairs.csv", pooled or [])
     atomic_write_text(out_dir / "metrics.json", json.dumps(_finite(summary), indent=2, default=str) + "\n")
     atomic_write_text(out_dir / "report.md", markdown(summary))
-    if not montage(out_dir / "montage.png", rows, results, out_dir, "model", rules):
-        montage(out_dir / "montage.png", rows, results, out_dir, "identity", rules)
-    montage(out_dir / "montage-deform.png", rows, results, out_dir, "deform", rules)
+    if not montage(out_dir / "montage.png", rows, results, out_dir, "model", rules, views=views):
+        montage(out_dir / "montage.png", rows, results, out_dir, "identity", rules, views=views)
+    montage(out_dir / "montage-deform.png", rows, results, out_dir, "deform", rules, views=views)
     rates_plot(out_dir / "rates.png", results, pooled)

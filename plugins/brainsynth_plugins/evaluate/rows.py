@@ -110,24 +110,28 @@ def score(ctx: RowContext, row: PairRow, model_image: np.ndarray | None, inputs:
 _WORKER: RowContext | None = None
 
 
-def _worker_init(pairs_dir: str, settings: engine.EvalSettings, out_dir: str) -> None:
+def _worker_init(build: Callable[..., Any], pairs_dir: str, settings: engine.EvalSettings, out_dir: str) -> None:
     global _WORKER
-    _WORKER = RowContext.build(Path(pairs_dir), settings, Path(out_dir))
+    _WORKER = build(Path(pairs_dir), settings, Path(out_dir))
 
 
-def _worker_score(row: PairRow, model_image: np.ndarray | None, inputs: RowInputs | None) -> dict[str, Any]:
+def _worker_score(score_fn: Callable[..., dict[str, Any]], row: PairRow, model_image: np.ndarray | None,
+                  inputs: Any) -> dict[str, Any]:
     assert _WORKER is not None
-    return score(_WORKER, row, model_image, inputs)
+    return score_fn(_WORKER, row, model_image, inputs)
 
 
 class Scorer:
     """Scores rows in submission order: inline (``jobs == 1``) or in ``jobs`` spawned worker
     processes (the plugins are loaded again there, so a measurement registered at runtime needs
     ``--jobs 1``). :meth:`submit` queues a row; finished rows are handed to ``on_done`` in the
-    order they were submitted."""
+    order they were submitted. ``score_fn`` and ``build`` score a row and build its context (:func:`score` and
+    :meth:`RowContext.build` for 2D slices; the 3D ones for volumes)."""
 
-    def __init__(self, ctx: RowContext, pairs_dir: Path, jobs: int, on_done: Callable[[PairRow, dict[str, Any]], None]) -> None:
+    def __init__(self, ctx: Any, pairs_dir: Path, jobs: int, on_done: Callable[[PairRow, dict[str, Any]], None],
+                 score_fn: Callable[..., dict[str, Any]] | None = None, build: Callable[..., Any] | None = None) -> None:
         self.ctx, self.on_done, self.jobs = ctx, on_done, max(1, int(jobs))
+        self.score_fn = score_fn or score
         self.pending: deque[tuple[PairRow, Any]] = deque()
         self.pool = None
         if self.jobs > 1:
@@ -136,7 +140,7 @@ class Scorer:
 
             # spawn, not fork: a forked child would inherit torch's and numba's threads mid-state
             self.pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                            initargs=(str(pairs_dir), ctx.settings, str(ctx.out_dir)))
+                                            initargs=(build or RowContext.build, str(pairs_dir), ctx.settings, str(ctx.out_dir)))
 
     def __enter__(self) -> Scorer:
         return self
@@ -146,15 +150,15 @@ class Scorer:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, row: PairRow, model_image: np.ndarray | None, done: dict[str, Any] | None = None,
-               inputs: RowInputs | None = None) -> None:
+               inputs: Any = None) -> None:
         """Queue ``row`` (``done``: its record from an earlier run, handed on in its turn;
         ``inputs``: its slices, when already read)."""
         if done is not None:
             self.pending.append((row, done))
         elif self.pool is None:
-            self.pending.append((row, score(self.ctx, row, model_image, inputs)))
+            self.pending.append((row, self.score_fn(self.ctx, row, model_image, inputs)))
         else:
-            self.pending.append((row, self.pool.submit(_worker_score, row, model_image, inputs)))
+            self.pending.append((row, self.pool.submit(_worker_score, self.score_fn, row, model_image, inputs)))
         self.drain(wait=len(self.pending) > 4 * self.jobs)  # bounded: edits do not run far ahead of the scoring
 
     def drain(self, wait: bool = False) -> None:

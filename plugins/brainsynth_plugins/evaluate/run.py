@@ -27,6 +27,32 @@ def model_info(model_dir: Path | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def pairs_dim(pairs_dir: Path | None) -> str:
+    """``dim`` of a pairs folder's ``pairs.json`` ("2d" when there is none or it is unreadable: reading
+    the folder itself then says what is wrong)."""
+    path = None if pairs_dir is None else Path(pairs_dir) / "pairs.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
+    except (OSError, ValueError):
+        return "2d"
+    return str(info.get("dim", "2d")) if isinstance(info, dict) else "2d"
+
+
+def volume_measure(measure: str, segmenter: str) -> str:
+    """``EvalSettings.measure`` for 3D pairs: the segmenter's longitudinal mode (``followup:NAME``);
+    a 2D measurement other than the default is refused in one line."""
+    from brainsynth_cli.plugin_manager import registry
+
+    if measure != "registration":
+        raise InputError(None, f"--measure {measure} measures 2D slices; 3D pairs are measured by a segmenter's longitudinal mode",
+                         "leave out --measure (give --segmenter NAME, default atlas)")
+    # before the report folder is made: an unknown name -> the registry's one-line error; no longitudinal mode -> one line
+    if not hasattr(registry("segmenter").create(segmenter), "segment_followup"):
+        raise InputError(None, f"segmenter {segmenter!r} has no longitudinal mode (segment_followup)",
+                         "measure 3D pairs with --segmenter atlas")
+    return f"followup:{segmenter}"
+
+
 #: The file in a report folder recording the settings its rows were computed with.
 SETTINGS_FILE = "evaluate.json"
 
@@ -92,13 +118,15 @@ def model_generator(model_dir: Path) -> str:
         raise InputError(info, f"is not valid JSON ({exc.msg})", "re-run the training") from None
 
 
-def first_screen(pooled: list[dict[str, Any]], model_info: dict[str, Any]) -> dict[str, Any]:
-    """The verdict, its reasons and the per-pair table of the measured pairs; deformed pairs apart."""
+def first_screen(pooled: list[dict[str, Any]], model_info: dict[str, Any], structure_maps: bool = True) -> dict[str, Any]:
+    """The verdict, its reasons and the per-pair table of the measured pairs; deformed pairs apart
+    (``structure_maps``: whether the measurement gives the structure change error's maps)."""
     from brainsynth_plugins.evaluate import verdict
 
     table = verdict.pooled_table(pooled, verdict.MEASURED_KINDS)
     intervals = verdict.interval_rows(pooled, verdict.MEASURED_KINDS)
-    head, reasons = verdict.verdict(table, model_info.get("vae_reconstruction"), intervals if "model" in table else None)
+    head, reasons = verdict.verdict(table, model_info.get("vae_reconstruction"), intervals if "model" in table else None,
+                                    structure_maps=structure_maps)
     trained = model_info.get("intervals")
     untrained = sorted({f"{s} {v['interval']}" for p in pooled for m in p["methods"].values() for s, v in m["structures"].items()
                         if "interval" in v and isinstance(trained, dict) and v["interval"] not in trained.get(s, [])})
@@ -116,19 +144,28 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
     from brainsynth_cli.slices import to_png16
 
     pairs = read_pairs_folder(pairs_dir)
-    if pairs.dim != "2d":
-        raise InputError(pairs_dir, f"holds {pairs.dim} pairs", "evaluate edits 2D slices: make pairs with --dim 2d")
+    if pairs.dim not in ("2d", "3d"):
+        raise InputError(pairs_dir / "pairs.json", f"records dim {pairs.dim!r}", "make pairs with --dim 2d or --dim 3d")
+    volumes = pairs.dim == "3d"
     rows = engine.select_rows(pairs, settings)
-    ctx = rows_mod.RowContext.build(pairs_dir, settings, out_dir, device, pairs=pairs)
+    if volumes:
+        from brainsynth_plugins.evaluate import volumes as vol
+
+        ctx: Any = vol.VolumeContext.build(pairs_dir, settings, out_dir, device, pairs=pairs)
+    else:
+        ctx = rows_mod.RowContext.build(pairs_dir, settings, out_dir, device, pairs=pairs)
     rules, parser, path_settings = ctx.rules, ctx.parser, ctx.path_settings
+    if volumes and fid_weights is not None:
+        raise InputError(fid_weights, "FID is computed on 2D slices", "leave out --fid-weights for 3D pairs")
     fid_net = fid.load_extractor(Path(fid_weights)) if fid_weights is not None else None  # a bad file fails now, not after the edits
     model = None
     model_info: dict[str, Any] = {}
     if model_dir is not None:  # None: only the baselines (the measurement's own error on real targets)
         generator = registry("generator").create(model_generator(Path(model_dir)))
         model = generator.load(Path(model_dir), device)
-        if "3d" in tuple(getattr(model, "dims", ("2d",))):
-            raise InputError(model_dir, "is a 3D model", "evaluate scores 2D slice models so far; edit volumes with `brainsynth edit`")
+        if "3d" in tuple(getattr(model, "dims", ("2d",))) and not volumes:
+            raise InputError(pairs_dir / "pairs.json", "holds 2D pairs (slices) but the model is a 3D model",
+                             "evaluate it on 3D pairs: `brainsynth make-pairs DATASET --dim 3d -o PAIRS3D`")
         model_info = dict(getattr(model, "info", {}) or {})
         if jobs > 1:  # the workers take the other cores; this process's edits run on one thread
             import torch
@@ -150,13 +187,21 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
             if progress is not None:
                 progress(len(results), len(rows), f"row {row.number}")
 
-        with rows_mod.Scorer(ctx, pairs_dir, jobs, finished) as scorer:
+        scoring = {"score_fn": vol.score, "build": vol.VolumeContext.build} if volumes else {}
+        with rows_mod.Scorer(ctx, pairs_dir, jobs, finished, **scoring) as scorer:
             for row in rows:
                 if row.number in done:
                     scorer.submit(row, None, done=done[row.number])
                     continue
                 edited = x = None
-                if model is not None:
+                if model is not None and volumes:
+                    x = ctx.inputs(row)
+                    options = {"steps": settings.steps, "scheduler": settings.scheduler, "guidance_scale": settings.guidance_scale,
+                               "image_guidance_scale": settings.image_guidance_scale, "seed": settings.seed + row.number,
+                               "batch_size": 4, "residual": settings.residual}
+                    edited = vol.model_edit(ctx, model, model_info, row, x, options)
+                    vol.write_edit(out_dir / "edits" / f"row-{row.number:05d}.nii.gz", edited, row)
+                elif model is not None:
                     x = ctx.inputs(row)
                     square = engine.to_model_size(x.prior, model.resolution)
                     out = model.edit([square], row.prompt, steps=settings.steps, scheduler=settings.scheduler,
@@ -170,13 +215,27 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
     summary = engine.summarise(results)
     pairs_pooled = engine.pair_results(results, parser)
     summary["pairs"] = engine.summarise(pairs_pooled)
+    if volumes:
+        measure_help = (f"the `{vol.segmenter_name(settings.measure)}` segmenter's longitudinal mode (segment_followup: each "
+                        f"image labelled from the prior and its labels; voxels counted): "
+                        + registry("segmenter").get(vol.segmenter_name(settings.measure)).help)
+    else:
+        measure_help = registry("measure").get(settings.measure).help
     summary["settings"] = {**settings.__dict__, "model": str(model_dir) if model_dir is not None else None, "pairs": str(pairs_dir), "device": device,
                            "edit_path": path_settings.describe(), "vae_reconstruction": model_info.get("vae_reconstruction"),
                            "trained_intervals": model_info.get("intervals"),
-                           "measure_help": registry("measure").get(settings.measure).help,
+                           "measure_help": measure_help,
                            "prompt_builder": str(pairs.info.get("prompt_builder", "quantized"))}
-    summary["fid"] = fid.fid(out_dir, rows, fid_weights, fid_net) if model is not None else {
-        "value": None, "reason": "--baselines-only: no edits to compare"}
-    summary["first_screen"] = first_screen(pairs_pooled, model_info)
-    report.write_all(out_dir, rows, results, summary, pairs_pooled, rules)
+    if volumes:
+        from brainsynth_plugins.evaluate import through_plane
+
+        summary["settings"]["dim"] = "3d"
+        summary["settings"]["model_dims"] = list(getattr(model, "dims", ("2d",))) if model is not None else None
+        summary["through_plane"] = through_plane.summarise(results)
+        summary["fid"] = {"value": None, "reason": "3D volumes: FID is defined on 2D images"}
+    else:
+        summary["fid"] = fid.fid(out_dir, rows, fid_weights, fid_net) if model is not None else {
+            "value": None, "reason": "--baselines-only: no edits to compare"}
+    summary["first_screen"] = first_screen(pairs_pooled, model_info, structure_maps=not volumes)
+    report.write_all(out_dir, rows, results, summary, pairs_pooled, rules, views=vol.montage_views(out_dir, rules) if volumes else None)
     return summary

@@ -85,13 +85,15 @@ def table_lines(table: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None,
-            intervals: list[dict[str, Any]] | None = None) -> tuple[str, list[str]]:
+            intervals: list[dict[str, Any]] | None = None, structure_maps: bool = True) -> tuple[str, list[str]]:
     """(headline, reasons): whether the model does what the prompts say and keeps the scan.
 
     "Yes" needs every criterion of the module docstring and every requested interval hit at least
     half the time (``intervals`` from :func:`interval_rows`); "Partly" when only intervals are
     missed or the ACC is clearly below the ceiling (e.g. a model that enlarges the ventricles by the same amount whatever the prompt
-    asks); "Not yet" otherwise."""
+    asks); "Not yet" otherwise. ``structure_maps=False``: the measurement gives labels, not the
+    partial-volume maps the structure change error needs (a segmenter's longitudinal mode on 3D
+    volumes); that criterion is then left out and the reasons say so."""
     m = table.get("model")
     if m is None:
         head = "No model was evaluated: the rows below are the baselines (the measurement's own error on real targets)."
@@ -133,14 +135,18 @@ def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None,
                        f"({dp:+.2f} dB), SSIM {_f(m['ssim'], 3)} vs {_f(ident['ssim'], 3)}: "
                        + ("the edit keeps the scan." if keeps else "the edit degrades the scan."))
     se = m["structure_error"]
-    better = math.isfinite(se) and se < 1.0
-    ok &= better
-    text = (f"Structure change error (where the named structures end up; 0 = where the real target has them, 1 = where "
-            f"they were before) {_f(se)}: " + ("the edit moves them towards the real change" if better
-                                               else "the edit does not move them towards the real change"))
-    if deform is not None:
-        text += f" (model-free deform baseline: {_f(deform['structure_error'])})"
-    reasons.append(text + ".")
+    if structure_maps:
+        better = math.isfinite(se) and se < 1.0
+        ok &= better
+        text = (f"Structure change error (where the named structures end up; 0 = where the real target has them, 1 = where "
+                f"they were before) {_f(se)}: " + ("the edit moves them towards the real change" if better
+                                                   else "the edit does not move them towards the real change"))
+        if deform is not None:
+            text += f" (model-free deform baseline: {_f(deform['structure_error'])})"
+        reasons.append(text + ".")
+    else:
+        reasons.append("Structure change error: not measured (the measurement gives label maps, not the partial-volume maps "
+                       "it needs); the verdict rests on ACC, MAE and image quality.")
     reasons.append(f"Intensity change error {_f(m['change_error'])} (deform {_f(deform['change_error']) if deform else 'n/a'}; "
                    "no edit 1.00): against real and Poisson targets it is dominated by scan-to-scan intensity differences "
                    "and noise, which an edit cannot reproduce.")
@@ -148,8 +154,9 @@ def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None,
         reasons.append(f"Leak into structures a disentangled prompt does not name: {_f(m['leak'])} pp"
                        + (" (over 1 pp: the edit also changes what the prompt leaves alone)." if m["leak"] > 1.0 else "."))
     if vae:
-        reasons.append(f"The model's autoencoder reconstructs {vae.get('split', 'validation')} slices at PSNR {_f(vae.get('psnr'))} dB, "
-                       f"SSIM {_f(vae.get('ssim'), 3)} ({vae.get('slices')} slices): the ceiling of any edit that decodes whole images.")
+        unit = "volumes" if "volumes" in vae and "slices" not in vae else "slices"  # a 3D model's record counts volumes
+        reasons.append(f"The model's autoencoder reconstructs {vae.get('split', 'validation')} {unit} at PSNR {_f(vae.get('psnr'))} dB, "
+                       f"SSIM {_f(vae.get('ssim'), 3)} ({vae.get(unit)} {unit}): the ceiling of any edit that decodes whole images.")
     if deform is not None and math.isfinite(deform["mae"]):
         better_acc, better_mae = m["acc"] > deform["acc"], m["mae"] < deform["mae"]
         word = ("the model is more accurate" if better_acc and better_mae
@@ -162,13 +169,14 @@ def verdict(table: dict[str, dict[str, Any]], vae: dict[str, Any] | None = None,
         reasons.insert(0, "Missed: " + "; ".join(
             f"{r['name']} (real targets {r['truth']:+.1f} %, model {r['model']:+.1f} %, ACC {_f(r['acc'])}, n={r['n']})"
             for r in missed) + ".")
+    moves = " and moves the structures towards the real change" if structure_maps else ""  # not measured without maps
     if ok and not missed and near_ceiling:
         head = "**Yes: the model does what the prompts say and keeps the scan.**"
     elif ok and missed:
-        head = ("**Partly: the model keeps the scan and moves the structures towards the real change, but misses "
+        head = (f"**Partly: the model keeps the scan{moves}, but misses "
                 + ", ".join(r["name"] for r in missed) + " (below).**")
     elif ok:
-        head = ("**Partly: the model keeps the scan and moves the structures towards the real change, but lands in the "
+        head = (f"**Partly: the model keeps the scan{moves}, but lands in the "
                 "requested interval clearly less often than the real targets do (below).**")
     else:
         head = "**Not yet: the model does not both follow the prompts and keep the scan (reasons below).**"
