@@ -141,7 +141,7 @@ def merge(image: "np.ndarray", edited: "np.ndarray", mask: "np.ndarray", blender
     return out
 
 
-def floor_change(change: "np.ndarray", floor: float) -> "np.ndarray":
+def floor_change(change: np.ndarray, floor: float) -> np.ndarray:
     """``change`` soft-thresholded at ``floor``: ``sign(c) * max(|c| - floor, 0)`` (float32).
 
     Smaller changes become exactly 0; larger ones shrink by ``floor``, so the result stays

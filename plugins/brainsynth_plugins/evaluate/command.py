@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         restrict: bool = typer.Option(True, "--restrict/--no-restrict", help="Edit path: keep the change inside the named structures (row's prior labels) plus --margin."),
         margin: float = typer.Option(3.0, "--margin", help="Edit path: margin around the named structures, mm."),
         blender: str = typer.Option("poisson", "--blender", help="Edit path: how the change is merged into the prior (blender plugin; see `brainsynth plugins`)."),
-        change_floor: Optional[float] = typer.Option(None, "--change-floor", help="Edit path: drop the model's changes below this fraction of the intensity window (default: the model's, else 0)."),
+        change_floor: float | None = typer.Option(None, "--change-floor", help="Edit path: drop the model's changes below this fraction of the intensity window (default: the model's, else 0)."),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score the deform and chance rows."),
         jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes that measure rows while the model edits the next ones (same numbers, less time)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report made in OUTPUT with other settings (its files are removed first)."),
