@@ -17,6 +17,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+from test_train3d_ip2p import run_cli
+
 from brainsynth_cli import hookimpl
 from brainsynth_cli.specs import Spec
 
@@ -25,25 +27,6 @@ SMALL = ["--dim", "3d", "--device", "cpu", "--seed", "3", "--set", "voxel_mm=8",
          "--set", "vae.channels=8,8", "--set", "vae.attention_levels=false,false",
          "--set", "unet.channels=16,32", "--set", "unet.attention_levels=false,true", "--set", "unet.num_head_channels=16",
          "--set", "vae_steps=2", "--set", "unet_steps=2", "--set", "warmup_steps=1", "--batch-size", "2"]
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    import contextlib
-    import io
-
-    import torch
-
-    from brainsynth_cli.main import run
-
-    err, out = io.StringIO(), io.StringIO()
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            code = run([str(a) for a in args])
-    finally:
-        torch.set_num_threads(n)
-    return code, out.getvalue(), err.getvalue()
 
 
 class StripedModel:

@@ -43,16 +43,8 @@ class RowContext:
         """``pairs``: the folder already read (else it is read from ``pairs_dir``)."""
         from brainsynth_cli.plugin_manager import registry
 
-        pairs = pairs if pairs is not None else read_pairs_folder(pairs_dir)
-        rules = rules_from_text(pairs.info["rules"], f"{pairs_dir / 'pairs.json'} rules") if pairs.info.get("rules") else default_rules()
-        deform = None
-        if settings.baselines and "deform" in registry("generator"):
-            deform = registry("generator").create("deform").load(None, device)
-        path_settings = EditSettings(residual=settings.residual, restrict=settings.restrict, margin_mm=settings.margin_mm,
-                                     blender=settings.blender, change_floor=settings.change_floor)
-        path_settings.check()
-        return cls(pairs=pairs, rules=rules, parser=engine.prompt_parser(pairs, rules), measure=registry("measure").create(settings.measure),
-                   deform=deform, path_settings=path_settings, settings=settings, out_dir=Path(out_dir))
+        parts = context_parts(pairs_dir, settings, device, pairs)
+        return cls(**parts, measure=registry("measure").create(settings.measure), settings=settings, out_dir=Path(out_dir))
 
     def inputs(self, row: PairRow) -> RowInputs:
         """The row's slices, labels, requested intervals, named structures and pixel spacing."""
@@ -62,6 +54,22 @@ class RowContext:
         structures = [self.rules[name] for name in (requested or {})]
         spacing = engine.pixel_spacing(row, self.pairs, self.settings.margin_mm)
         return RowInputs(prior, target, prior_labels, target_labels, requested, structures, spacing)
+
+
+def context_parts(pairs_dir: Path, settings: engine.EvalSettings, device: str = "cpu", pairs: Any = None) -> dict[str, Any]:
+    """What the 2D and 3D row contexts share: the pairs folder, its rules and prompt parser, the
+    deform baseline (when baselines are on) and the edit path's settings (checked)."""
+    from brainsynth_cli.plugin_manager import registry
+
+    pairs = pairs if pairs is not None else read_pairs_folder(pairs_dir)
+    rules = rules_from_text(pairs.info["rules"], f"{pairs_dir / 'pairs.json'} rules") if pairs.info.get("rules") else default_rules()
+    deform = None
+    if settings.baselines and "deform" in registry("generator"):
+        deform = registry("generator").create("deform").load(None, device)
+    path_settings = EditSettings(residual=settings.residual, restrict=settings.restrict, margin_mm=settings.margin_mm,
+                                 blender=settings.blender, change_floor=settings.change_floor)
+    path_settings.check()
+    return {"pairs": pairs, "rules": rules, "parser": engine.prompt_parser(pairs, rules), "deform": deform, "path_settings": path_settings}
 
 
 @dataclass

@@ -22,8 +22,8 @@ import numpy as np
 
 from brainsynth_cli.edit_path import EditSettings
 from brainsynth_cli.errors import InputError
-from brainsynth_cli.pairs_folder import PairRow, read_pairs_folder
-from brainsynth_cli.structures import Rules, default_rules, rules_from_text
+from brainsynth_cli.pairs_folder import PairRow
+from brainsynth_cli.structures import Rules
 from brainsynth_plugins.evaluate import engine, through_plane
 
 #: ``EvalSettings.measure`` of a 3D evaluation: this prefix and the segmenter's name.
@@ -107,22 +107,14 @@ class VolumeContext:
     def build(cls, pairs_dir: Path, settings: engine.EvalSettings, out_dir: Path, device: str = "cpu",
               pairs: Any = None) -> VolumeContext:
         from brainsynth_cli.plugin_manager import registry
+        from brainsynth_plugins.evaluate.rows import context_parts
 
-        pairs = pairs if pairs is not None else read_pairs_folder(pairs_dir)
-        rules = rules_from_text(pairs.info["rules"], f"{pairs_dir / 'pairs.json'} rules") if pairs.info.get("rules") else default_rules()
-        deform = None
-        if settings.baselines and "deform" in registry("generator"):
-            deform = registry("generator").create("deform").load(None, device)
-        path_settings = EditSettings(residual=settings.residual, restrict=settings.restrict, margin_mm=settings.margin_mm,
-                                     blender=settings.blender, change_floor=settings.change_floor)
-        path_settings.check()
         name = segmenter_name(settings.measure)
         segmenter = registry("segmenter").create(name)
         if not hasattr(segmenter, "segment_followup"):
             raise InputError(None, f"segmenter {name!r} has no longitudinal mode (segment_followup)",
                              "measure 3D pairs with --segmenter atlas")
-        return cls(pairs=pairs, rules=rules, parser=engine.prompt_parser(pairs, rules), segmenter=segmenter, deform=deform,
-                   path_settings=path_settings, settings=settings, out_dir=Path(out_dir))
+        return cls(**context_parts(pairs_dir, settings, device, pairs), segmenter=segmenter, settings=settings, out_dir=Path(out_dir))
 
     def inputs(self, row: PairRow) -> VolumeInputs:
         """The row's volumes and label volumes (RAS view), requested intervals and named structures."""
