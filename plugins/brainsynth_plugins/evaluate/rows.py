@@ -25,17 +25,23 @@ from brainsynth_plugins.evaluate import engine
 
 
 @dataclass
-class RowContext:
-    """What scoring a row needs, built once per process (:meth:`build`)."""
+class SharedContext:
+    """What scoring a 2D or a 3D row needs alike (:func:`context_parts` builds the first five)."""
 
     pairs: Any
     rules: Rules
     parser: Any
-    measure: Any
     deform: Any
     path_settings: EditSettings
     settings: engine.EvalSettings
     out_dir: Path
+
+
+@dataclass
+class RowContext(SharedContext):
+    """What scoring a 2D row needs, built once per process (:meth:`build`): the shared parts and the measurement."""
+
+    measure: Any = None
 
     @classmethod
     def build(cls, pairs_dir: Path, settings: engine.EvalSettings, out_dir: Path, device: str = "cpu",

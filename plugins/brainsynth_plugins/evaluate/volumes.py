@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from brainsynth_cli.edit_path import EditSettings
 from brainsynth_cli.errors import InputError
 from brainsynth_cli.pairs_folder import PairRow
 from brainsynth_cli.structures import Rules
 from brainsynth_plugins.evaluate import engine, through_plane
+from brainsynth_plugins.evaluate.rows import SharedContext, context_parts
 
 #: ``EvalSettings.measure`` of a 3D evaluation: this prefix and the segmenter's name.
 FOLLOWUP = "followup:"
@@ -91,23 +91,16 @@ class VolumeInputs:
 
 
 @dataclass
-class VolumeContext:
-    """What scoring a 3D row needs, built once per process (:meth:`build`)."""
+class VolumeContext(SharedContext):
+    """What scoring a 3D row needs, built once per process (:meth:`build`): the shared parts and the
+    segmenter whose longitudinal mode measures the volumes."""
 
-    pairs: Any
-    rules: Rules
-    parser: Any
-    segmenter: Any
-    deform: Any
-    path_settings: EditSettings
-    settings: engine.EvalSettings
-    out_dir: Path
+    segmenter: Any = None
 
     @classmethod
     def build(cls, pairs_dir: Path, settings: engine.EvalSettings, out_dir: Path, device: str = "cpu",
               pairs: Any = None) -> VolumeContext:
         from brainsynth_cli.plugin_manager import registry
-        from brainsynth_plugins.evaluate.rows import context_parts
 
         name = segmenter_name(settings.measure)
         segmenter = registry("segmenter").create(name)
