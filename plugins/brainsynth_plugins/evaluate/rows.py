@@ -96,6 +96,23 @@ def edited_slice(prior: np.ndarray, change: np.ndarray, labels: np.ndarray, stru
     return np.clip(out, 0, 1).astype(np.float32)
 
 
+def method_images(ctx: SharedContext, row: PairRow, x: Any, model_image: np.ndarray | None) -> dict[str, Any]:
+    """The images a row scores besides the identity and the target, 2D slices or 3D volumes alike:
+    the model's edit (when given), the ``deform`` baseline put in through the edit path (no change
+    floor: the floor is the model's) and the ``chance`` row (the prior plus faint noise)."""
+    images: dict[str, Any] = {}
+    if model_image is not None:
+        images["model"] = model_image
+    if ctx.deform is not None and x.structures:
+        moved = ctx.deform.edit([x.prior], row.prompt, labels=[x.prior_labels], spacing=x.spacing, strict=False)[0]
+        images["deform"] = edited_slice(x.prior, np.asarray(moved, np.float32) - x.prior, x.prior_labels, x.structures, x.spacing,
+                                        replace(ctx.path_settings, change_floor=0.0))
+    if ctx.settings.baselines:
+        noise = np.random.default_rng([ctx.settings.seed, row.number]).normal(0.0, engine.CHANCE_NOISE, x.prior.shape)
+        images["chance"] = np.clip(x.prior + noise.astype(np.float32), 0, 1)
+    return images
+
+
 def score(ctx: RowContext, row: PairRow, model_image: np.ndarray | None, inputs: RowInputs | None = None) -> dict[str, Any]:
     """One row's record: the deform and chance rows (when baselines are on) and every method's
     measurements and metrics, next to the model's already edited slice ``model_image`` (None:
@@ -104,17 +121,9 @@ def score(ctx: RowContext, row: PairRow, model_image: np.ndarray | None, inputs:
     from brainsynth_cli.slices import to_png16
 
     x = inputs if inputs is not None else ctx.inputs(row)
-    images: dict[str, Any] = {}
-    if model_image is not None:
-        images["model"] = model_image
-    if ctx.deform is not None and x.structures:
-        moved = ctx.deform.edit([x.prior], row.prompt, labels=[x.prior_labels], spacing=x.spacing, strict=False)[0]
-        images["deform"] = edited_slice(x.prior, np.asarray(moved, np.float32) - x.prior, x.prior_labels, x.structures, x.spacing,
-                                        replace(ctx.path_settings, change_floor=0.0))  # the floor is the model's
+    images = method_images(ctx, row, x, model_image)
+    if "deform" in images:
         write_png(ctx.out_dir / "edits" / f"deform-{row.number:05d}.png", to_png16(images["deform"]))
-    if ctx.settings.baselines:
-        noise = np.random.default_rng([ctx.settings.seed, row.number]).normal(0.0, engine.CHANCE_NOISE, x.prior.shape)
-        images["chance"] = np.clip(x.prior + noise.astype(np.float32), 0, 1)
     result = engine.score_row(row, x.prior, x.target, images, x.prior_labels, x.target_labels, x.requested, ctx.measure, ctx.rules)
     result["requested_known"] = x.requested is not None
     return result

@@ -14,7 +14,7 @@ through-plane consistency of the model, deform and target changes (:mod:`.throug
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,20 +167,12 @@ def score(ctx: VolumeContext, row: PairRow, model_image: np.ndarray | None, inpu
     """One 3D row's record: the deform and chance volumes (with baselines), every method measured by
     the segmenter's longitudinal mode and scored by :func:`engine.score_row`, and the through-plane
     consistency of the model, deform and target changes."""
-    from brainsynth_plugins.evaluate.rows import edited_slice
+    from brainsynth_plugins.evaluate.rows import method_images
 
     x = inputs if inputs is not None else ctx.inputs(row)
-    images: dict[str, Any] = {}
-    if model_image is not None:
-        images["model"] = model_image
-    if ctx.deform is not None and x.structures:
-        moved = ctx.deform.edit([x.prior], row.prompt, labels=[x.prior_labels], spacing=x.spacing, strict=False)[0]
-        images["deform"] = edited_slice(x.prior, np.asarray(moved, np.float32) - x.prior, x.prior_labels, x.structures, x.spacing,
-                                        replace(ctx.path_settings, change_floor=0.0))  # the floor is the model's
+    images = method_images(ctx, row, x, model_image)
+    if "deform" in images:
         write_edit(ctx.out_dir / "edits" / f"deform-{row.number:05d}.nii.gz", images["deform"], row)
-    if ctx.settings.baselines:
-        noise = np.random.default_rng([ctx.settings.seed, row.number]).normal(0.0, engine.CHANCE_NOISE, x.prior.shape)
-        images["chance"] = np.clip(x.prior + noise.astype(np.float32), 0, 1)
     measure = FollowupMeasure(ctx.segmenter, x.affine)
     result = engine.score_row(row, x.prior, x.target, images, x.prior_labels, x.target_labels, x.requested, measure, ctx.rules)
     result["requested_known"] = x.requested is not None
