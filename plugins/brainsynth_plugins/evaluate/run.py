@@ -41,16 +41,13 @@ def pairs_dim(pairs_dir: Path | None) -> str:
 def volume_measure(measure: str, segmenter: str) -> str:
     """``EvalSettings.measure`` for 3D pairs: the segmenter's longitudinal mode (``followup:NAME``);
     a 2D measurement other than the default is refused in one line."""
-    from brainsynth_cli.plugin_manager import registry
+    from brainsynth_plugins.evaluate.volumes import FOLLOWUP, followup_segmenter
 
     if measure != "registration":
         raise InputError(None, f"--measure {measure} measures 2D slices; 3D pairs are measured by a segmenter's longitudinal mode",
                          "leave out --measure (give --segmenter NAME, default atlas)")
-    # before the report folder is made: an unknown name -> the registry's one-line error; no longitudinal mode -> one line
-    if not hasattr(registry("segmenter").create(segmenter), "segment_followup"):
-        raise InputError(None, f"segmenter {segmenter!r} has no longitudinal mode (segment_followup)",
-                         "measure 3D pairs with --segmenter atlas")
-    return f"followup:{segmenter}"
+    followup_segmenter(segmenter)  # before the report folder is made
+    return f"{FOLLOWUP}{segmenter}"
 
 
 #: The file in a report folder recording the settings its rows were computed with.

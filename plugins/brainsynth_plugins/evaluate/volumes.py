@@ -24,6 +24,7 @@ from brainsynth_cli.errors import InputError
 from brainsynth_cli.pairs_folder import PairRow
 from brainsynth_cli.structures import Rules
 from brainsynth_plugins.evaluate import engine, through_plane
+from brainsynth_plugins.evaluate.measures import label_counts
 from brainsynth_plugins.evaluate.rows import SharedContext, context_parts
 
 #: ``EvalSettings.measure`` of a 3D evaluation: this prefix and the segmenter's name.
@@ -32,6 +33,17 @@ FOLLOWUP = "followup:"
 
 def segmenter_name(measure: str) -> str:
     return measure.removeprefix(FOLLOWUP)
+
+
+def followup_segmenter(name: str) -> Any:
+    """The segmenter plugin ``name``, which must have a longitudinal mode (``segment_followup``):
+    an unknown name gives the registry's one-line error, one without the mode one line too."""
+    from brainsynth_cli.plugin_manager import registry
+
+    segmenter = registry("segmenter").create(name)
+    if not hasattr(segmenter, "segment_followup"):
+        raise InputError(None, f"segmenter {name!r} has no longitudinal mode (segment_followup)", "measure 3D pairs with --segmenter atlas")
+    return segmenter
 
 
 def canonical(path: Path, labels: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -71,8 +83,7 @@ class FollowupMeasure:
         if image is prior and self._prior_sizes is not None and self._prior_sizes[0] is prior:
             return dict(self._prior_sizes[1])
         out = self.segmenter.segment_followup(self._volume(image), self._volume(prior), self._volume(prior_labels, labels=True))
-        ids, counts = np.unique(np.asarray(out.data), return_counts=True)
-        sizes = {int(i): float(c) for i, c in zip(ids, counts) if i != 0}
+        sizes = {i: c for i, c in label_counts(out.data).items() if i != 0}
         if image is prior:
             self._prior_sizes = (prior, sizes)
         return sizes
@@ -100,13 +111,7 @@ class VolumeContext(SharedContext):
     @classmethod
     def build(cls, pairs_dir: Path, settings: engine.EvalSettings, out_dir: Path, device: str = "cpu",
               pairs: Any = None) -> VolumeContext:
-        from brainsynth_cli.plugin_manager import registry
-
-        name = segmenter_name(settings.measure)
-        segmenter = registry("segmenter").create(name)
-        if not hasattr(segmenter, "segment_followup"):
-            raise InputError(None, f"segmenter {name!r} has no longitudinal mode (segment_followup)",
-                             "measure 3D pairs with --segmenter atlas")
+        segmenter = followup_segmenter(segmenter_name(settings.measure))
         return cls(**context_parts(pairs_dir, settings, device, pairs), segmenter=segmenter, settings=settings, out_dir=Path(out_dir))
 
     def inputs(self, row: PairRow) -> VolumeInputs:

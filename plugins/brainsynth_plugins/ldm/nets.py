@@ -183,9 +183,7 @@ def denoise(unet: Any, dim: str, x: Any, t: Any, context: Any, class_labels: Any
         return unet(x, t, encoder_hidden_states=context).sample
     if not torch.is_tensor(t) or t.ndim == 0:
         t = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
-    if class_labels is not None:
-        return unet(x, timesteps=t, context=context, class_labels=class_labels)
-    return unet(x, timesteps=t, context=context)
+    return unet(x, timesteps=t, context=context, class_labels=class_labels)
 
 
 # ---------------------------------------------------------------------------------------------
