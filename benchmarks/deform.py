@@ -172,11 +172,12 @@ def main() -> None:
             seconds[deformed] = (time.perf_counter() - start) / args.subjects
         rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
         deformed_rows = [r for r in rows if r["kind"] == "deformed" and r["slice"] == rows[0]["slice"]]
-        e = [r["rates"][r["structure"]] - r["deform_target"] for r in deformed_rows]
+        e = [r["rates"][n] - t for r in deformed_rows for n, t in r["deform_target"].items()]
+        kinds = {" + ".join(f"{n} {r['intervals'][n]}" for n in r["deform_target"]) for r in deformed_rows}
         print(f"make-pairs without --deformed: {seconds[False]:.2f} s per pair; with: {seconds[True]:.2f} s per pair "
               f"(+{seconds[True] - seconds[False]:.2f} s for {len(deformed_rows) // args.subjects} deformed targets)")
         print(f"deformed rows: recorded label rate vs drawn target {fmt(e)} (n = {len(e)}); intervals "
-              f"{sorted({(r['structure'], r['intervals'][r['structure']]) for r in deformed_rows})}")
+              f"{sorted(kinds)}")
 
 
 if __name__ == "__main__":

@@ -491,27 +491,34 @@ def test_deformed_rows_cover_every_interval_with_exact_rates(tmp_path, cli):
     assert res.exit_code == 0, res.stderr
     rows = read_rows(out)
     deformed = [r for r in rows if r["kind"] == "deformed"]
-    assert sorted((r["structure"], r["intervals"][r["structure"]]) for r in deformed) == [
-        ("cortex", "atrophy"), ("ventricle", "mild"), ("ventricle", "moderate"), ("ventricle", "severe")]
+    assert sorted(tuple(f"{n} {r['intervals'][n]}" for n in r["deform_target"]) for r in deformed) == [
+        ("cortex atrophy",), ("cortex atrophy", "ventricle mild"), ("cortex atrophy", "ventricle moderate"),
+        ("cortex atrophy", "ventricle severe"), ("ventricle mild",), ("ventricle moderate",), ("ventricle severe",)]
     drawn = {"atrophy": (-5.4, -0.6), "mild": (2.0, 8.0), "moderate": (12.0, 18.0), "severe": (21.0, 29.0)}
     real = next(r for r in rows if r["kind"] == "real")
     prior = read_labels(out / real["input_labels_file_name"]).data
     for r in deformed:
-        s = r["structure"]
-        lo, hi = drawn[r["intervals"][s]]
-        assert lo <= r["deform_target"] <= hi
         lab = read_labels(out / r["edited_labels_file_name"]).data
         for group, ids in (("ventricle", (4, 5, 43, 44)), ("cortex", (3, 42)), ("white-matter", (2, 41)), ("csf", (24,))):
             before, after = np.isin(prior, ids).sum(), np.isin(lab, ids).sum()
             assert r["rates"][group] == pytest.approx((after - before) / before * 100.0, abs=1e-5)
-        assert abs(r["rates_pv"][s] - r["deform_target"]) <= 0.25 and abs(r["rates"][s] - r["deform_target"]) <= 1.0
-        assert r["edit_prompt"] == ("cortex atrophy" if s == "cortex" else f"{r['intervals'][s]} ventricle enlargement")
+        for s, target in r["deform_target"].items():
+            lo, hi = drawn[r["intervals"][s]]
+            assert lo <= target <= hi
+            assert abs(r["rates_pv"][s] - target) <= 0.25 and abs(r["rates"][s] - target) <= 1.0
+        phrases = [("cortex atrophy" if s == "cortex" else f"{r['intervals'][s]} ventricle enlargement") for s in r["deform_target"]]
+        assert r["edit_prompt"] == " and ".join(phrases)
+        assert r["structure"] == (next(iter(r["deform_target"])) if len(r["deform_target"]) == 1 else None)
         assert r["blender"] is None and r["split"] == real["split"] and r["input_image_file_name"] == real["input_image_file_name"]
-        assert r["intervals"]["cortex" if s == "ventricle" else "ventricle"] is None
+        assert {k for k, v in r["intervals"].items() if v} == set(r["deform_target"])
+    # a combination's draws are its own: its cortex rate is not the single cortex row's
+    single = next(r for r in deformed if r["deform_target"].keys() == {"cortex"})
+    combos = [r for r in deformed if len(r["deform_target"]) == 2]
+    assert len({r["deform_target"]["cortex"] for r in combos} | {single["deform_target"]["cortex"]}) == 4
     assert real["rates_pv"] is None and real["deform_target"] is None  # every row has the same columns
     assert json.loads((out / "pairs.json").read_text())["deformed"] is True
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["deformed"] is True and summary["rows"]["deformed"] == 4 and summary["deformed_failed"] == 0
+    assert summary["deformed"] is True and summary["rows"]["deformed"] == 7 and summary["deformed_failed"] == 0
     assert (out / "montage-deformed.png").is_file()
 
     # 2D: label slices with every row; the severe row's slices hold more ventricle than the prior's
@@ -519,7 +526,7 @@ def test_deformed_rows_cover_every_interval_with_exact_rates(tmp_path, cli):
     common = ["make-pairs", root, "-o", out2, "--labels", labels, "--slices", "3", "--size", "64", "--blender", "none"]
     assert cli(*common, "--deformed").exit_code == 0
     rows2 = [r for r in read_rows(out2) if r["kind"] == "deformed"]
-    assert len(rows2) == 4 * 3 and all(r["slice"] is not None for r in rows2)
+    assert len(rows2) == 7 * 3 and all(r["slice"] is not None for r in rows2)
     severe = [r for r in rows2 if r["intervals"]["ventricle"] == "severe"]
     def count(key: str) -> int:
         return sum(int(np.isin(read_png(out2 / r[key])[0], (4, 43)).sum()) for r in severe)

@@ -1,13 +1,17 @@
-"""Deformed pairs (``make-pairs --deformed``): the prior deformed to a chosen rate.
+"""Deformed pairs (``make-pairs --deformed``): the prior deformed to chosen rates.
 
 For every described structure group that the ``deform`` editor can change (``ventricle``,
 ``cortex``) and every interval of it, the prior volume is deformed in 3D on its own grid
 (:func:`brainsynth_plugins.deform.deformation.deform`) to a rate drawn around the interval's
 ``target`` (docs/rules.md): uniformly within ±30 % of the interval's width for a bounded
 interval, within ±80 % of the distance between target and bound for an open one, and never
-outside the interval. The draw depends only on (seed, pair, structure, interval), so any
-process order and any ``--jobs`` give the same rates. Cohorts rarely show moderate or severe
-change; these rows give every interval training pairs whose change is known exactly.
+outside the interval. When two or more groups are deformable, every combination of their
+intervals (one interval per group, all groups changed at once: "cortex atrophy and moderate
+ventricle enlargement") is made too, with its own draws: a model learns combined prompts from
+these rows, where a cohort shows them only in a few noisy real pairs. The draw depends only on
+(seed, pair, structure, interval, combination), so any process order and any ``--jobs`` give the
+same rates. Cohorts rarely show moderate or severe change; these rows give every interval and
+every combination training pairs whose change is known exactly.
 """
 
 from __future__ import annotations
@@ -27,19 +31,33 @@ INSIDE = 0.01  # keep draws this fraction of the spread away from the interval's
 
 @dataclass(frozen=True)
 class DeformTask:
-    """One deformed row to make: a structure, one of its intervals, the drawn target rate."""
+    """One deformed row to make: the structures it changes, each with one of its intervals and
+    the drawn target rate (one structure, or a combination changed at once)."""
 
-    structure: Structure
-    interval: Interval
-    rate: float
+    parts: tuple[tuple[Structure, Interval, float], ...]
+
+    @property
+    def structure(self) -> Structure | None:
+        """The one structure a single-structure row changes; None for a combination."""
+        return self.parts[0][0] if len(self.parts) == 1 else None
+
+    @property
+    def targets(self) -> dict[str, float]:
+        """Structure name -> drawn target rate (percent)."""
+        return {s.name: rate for s, _, rate in self.parts}
+
+    @property
+    def label(self) -> str:
+        """"ventricle moderate", "cortex atrophy + ventricle moderate"."""
+        return " + ".join(f"{s.name} {iv.name}" for s, iv, _ in self.parts)
 
     @property
     def name(self) -> str:
-        """The output's file stem ("def-ventricle-moderate")."""
+        """The output's file stem ("def-ventricle-moderate", "def-cortex-atrophy+ventricle-moderate")."""
         import re
 
-        safe = re.sub(r"[^A-Za-z0-9+-]", "_", f"def-{self.structure.name}-{self.interval.name}")
-        return safe
+        stem = "+".join(f"{s.name}-{iv.name}" for s, iv, _ in self.parts)
+        return re.sub(r"[^A-Za-z0-9+-]", "_", f"def-{stem}")
 
 
 def draw_range(interval: Interval) -> tuple[float, float]:
@@ -59,9 +77,11 @@ def draw_range(interval: Interval) -> tuple[float, float]:
     return lo, max(lo, hi)
 
 
-def draw_rate(seed: int, pair_key: str, structure: str, interval: Interval) -> float:
-    """A rate drawn uniformly from :func:`draw_range`, fixed by (seed, pair, structure, interval)."""
-    digest = hashlib.sha256(f"{int(seed)}|{pair_key}|{structure}|{interval.name}".encode()).digest()
+def draw_rate(seed: int, pair_key: str, structure: str, interval: Interval, combination: str = "") -> float:
+    """A rate drawn uniformly from :func:`draw_range`, fixed by (seed, pair, structure, interval)
+    and, for a row that changes several structures, the ``combination`` it belongs to."""
+    tag = f"|{combination}" if combination else ""
+    digest = hashlib.sha256(f"{int(seed)}|{pair_key}|{structure}|{interval.name}{tag}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2.0**64
     lo, hi = draw_range(interval)
     return round(lo + u * (hi - lo), 4)
@@ -75,8 +95,18 @@ def deformable(rules: Rules) -> list[Structure]:
 
 
 def tasks(rules: Rules, seed: int, pair_key: str) -> list[DeformTask]:
-    """Every (deformable structure, interval) of the rules with its drawn rate."""
-    return [DeformTask(s, iv, draw_rate(seed, pair_key, s.name, iv)) for s in deformable(rules) for iv in s.intervals]
+    """Every (deformable structure, interval) of the rules with its drawn rate, then, when two
+    or more structures are deformable, every combination of one interval per structure."""
+    import itertools
+
+    groups = deformable(rules)
+    out = [DeformTask(((s, iv, draw_rate(seed, pair_key, s.name, iv)),)) for s in groups for iv in s.intervals]
+    if len(groups) < 2:
+        return out
+    for ivs in itertools.product(*(s.intervals for s in groups)):
+        combo = "+".join(f"{s.name}-{iv.name}" for s, iv in zip(groups, ivs))
+        out.append(DeformTask(tuple((s, iv, draw_rate(seed, pair_key, s.name, iv, combo)) for s, iv in zip(groups, ivs))))
+    return out
 
 
 def deformed_outputs(pair: Any, options: Any, rules: Rules, builder: Any, prior: Any, prior_lab: Any, pn: Any,
@@ -97,29 +127,32 @@ def deformed_outputs(pair: Any, options: Any, rules: Rules, builder: Any, prior:
     todo = tasks(rules, options.seed, pair.key)
     deformation = Deformation(prior_lab.data, rules, tuple(prior.voxel_size)) if todo else None  # fields once per prior
     for task in todo:
-        s = task.structure
+        targets = task.targets
+        failed = {"structures": sorted(targets), "intervals": {sv.name: iv.name for sv, iv, _ in task.parts},
+                  "target": targets}
         try:
-            result = deformation.apply(prior.data, {s.name: task.rate})
+            result = deformation.apply(prior.data, targets)
         except UserError as exc:
-            base.setdefault("deformed_failed", []).append(
-                {"structure": s.name, "interval": task.interval.name, "target": task.rate, "reason": str(exc)})
+            base.setdefault("deformed_failed", []).append({**failed, "reason": str(exc)})
             continue
         vd = group_vols(result.labels, prior.voxel_volume, rules)
         realised = {g: _rate(vp[g], vd[g]) for g in rules.names()}
         numeric = {k: (math.nan if v is None else v) for k, v in realised.items()}
-        prompt = builder.build(Change(rates=numeric, volumes=vd, only=s.name, **context))
-        if prompt is None:
-            base.setdefault("deformed_failed", []).append(
-                {"structure": s.name, "interval": task.interval.name, "target": task.rate,
-                 "reason": f"realised rate {realised[s.name]} is described by no interval"})
-            continue
+        named = {k: (v if k in targets else math.nan) for k, v in numeric.items()}  # the prompt names these only
         intervals = {}
         for d in rules.described():
-            iv = d.interval_for(numeric[d.name]) if d.name == s.name else None
+            iv = d.interval_for(numeric[d.name]) if d.name in targets else None
             intervals[d.name] = iv.name if iv is not None else None
+        missed = [n for n in targets if intervals.get(n) is None]  # a combination's prompt must name every part
+        prompt = builder.build(Change(rates=named, volumes=vd, **context))
+        if prompt is None or missed:
+            base.setdefault("deformed_failed", []).append(
+                {**failed, "reason": "; ".join(f"realised {n} rate {realised[n]} is described by no interval" for n in missed)
+                 or "the prompt builder describes none of the realised rates"})
+            continue
         out.append((task.name, normalise(result.image, pn), pn, result.labels, {
-            "kind": "deformed", "structure": s.name, "edit_prompt": prompt, "rates": realised,
-            "rates_pv": {k: round(v, 6) for k, v in result.rates_pv.items()}, "deform_target": task.rate,
-            "intervals": intervals, "blender": None, "interval_years": None}))
+            "kind": "deformed", "structure": task.structure.name if task.structure else None, "edit_prompt": prompt,
+            "rates": realised, "rates_pv": {k: round(v, 6) for k, v in result.rates_pv.items()},
+            "deform_target": dict(targets), "intervals": intervals, "blender": None, "interval_years": None}))
         base.setdefault("deform_magnitudes_mm", {})[task.name] = {k: round(v, 6) for k, v in result.magnitudes.items()}
     return out

@@ -275,6 +275,7 @@ def config(options: Options, rules) -> dict[str, Any]:
         cfg["run"] = options.run.removeprefix("run-")
     if options.deformed:  # recorded only when on, so folders made without it compare equal
         cfg["deformed"] = True
+        cfg["deformed_combinations"] = True  # every combination of the deformable groups' intervals too
         if tuple(options.deformed_splits) != SPLITS:
             cfg["deformed_splits"] = list(options.deformed_splits)
     return cfg
@@ -844,8 +845,8 @@ def pick_montage_rows(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         what = r["structure"]
-        if r["kind"] == "deformed":  # deformed rows: one group per interval, shown in turn
-            what = f"{what} {r['intervals'][r['structure']]}"
+        if r["kind"] == "deformed":  # deformed rows: one group per interval (or combination), shown in turn
+            what = " + ".join(f"{k} {v}" for k, v in (r.get("intervals") or {}).items() if v)
         groups.setdefault((r["subject"], tuple(r["sessions"]), what), []).append(r)
     by_structure: dict[Any, list[list[dict[str, Any]]]] = {}
     for (_, _, s), g in groups.items():
@@ -881,8 +882,9 @@ def montage_title(r: dict[str, Any]) -> str:
     sessions = " → ".join(str(s) for s in r.get("sessions") or [])
     years = r.get("interval_years")
     kind = r["kind"] if not r.get("structure") else f"{r['kind']} {r['structure']}"
-    if r["kind"] == "deformed" and r.get("deform_target") is not None:
-        kind += f" {r['deform_target']:+.1f} %"
+    if r["kind"] == "deformed" and isinstance(r.get("deform_target"), dict):
+        kind += " " + ", ".join(f"{k} {v:+.1f} %" if len(r["deform_target"]) > 1 else f"{v:+.1f} %"
+                                for k, v in r["deform_target"].items())
     where = f", axial slice {r['slice']}" if r.get("slice") is not None else ", middle axial slice"
     span = f" ({years:.1f} y)" if isinstance(years, (int, float)) else ""
     return f"{r['subject']} {sessions}{span}, {kind}{where}: “{r['edit_prompt']}”"
