@@ -532,6 +532,10 @@ def test_deformed_rows_cover_every_interval_with_exact_rates(tmp_path, cli):
         return sum(int(np.isin(read_png(out2 / r[key])[0], (4, 43)).sum()) for r in severe)
 
     assert count("edited_labels_file_name") > count("input_labels_file_name")
+    datasets = pytest.importorskip("datasets")  # single-group and combined rows in one column
+    train = datasets.load_dataset("imagefolder", data_dir=str(out2))["train"]
+    targets = [t for t in train["deform_target"] if t is not None]
+    assert len(targets) == 7 * 3 and sum(all(v is not None for v in t.values()) for t in targets) == 3 * 3
     # resuming: the same options are resumed; without --deformed the folder is refused
     again = cli(*common, "--deformed")
     assert again.exit_code == 0 and "resuming: 1 of 1 pairs already made" in again.stdout
