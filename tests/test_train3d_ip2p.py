@@ -222,6 +222,30 @@ def test_model_folder_is_self_contained_and_old_folders_load(models, pairs3d, tm
     assert VolumeIP2PModel(old, "cpu").unet.num_class_embeds is None
 
 
+def test_autoencoder_on_its_mode_with_its_own_schedule(models, pairs3d, tmp_path):
+    """``vae_latent=mode`` trains the autoencoder on the posterior mean (the latent the UNet sees,
+    no sampling noise) and ``vae_lr_scheduler`` gives stage 1 its own schedule; an unknown value is
+    refused in one line before anything is written."""
+    _, _, pairs = pairs3d
+    a, _ = models
+    steps = ["--set", "vae_steps=6", "--set", "unet_steps=1"]
+    code, _, err = run_cli("train", pairs, "-o", tmp_path / "m", *SMALL, *steps, "--set", "vae_latent=mode",
+                           "--set", "vae_lr_scheduler=cosine")
+    assert code == 0, err
+    rows = [line.split(",") for line in (tmp_path / "m" / "logs" / "loss.csv").read_text().splitlines()[1:]]
+    vae_lr = [float(r[-1]) for r in rows if r[0] == "vae"]
+    unet_lr = [float(r[-1]) for r in rows if r[0] == "unet"]
+    assert len(vae_lr) == 6 and vae_lr[-1] < vae_lr[1]  # cosine: decays after the warm-up step
+    assert unet_lr == [1e-3]  # stage 2 keeps lr_scheduler (constant after its one warm-up step)
+    training = json.loads((tmp_path / "m" / "brainsynth.json").read_text())["training"]
+    assert (training["vae_latent"], training["vae_lr_scheduler"]) == ("mode", "cosine")
+    assert json.loads((a / "brainsynth.json").read_text())["training"]["vae_latent"] == "sample"
+    assert (tmp_path / "m" / "vae" / "model.safetensors").read_bytes() != (a / "vae" / "model.safetensors").read_bytes()
+    code, _, err = run_cli("train", pairs, "-o", tmp_path / "bad", *SMALL, "--set", "vae_latent=median")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "vae_latent" in err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_batch_size_is_refused_for_a_3d_model(models, pairs3d, tmp_path):
     model, _ = models
     cohort, _, _ = pairs3d

@@ -55,7 +55,7 @@ VOLUME_PRESETS: dict[str, dict[str, Any]] = {
 #: Defaults common to the 3D presets.
 VOLUME_COMMON: dict[str, Any] = {
     "kl_weight": 1e-6, "conditioning_dropout": 0.05, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup",
-    "lr_decay_fraction": 0.2, "gradient_checkpointing": False, "region_margin_mm": 3.0, "validation_count": 2,
+    "lr_decay_fraction": 0.2, "vae_lr_scheduler": None, "vae_latent": "sample", "gradient_checkpointing": False, "region_margin_mm": 3.0, "validation_count": 2,
     "validation_steps": 10,
 }
 
@@ -67,7 +67,8 @@ VOLUME_SETTINGS: dict[str, tuple] = {
     "vae_batch_size": ("int", 1, 4096), "unet_batch_size": ("int", 1, 4096),
     "warmup_steps": ("int", 0, _STEPS), "checkpoint_every": ("int", 0, _STEPS), "kl_weight": ("float", 0, 1000),
     "conditioning_dropout": ("float", 0, 1 / 3), "checkpoints_total_limit": ("int", 1, 1000),
-    "lr_scheduler": ("choice", NAMES), "lr_decay_fraction": ("float", 0, 1),
+    "lr_scheduler": ("choice", NAMES), "lr_decay_fraction": ("float", 0, 1), "vae_lr_scheduler": ("choice", (None, *NAMES)),
+    "vae_latent": ("choice", ("sample", "mode")),
     "mixed_precision": ("choice", ("no", "fp16", "bf16", "auto")), "gradient_checkpointing": ("bool",),
     "prediction_type": ("choice", ("epsilon", "sample", "v_prediction")), "timestep_sampling": ("choice", ("uniform", "high")),
     "region_weight": ("float", 0, 1000), "region_margin_mm": ("float", 0, 50),

@@ -256,7 +256,7 @@ class VolumeTrainer(StagedTrainer):
         vn.nets.use_flash_attention(vae, self.device_name == "cuda")  # MONAI's fused attention on GPUs
         acc = self._accelerator()
         opt = torch.optim.AdamW(vae.parameters(), lr=float(cfg["vae_lr"]))
-        sched = self._lr_scheduler(opt, total)
+        sched = self._lr_scheduler(opt, total, name=cfg.get("vae_lr_scheduler"))
         gen = torch.Generator().manual_seed(int(cfg["seed"]) * 7 + 1)
         step = 0
         if start is not None:
@@ -266,12 +266,14 @@ class VolumeTrainer(StagedTrainer):
         batches = Batches(len(paths), int(cfg["vae_batch_size"]), int(cfg["seed"]))
         every = int(cfg["checkpoint_every"])
         kl_w = float(cfg["kl_weight"])
+        sample = (cfg.get("vae_latent") or "sample") == "sample"
         while step < total:
             x = self.tensor([paths[i] for i in batches(step)]).to(acc.device)
             with acc.autocast():
                 mean, std = vn.nets.encode(acc.unwrap_model(vae), vn.DIM, x)
                 eps = torch.randn(mean.shape, generator=gen).to(acc.device)
-                rec = vn.decode(acc.unwrap_model(vae), mean + std * eps)
+                z = mean + std * eps if sample else mean  # "mode": the deterministic latent the UNet sees
+                rec = vn.decode(acc.unwrap_model(vae), z)
             l1 = F.l1_loss(rec.float(), x.float())
             var = std.float() ** 2
             kl = 0.5 * (mean.float() ** 2 + var - torch.log(var.clamp_min(1e-12)) - 1).flatten(1).sum(1).mean()
@@ -517,7 +519,8 @@ class VolumeTrainer(StagedTrainer):
             "text_encoder": {**cfg["text_encoder"], "folder": [vt.ENCODER, vt.TOKENIZER]},
             "training": {k: cfg[k] for k in ("seed", "vae_steps", "unet_steps", "vae_lr", "unet_lr", "vae_batch_size",
                                              "unet_batch_size", "conditioning_dropout", "mixed_precision", "kl_weight",
-                                             "prediction_type", "timestep_sampling", "region_weight", "gradient_checkpointing")},
+                                             "prediction_type", "timestep_sampling", "region_weight", "gradient_checkpointing")}
+                        | {"vae_latent": cfg.get("vae_latent") or "sample", "vae_lr_scheduler": cfg.get("vae_lr_scheduler")},
             "data": cfg["data"], "pairs": {k: v for k, v in self.pairs.info.items() if k != "rules"},
             "sampling": {"steps": int(cfg["sampling_steps"]), "scheduler": str(cfg["sampling_scheduler"]),
                          "guidance_scale": float(cfg["guidance_scale"]), "image_guidance_scale": float(cfg["image_guidance_scale"])},
