@@ -47,17 +47,17 @@ class DeformTask:
         return {s.name: rate for s, _, rate in self.parts}
 
     @property
-    def label(self) -> str:
-        """"ventricle moderate", "cortex atrophy + ventricle moderate"."""
-        return " + ".join(f"{s.name} {iv.name}" for s, iv, _ in self.parts)
-
-    @property
     def name(self) -> str:
         """The output's file stem ("def-ventricle-moderate", "def-cortex-atrophy+ventricle-moderate")."""
         import re
 
-        stem = "+".join(f"{s.name}-{iv.name}" for s, iv, _ in self.parts)
-        return re.sub(r"[^A-Za-z0-9+-]", "_", f"def-{stem}")
+        return re.sub(r"[^A-Za-z0-9+-]", "_", f"def-{stem((s, iv) for s, iv, _ in self.parts)}")
+
+
+def stem(parts: Any) -> str:
+    """"cortex-atrophy+ventricle-moderate" for (structure, interval) pairs: a row's file stem and
+    the tag of a combination's draws."""
+    return "+".join(f"{s.name}-{iv.name}" for s, iv in parts)
 
 
 def draw_range(interval: Interval) -> tuple[float, float]:
@@ -104,7 +104,7 @@ def tasks(rules: Rules, seed: int, pair_key: str) -> list[DeformTask]:
     if len(groups) < 2:
         return out
     for ivs in itertools.product(*(s.intervals for s in groups)):
-        combo = "+".join(f"{s.name}-{iv.name}" for s, iv in zip(groups, ivs))
+        combo = stem(zip(groups, ivs))
         out.append(DeformTask(tuple((s, iv, draw_rate(seed, pair_key, s.name, iv, combo)) for s, iv in zip(groups, ivs))))
     return out
 
