@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from test_train3d_ip2p import run_cli
+from test_train3d_ip2p import make_pairs3d, run_cli
 
 from brainsynth_cli import hookimpl
 from brainsynth_cli.specs import Spec
@@ -71,14 +71,8 @@ def fake_model(folder: Path, generator: str, dims: list[str]) -> Path:
 
 @pytest.fixture(scope="module")
 def cohort3d(tmp_path_factory):
-    from brainsynth_plugins.simulate.cohort import simulate_cohort
-
     d = tmp_path_factory.mktemp("eval3d")
-    simulate_cohort(d / "cohort", subjects=3, sessions=2, resolution=4.0, seed=2)
-    truth = d / "cohort" / "derivatives" / "brainsynth-truth"
-    code, _, err = run_cli("make-pairs", d / "cohort", "-o", d / "pairs", "--labels", truth, "--dim", "3d",
-                           "--split", "1:1:1", "--blender", "copy-paste", "--montage", "0", "--seed", "1")
-    assert code == 0, err
+    make_pairs3d(d, "1:1:1", "--seed", "1")
     return d
 
 

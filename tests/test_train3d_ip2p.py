@@ -43,17 +43,22 @@ def run_cli(*args) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(scope="module")
-def pairs3d(tmp_path_factory):
+def make_pairs3d(d: Path, split: str, *extra: str) -> tuple[Path, Path, Path]:
+    """A 3-subject 4 mm cohort simulated into ``d`` and its 3D pairs (copy-paste blender, no
+    montage): (cohort, truth labels, pairs folder)."""
     from brainsynth_plugins.simulate.cohort import simulate_cohort
 
-    d = tmp_path_factory.mktemp("ip2p3d")
     simulate_cohort(d / "cohort", subjects=3, sessions=2, resolution=4.0, seed=2)
     truth = d / "cohort" / "derivatives" / "brainsynth-truth"
     code, _, err = run_cli("make-pairs", d / "cohort", "-o", d / "pairs", "--labels", truth, "--dim", "3d",
-                           "--split", "2:1:0", "--blender", "copy-paste", "--montage", "0")
+                           "--split", split, "--blender", "copy-paste", "--montage", "0", *extra)
     assert code == 0, err
     return d / "cohort", truth, d / "pairs"
+
+
+@pytest.fixture(scope="module")
+def pairs3d(tmp_path_factory):
+    return make_pairs3d(tmp_path_factory.mktemp("ip2p3d"), "2:1:0")
 
 
 @pytest.fixture(scope="module")

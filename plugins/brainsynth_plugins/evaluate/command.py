@@ -49,8 +49,8 @@ def register(app: typer.Typer) -> None:
         from brainsynth_cli.sampling import resolve as resolve_sampling
 
         from brainsynth_plugins.evaluate.engine import EvalSettings
-        from brainsynth_plugins.evaluate.run import (claim_report_folder, model_info, pairs_dim, report_settings, run_evaluation,
-                                                     volume_measure)
+        from brainsynth_plugins.evaluate.run import (claim_report_folder, model_info, pairs_dim, refuse_mismatch, report_settings,
+                                                     run_evaluation, volume_measure)
 
         if task == "generate":
             from brainsynth_plugins.ldm.evaluation import run_command
@@ -84,13 +84,10 @@ def register(app: typer.Typer) -> None:
         check_seed(seed)
         check_number("--jobs", jobs, low=1, high=MAX_JOBS, integer=True)
         refuse_folder_over_input(output, {"model folder": model, "pairs folder": pairs})
-        if pairs_dim(pairs) == "3d":  # volumes: rates measured by --segmenter's longitudinal mode
+        volumes = pairs_dim(pairs) == "3d"
+        refuse_mismatch(pairs, volumes, model_info(model).get("dims"), fid_weights)  # before the report folder is made
+        if volumes:  # rates measured by --segmenter's longitudinal mode
             measure = volume_measure(measure, segmenter)
-            if fid_weights is not None:
-                raise InputError(fid_weights, "FID is computed on 2D slices", "leave out --fid-weights for 3D pairs")
-        elif "3d" in (model_info(model).get("dims") or []):
-            raise InputError(pairs / "pairs.json", "holds 2D pairs (slices) but the model is a 3D model",
-                             "evaluate it on 3D pairs: `brainsynth make-pairs DATASET --dim 3d -o PAIRS3D`")
         settings = EvalSettings(split=split, measure=measure, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                 image_guidance_scale=image_guidance_scale, seed=seed, limit=limit, residual=residual, restrict=restrict,
                                 margin_mm=margin, blender=blender, baselines=baselines, change_floor=change_floor)

@@ -50,6 +50,15 @@ def volume_measure(measure: str, segmenter: str) -> str:
     return f"{FOLLOWUP}{segmenter}"
 
 
+def refuse_mismatch(pairs_dir: Path, volumes: bool, model_dims: Any, fid_weights: Path | None) -> None:
+    """One-line refusals of what cannot be evaluated together: FID on 3D pairs, a 3D model on 2D pairs."""
+    if volumes and fid_weights is not None:
+        raise InputError(fid_weights, "FID is computed on 2D slices", "leave out --fid-weights for 3D pairs")
+    if not volumes and "3d" in tuple(model_dims or ()):
+        raise InputError(Path(pairs_dir) / "pairs.json", "holds 2D pairs (slices) but the model is a 3D model",
+                         "evaluate it on 3D pairs: `brainsynth make-pairs DATASET --dim 3d -o PAIRS3D`")
+
+
 #: The file in a report folder recording the settings its rows were computed with.
 SETTINGS_FILE = "evaluate.json"
 
@@ -152,17 +161,14 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
     else:
         ctx = rows_mod.RowContext.build(pairs_dir, settings, out_dir, device, pairs=pairs)
     rules, parser, path_settings = ctx.rules, ctx.parser, ctx.path_settings
-    if volumes and fid_weights is not None:
-        raise InputError(fid_weights, "FID is computed on 2D slices", "leave out --fid-weights for 3D pairs")
+    refuse_mismatch(pairs_dir, volumes, (), fid_weights)
     fid_net = fid.load_extractor(Path(fid_weights)) if fid_weights is not None else None  # a bad file fails now, not after the edits
     model = None
     model_info: dict[str, Any] = {}
     if model_dir is not None:  # None: only the baselines (the measurement's own error on real targets)
         generator = registry("generator").create(model_generator(Path(model_dir)))
         model = generator.load(Path(model_dir), device)
-        if "3d" in tuple(getattr(model, "dims", ("2d",))) and not volumes:
-            raise InputError(pairs_dir / "pairs.json", "holds 2D pairs (slices) but the model is a 3D model",
-                             "evaluate it on 3D pairs: `brainsynth make-pairs DATASET --dim 3d -o PAIRS3D`")
+        refuse_mismatch(pairs_dir, volumes, getattr(model, "dims", ("2d",)), None)
         model_info = dict(getattr(model, "info", {}) or {})
         if jobs > 1:  # the workers take the other cores; this process's edits run on one thread
             import torch
