@@ -37,14 +37,14 @@ def register_commands(app: typer.Typer) -> None:
         margin: float = typer.Option(2.0, "--margin", help="Ω margin in mm: a structure's voxels (prior ∪ target) dilated by this much."),
         min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Skip pairs whose prior/target PSNR (dB, [0,1] volumes) is below this."),
         montage: int = typer.Option(3, "--montage", help="Pairs shown per kind in montage-real.png / montage-disentangled.png / montage-deformed.png."),
-        deformed: bool = typer.Option(False, "--deformed", help="Also add, per pair and per interval of the rules, the prior deformed to a rate in that interval (kind deformed)."),
+        deformed: bool = typer.Option(False, "--deformed", help="Also add, per pair, the prior deformed to a rate in each interval of the rules and in each combination of intervals of the deformable groups (kind deformed)."),
         deformed_splits: str = typer.Option("train,validation,test", "--deformed-splits", help="With --deformed: the splits whose pairs get deformed rows (comma-separated)."),
         match_intensities: bool = typer.Option(True, "--match-intensities/--no-match-intensities", help="Put each target on its prior's intensity scale (differential bias field divided out, tissue medians matched), so a pair differs by anatomy, not scanner drift."),
         run: str | None = typer.Option(None, "--run", help="BIDS dataset: the T1w run to take where a session has several (default: the last)."),
     ) -> None:
         """Make prior/target training pairs with prompts from a longitudinal dataset, plus one
         structure-disentangled pair per described structure, and with --deformed the prior
-        deformed to every interval (see docs/commands/make-pairs.md)."""
+        deformed to every interval and combination of intervals (see docs/commands/make-pairs.md)."""
         from brainsynth_cli.errors import UserError
         from brainsynth_cli.participants import participant_labels
         from brainsynth_plugins.pairs.engine import Options, parse_shard
