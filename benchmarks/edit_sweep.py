@@ -1,8 +1,9 @@
 """Sweep the edit's sampling settings of a trained model on a pairs folder's validation split.
 
     python benchmarks/edit_sweep.py MODEL PAIRS [--split validation] [--limit 96] [-o DIR] [--change-floor 0 0.005 0.01]
+        [--guidance-reference empty-prompt input]
 
-Text guidance x image guidance at 10 DDIM steps first, then steps and scheduler at the best pair,
+Guidance reference x text guidance x image guidance at 10 DDIM steps first, then steps and scheduler at the best pair,
 then the edit path's change floors (soft threshold of the model's change) at the best setting
 (the largest floor that keeps ACC and the structure change error, MAE within 0.1 pp);
 each setting is scored by `brainsynth evaluate`'s own engine (registration measure, edit path
@@ -51,7 +52,7 @@ def _rules(pairs: Path):
 def line(r: dict) -> str:
     m, i = r["model"], r["identity"]
     s = r["settings"]
-    return (f"| {s.get('guidance_scale')} | {s.get('image_guidance_scale')} | {s.get('steps')} | {s.get('scheduler')} | "
+    return (f"| {s.get('guidance_reference', 'empty-prompt')} | {s.get('guidance_scale')} | {s.get('image_guidance_scale')} | {s.get('steps')} | {s.get('scheduler')} | "
             f"{s.get('change_floor', 0.0):g} | {m['acc']:.2f} (n={m['n']}) | {m['mae']:.2f} | {m['leak']:.2f} | {m['change_error']:.3f} | {m['psnr']:.2f} ({m['psnr'] - i['psnr']:+.2f}) | "
             f"{m['ssim']:.3f} | {r['seconds']:.0f} |")
 
@@ -66,6 +67,8 @@ def main() -> None:
                     help="folder for the runs (--out: the old spelling)")
     ap.add_argument("--guidance", type=float, nargs="+", default=[3.0, 7.5, 15.0, 25.0])
     ap.add_argument("--image-guidance", type=float, nargs="+", default=[1.0, 1.5])
+    ap.add_argument("--guidance-reference", nargs="+", default=["empty-prompt"], choices=["empty-prompt", "input"],
+                    help="what the text guidance is measured from (edit --guidance-reference)")
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 5, 20], help="first: the grid's steps; the rest tried at the best pair")
     ap.add_argument("--change-floor", type=float, nargs="+", default=[0.0],
                     help="first: the grid's change floor; the rest tried at the best setting")
@@ -75,11 +78,12 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     runs = []
-    for g in a.guidance:
-        for ig in a.image_guidance:
-            runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=g, image_guidance_scale=ig, steps=a.steps[0],
-                              scheduler="ddim", change_floor=a.change_floor[0]))
-            print(line(runs[-1]), flush=True)
+    for ref in a.guidance_reference:
+        for g in a.guidance:
+            for ig in a.image_guidance:
+                runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=g, image_guidance_scale=ig, steps=a.steps[0],
+                                  scheduler="ddim", change_floor=a.change_floor[0], guidance_reference=ref))
+                print(line(runs[-1]), flush=True)
 
     def best_of(runs: list[dict]) -> dict:
         """Highest ACC (then lowest MAE) within 1 dB of the identity row's PSNR; when no setting is,
@@ -94,14 +98,15 @@ def main() -> None:
     best = best_of(runs)["settings"]
     for steps, sched in [(n, "ddim") for n in a.steps[1:]] + [(a.steps[0], "dpm++")]:
         runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=best["guidance_scale"],
-                          image_guidance_scale=best["image_guidance_scale"], steps=steps, scheduler=sched, change_floor=a.change_floor[0]))
+                          image_guidance_scale=best["image_guidance_scale"], steps=steps, scheduler=sched, change_floor=a.change_floor[0],
+                          guidance_reference=best["guidance_reference"]))
         print(line(runs[-1]), flush=True)
     best = best_of(runs)["settings"]
     for floor in a.change_floor[1:]:
         runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, **{**best, "change_floor": floor}))
         print(line(runs[-1]), flush=True)
-    print("\n| guidance | image guidance | steps | scheduler | change floor | pair ACC | MAE pp | leak pp | change error | PSNR (vs identity) | SSIM | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| guidance from | guidance | image guidance | steps | scheduler | change floor | pair ACC | MAE pp | leak pp | change error | PSNR (vs identity) | SSIM | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(line(r))
     best = best_of([r for r in runs if r["settings"]["change_floor"] == a.change_floor[0]])

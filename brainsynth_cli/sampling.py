@@ -8,8 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 #: InstructPix2Pix's defaults (diffusers' pipeline and BrainEditor), for models that recommend none.
-#: The change floor: 0 (every change kept) for models that recommend none.
-FALLBACK: dict[str, Any] = {"steps": 20, "scheduler": "ddim", "guidance_scale": 7.5, "image_guidance_scale": 1.5, "change_floor": 0.0}
+#: The change floor: 0 (every change kept) and text guidance from the empty prompt for models that
+#: recommend none.
+FALLBACK: dict[str, Any] = {"steps": 20, "scheduler": "ddim", "guidance_scale": 7.5, "image_guidance_scale": 1.5, "change_floor": 0.0,
+                           "guidance_reference": "empty-prompt"}
+
+#: What the text guidance is measured from: InstructPix2Pix's empty-prompt branch, or the input
+#: left unchanged (see :func:`brainsynth_plugins.ip2p.sampling.guided_denoise`).
+GUIDANCE_REFERENCES = ("empty-prompt", "input")
 
 
 def resolve(info: dict[str, Any] | None, **given: Any) -> tuple[dict[str, Any], dict[str, str]]:

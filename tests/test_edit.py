@@ -98,6 +98,7 @@ def test_edit_nifti_keeps_grid_and_is_seeded(tiny, volume, tmp_path):
     assert side["sampling"]["steps"] == 4 and side["sampling_from"]["steps"] == "option"
     assert side["sampling"]["guidance_scale"] == recommended["guidance_scale"] and side["sampling_from"]["guidance_scale"] == "model"
     assert side["sampling"]["scheduler"] == recommended["scheduler"]
+    assert side["sampling"]["guidance_reference"] == recommended["guidance_reference"] == "input"
     # only the chosen slices change
     code, _, err = edit_cli(model, volume, "--prompt", PROMPT, "-o", tmp_path / "d.nii.gz", "--steps", "2", "--slices", "3:4",
                             "--labels", labels_of(volume))
@@ -287,7 +288,7 @@ def test_diffusers_pipeline_gives_the_same_image(rgb_model, tmp_path):
         out = tmp_path / f"edit-{sched}.png"
         code, _, err = edit_cli(rgb_model, src, "--prompt", PROMPT, "-o", out, "--steps", "4", "--seed", 11, "--scheduler", sched,
                                 "--guidance-scale", "5", "--image-guidance-scale", "1.3", "--device", "cpu", "--no-residual", "--no-restrict",
-                                "--change-floor", "0")
+                                "--change-floor", "0", "--guidance-reference", "empty-prompt")
         assert code == 0, err
         ours, bits = read_png(out)
         with one_thread():

@@ -8,9 +8,10 @@ from brainsynth_cli.sampling import FALLBACK, resolve
 def test_options_win_then_the_model_then_the_defaults() -> None:
     info = {"sampling": {"steps": 10, "guidance_scale": 3.0, "image_guidance_scale": 1.0, "change_floor": 0.005}}
     settings, sources = resolve(info, steps=None, scheduler=None, guidance_scale=12.0, image_guidance_scale=None, change_floor=None)
-    assert settings == {"steps": 10, "scheduler": "ddim", "guidance_scale": 12.0, "image_guidance_scale": 1.0, "change_floor": 0.005}
+    assert settings == {"steps": 10, "scheduler": "ddim", "guidance_scale": 12.0, "image_guidance_scale": 1.0, "change_floor": 0.005,
+                        "guidance_reference": "empty-prompt"}
     assert sources == {"steps": "model", "scheduler": "default", "guidance_scale": "option", "image_guidance_scale": "model",
-                       "change_floor": "model"}
+                       "change_floor": "model", "guidance_reference": "default"}
     settings, sources = resolve(info, change_floor=0.0)  # 0 given is an option, not "missing"
     assert settings["change_floor"] == 0.0 and sources["change_floor"] == "option"
 

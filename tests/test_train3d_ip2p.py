@@ -86,7 +86,7 @@ def test_model_folder_layout_and_record(models, pairs3d):
     train_rows = [r for r in _rows(pairs3d[2]) if r["split"] == "train"]
     assert info["prompts"] == sorted({r["edit_prompt"] for r in train_rows}) and TRAINED in info["prompts"]
     assert info["intervals"]["ventricle"] == ["mild"]
-    assert set(info["sampling"]) == {"steps", "scheduler", "guidance_scale", "image_guidance_scale"}
+    assert set(info["sampling"]) == {"steps", "scheduler", "guidance_scale", "image_guidance_scale", "guidance_reference"}
     assert info["text_encoder"]["name"] == "minilm" and info["text_encoder"]["hidden_size"] == 384
     for part, cls in (("vae", "AutoencoderKL"), ("unet", "DiffusionModelUNet")):
         cfg = json.loads((model / part / "config.json").read_text())

@@ -113,6 +113,7 @@ def register(app: typer.Typer) -> None:
         scheduler: Literal["ddim", "dpm++", "euler-a"] | None = typer.Option(None, "--scheduler", help="ddim, dpm++ or euler-a (default: the model's, else ddim)."),
         guidance_scale: float | None = typer.Option(None, "--guidance-scale", help="Text guidance scale (default: the model's, else 7.5)."),
         image_guidance_scale: float | None = typer.Option(None, "--image-guidance-scale", help="Image guidance scale, closeness to INPUT (default: the model's, else 1.5)."),
+        guidance_reference: Literal["empty-prompt", "input"] | None = typer.Option(None, "--guidance-reference", help="What the text guidance is measured from: empty-prompt (InstructPix2Pix) or input (the input unchanged: the guidance scales the prompt's own change; default: the model's, else empty-prompt)."),
         change_floor: float | None = typer.Option(None, "--change-floor", help="Drop changes smaller than this fraction of the intensity window (soft threshold; default: the model's, else 0)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise."),
         slices: str = typer.Option("all", "--slices", help="2D models: axial slices of a volume to edit: all, center:N or A:B (empty slices are skipped)."),
@@ -218,7 +219,8 @@ def register(app: typer.Typer) -> None:
         resolution = getattr(loaded, "resolution", None)
         convention = str((info.get("intensity_normalisation") or {}).get("slice_convention") or "brainsynth_cli.slices v1")
         sampling, sampling_from = resolve_sampling(info, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
-                                                   image_guidance_scale=image_guidance_scale, change_floor=change_floor)
+                                                   image_guidance_scale=image_guidance_scale, change_floor=change_floor,
+                                                   guidance_reference=guidance_reference)
         settings = dataclasses.replace(settings, change_floor=float(sampling.pop("change_floor")))
         settings.check()
         volume_edit = kind == "nifti" and "3d" in dims

@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         scheduler: Optional[Literal["ddim", "dpm++", "euler-a", "ddpm"]] = typer.Option(None, help="ddim, dpm++ or euler-a (default: the model's, else ddim); ddpm only with --task generate."),
         guidance_scale: Optional[float] = typer.Option(None, help="Text guidance scale (default: the model's, else 7.5; --task generate: 1, no guidance)."),
         image_guidance_scale: Optional[float] = typer.Option(None, help="Image guidance scale (default: the model's, else 1.5)."),
+        guidance_reference: Literal["empty-prompt", "input"] | None = typer.Option(None, "--guidance-reference", help="What the text guidance is measured from: empty-prompt (InstructPix2Pix) or input (default: the model's, else empty-prompt)."),
         seed: int = typer.Option(0, help="Seed; row N is edited with seed + N."),
         limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N rows of the split."),
         device: Literal["auto", "cpu", "cuda", "mps"] = typer.Option("auto", help="auto, cpu, cuda or mps."),
@@ -70,10 +71,12 @@ def register(app: typer.Typer) -> None:
         if model is not None and not model.is_dir():
             raise InputError(model, "model folder not found", "give the folder written by `brainsynth train`")
         sampling, _ = resolve_sampling(model_info(model), steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
-                                       image_guidance_scale=image_guidance_scale, change_floor=change_floor)
+                                       image_guidance_scale=image_guidance_scale, change_floor=change_floor,
+                                       guidance_reference=guidance_reference)
         steps, scheduler = sampling["steps"], sampling["scheduler"]
         change_floor = sampling["change_floor"] if model is not None else 0.0
         guidance_scale, image_guidance_scale = sampling["guidance_scale"], sampling["image_guidance_scale"]
+        guidance_reference = sampling["guidance_reference"]
         if output.exists() and not output.is_dir():
             raise InputError(output, "exists and is not a folder", "choose another --output")
         check_number("--guidance-scale", guidance_scale, low=0, high=100)
@@ -90,7 +93,8 @@ def register(app: typer.Typer) -> None:
             measure = volume_measure(measure, segmenter)
         settings = EvalSettings(split=split, measure=measure, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                 image_guidance_scale=image_guidance_scale, seed=seed, limit=limit, residual=residual, restrict=restrict,
-                                margin_mm=margin, blender=blender, baselines=baselines, change_floor=change_floor)
+                                margin_mm=margin, blender=blender, baselines=baselines, change_floor=change_floor,
+                                guidance_reference=guidance_reference)
         log = output / "rows.jsonl"
         with locked_output(output, command="evaluate", keep=log.is_file):
             claim_report_folder(output, report_settings(model, pairs, settings), overwrite=overwrite)

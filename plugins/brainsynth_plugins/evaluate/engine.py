@@ -60,6 +60,7 @@ class EvalSettings:
     blender: str = "poisson"
     baselines: bool = True  # the deform and chance rows
     change_floor: float = 0.0  # the model's edits only (the edit path's soft threshold); the deform row keeps every change
+    guidance_reference: str = "empty-prompt"  # what the text guidance is measured from (empty-prompt or input)
     record: int = 3  # version of the per-row record in rows.jsonl: rows scored by an older version are redone
 
     def key(self, model_dir: Path | None) -> str:

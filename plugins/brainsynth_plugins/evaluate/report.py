@@ -18,6 +18,9 @@ from brainsynth_plugins.evaluate import engine
 CSV_COLUMNS = ["row", "subject", "kind", "prompt", "method", "psnr", "ssim", "ms_ssim", "change_error", "structure_error", "structure", "interval",
                "truth_rate", "achieved_rate", "hit", "abs_error", "leak"]
 
+#: How the report names what the text guidance was measured from.
+GUIDANCE_FROM = {"empty-prompt": "the empty prompt, as InstructPix2Pix", "input": "the input left unchanged"}
+
 
 def csv_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
@@ -112,7 +115,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"- pairs: `{s['pairs']}` (split `{s['split']}`, {summary['rows']} rows)",
         f"- measurement: `{s['measure']}`: {s['measure_help']}",
         (f"- editing: {s['steps']} steps, scheduler {s['scheduler']}, guidance {s['guidance_scale']}, image guidance "
-         f"{s['image_guidance_scale']}, seed {s['seed']}; edit path: {s.get('edit_path', 'n/a')}") if s["model"] is not None else "- editing: none",
+         f"{s['image_guidance_scale']} (text guidance from {GUIDANCE_FROM[s.get('guidance_reference', 'empty-prompt')]}), "
+         f"seed {s['seed']}; edit path: {s.get('edit_path', 'n/a')}") if s["model"] is not None else "- editing: none",
         f"- prompts read back with prompt builder `{s['prompt_builder']}`", "",
         ("Baselines only (`--baselines-only`): no model; the rows show the measurement's own error on real targets. "
          if s["model"] is None else "")

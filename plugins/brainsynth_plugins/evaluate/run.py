@@ -71,7 +71,7 @@ _OPTION_NAMES = {"model": "MODEL", "pairs": "PAIRS", "split": "--split", "measur
                  "scheduler": "--scheduler", "guidance_scale": "--guidance-scale",
                  "image_guidance_scale": "--image-guidance-scale", "seed": "--seed", "residual": "--residual",
                  "restrict": "--restrict", "margin_mm": "--margin", "blender": "--blender", "baselines": "--baselines",
-                 "change_floor": "--change-floor"}
+                 "change_floor": "--change-floor", "guidance_reference": "--guidance-reference"}
 
 
 def report_settings(model_dir: Path | None, pairs_dir: Path, settings: engine.EvalSettings) -> dict[str, Any]:
@@ -106,6 +106,8 @@ def claim_report_folder(out_dir: Path, want: dict[str, Any], *, overwrite: bool)
             have = None
         if not isinstance(have, dict):
             raise InputError(path, "is not a readable evaluate settings file", "use another -o or pass --overwrite")
+        # a setting added since the folder was written reads as its default (what that evaluation used)
+        have = {**{k: v for k, v in engine.EvalSettings().__dict__.items() if k not in have}, **have}
         changed = [f"{_OPTION_NAMES.get(k, k)} {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
         if changed:
             raise InputError(out_dir, f"holds a report made with other settings ({', '.join(changed)})",
@@ -201,7 +203,7 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
                     x = ctx.inputs(row)
                     options = {"steps": settings.steps, "scheduler": settings.scheduler, "guidance_scale": settings.guidance_scale,
                                "image_guidance_scale": settings.image_guidance_scale, "seed": settings.seed + row.number,
-                               "batch_size": 4, "residual": settings.residual}
+                               "batch_size": 4, "residual": settings.residual, "guidance_reference": settings.guidance_reference}
                     edited = vol.model_edit(ctx, model, model_info, row, x, options)
                     vol.write_edit(out_dir / "edits" / f"row-{row.number:05d}.nii.gz", edited, row)
                 elif model is not None:
@@ -209,7 +211,8 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
                     square = engine.to_model_size(x.prior, model.resolution)
                     out = model.edit([square], row.prompt, steps=settings.steps, scheduler=settings.scheduler,
                                      guidance_scale=settings.guidance_scale, image_guidance_scale=settings.image_guidance_scale,
-                                     seed=settings.seed + row.number, batch_size=1, residual=settings.residual)[0]
+                                     seed=settings.seed + row.number, batch_size=1, residual=settings.residual,
+                                     guidance_reference=settings.guidance_reference)[0]
                     change = engine.from_model_size(np.asarray(out, dtype=np.float32) - square, x.prior.shape)
                     edited = rows_mod.edited_slice(x.prior, change, x.prior_labels, x.structures, x.spacing, path_settings)
                     write_png(out_dir / "edits" / f"row-{row.number:05d}.png", to_png16(edited))

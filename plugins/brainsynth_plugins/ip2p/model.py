@@ -60,7 +60,8 @@ def image_conditioning(vae: Any, x: Any) -> Any:
 
 
 def residual_edit(pipe: Any, x: Any, prompts: list[str], *, steps: int, guidance_scale: float, image_guidance_scale: float,
-                  generator: Any, residual: bool = True, latent_target: str = "image") -> Any:
+                  generator: Any, residual: bool = True, latent_target: str = "image",
+                  guidance_reference: str = "empty-prompt") -> Any:
     """Edit a batch ``x`` ([0, 1], N x C x H x W) with an InstructPix2Pix model; returns N x H x W.
 
     The sampler (:func:`brainsynth_plugins.ip2p.sampling.denoise`, diffusers' InstructPix2Pix
@@ -71,6 +72,9 @@ def residual_edit(pipe: Any, x: Any, prompts: list[str], *, steps: int, guidance
     ``x + (D(z_edit) - D(E(x))) / 2`` (the VAE works on [-1, 1]), so what the autoencoder cannot
     reconstruct is kept from the input instead of being re-drawn; the result is not clipped.
     Without it, the decoded image ``D(z_edit)`` is returned, clipped to [0, 1].
+    ``guidance_reference="input"`` measures the text guidance from the input left unchanged (its
+    own latent, or no change for a change target) instead of the empty prompt's branch
+    (:func:`brainsynth_plugins.ip2p.sampling.guided_denoise`).
     """
     import torch
 
@@ -81,8 +85,13 @@ def residual_edit(pipe: Any, x: Any, prompts: list[str], *, steps: int, guidance
     vae = pipe.vae
     with torch.no_grad():
         prior = image_conditioning(vae, (x * 2 - 1).to(vae.dtype))
+        ref = None
+        if guidance_reference == "input":  # the clean latent of "no edit", in the space the UNet denoises
+            ref = prior * vae.config.scaling_factor if latent_target == "image" else torch.zeros_like(prior)
+        elif guidance_reference != "empty-prompt":
+            raise UserError(f"guidance reference {guidance_reference!r}: expected empty-prompt or input")
         out = denoise(pipe, prior, prompts, steps=steps, guidance_scale=guidance_scale,
-                      image_guidance_scale=image_guidance_scale, generator=generator)
+                      image_guidance_scale=image_guidance_scale, generator=generator, reference=ref)
         z = out.to(vae.dtype) / vae.config.scaling_factor
         if latent_target == "change":
             z = prior + z
@@ -140,7 +149,7 @@ class IP2PModel:
 
     def edit(self, images: list[Any], prompt: str, *, steps: int = 20, scheduler: str = "ddim", guidance_scale: float = 7.5,
              image_guidance_scale: float = 1.5, seed: int = 0, batch_size: int = 4, residual: bool = True,
-             progress: Progress | None = None, **_: Any) -> list[Any]:
+             guidance_reference: str = "empty-prompt", progress: Progress | None = None, **_: Any) -> list[Any]:
         """Edit ``images`` (2D float arrays in [0, 1], ``resolution`` square) by ``prompt``.
 
         With ``residual`` (the default) each result is the input plus the decoded change (see
@@ -166,7 +175,7 @@ class IP2PModel:
                 with torch.no_grad():
                     y = residual_edit(self.pipe, x.to(self.device), [prompt] * len(chunk), steps=steps, guidance_scale=guidance_scale,
                                       image_guidance_scale=image_guidance_scale, generator=gen, residual=residual,
-                                      latent_target=self.latent_target)
+                                      latent_target=self.latent_target, guidance_reference=guidance_reference)
                 out.extend(y.cpu().numpy().astype(np.float32))
                 if progress is not None:
                     progress(len(out), len(images), "slices")

@@ -707,7 +707,8 @@ class Trainer(StagedTrainer):
                     y = residual_edit(pipe, x.to(unet.device), [p.prompt], steps=int(self.cfg["validation_steps"]),
                                       guidance_scale=float(self.cfg["guidance_scale"]),
                                       image_guidance_scale=float(self.cfg["image_guidance_scale"]), generator=g,
-                                      latent_target=str(self.cfg["latent_target"]))
+                                      latent_target=str(self.cfg["latent_target"]),
+                                      guidance_reference=str(self.cfg["guidance_reference"]))
                 view = lambda s: stored_view(s, self.pairs.info.get("slice_convention"))
                 rows.append(EditRow(title=p.prompt, prior=view(self._image(p.prior)), edited=view(y[0].cpu().numpy()),
                                     target=view(self._image(p.target))))
@@ -783,7 +784,8 @@ class Trainer(StagedTrainer):
             "sampling": {"steps": int(self.cfg["sampling_steps"]), "scheduler": str(self.cfg["sampling_scheduler"]),
                          "guidance_scale": float(self.cfg["guidance_scale"]),
                          "image_guidance_scale": float(self.cfg["image_guidance_scale"]),
-                         "change_floor": float(self.cfg["change_floor"])},
+                         "change_floor": float(self.cfg["change_floor"]),
+                         "guidance_reference": str(self.cfg["guidance_reference"])},
         }
         tmp = self.out / ".brainsynth.json.tmp"
         tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from brainsynth_cli.errors import InputError
+from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress
 from brainsynth_plugins.ip2p import volume_nets as vn
 from brainsynth_plugins.training_core.runtime import deterministic_on_cpu
@@ -48,11 +48,12 @@ def check_volume_model_dir(model_dir: Path) -> dict[str, Any]:
 
 
 def denoise_volume(unet: Any, sched: Any, prior: Any, text: Any, empty: Any, *, steps: int, guidance_scale: float,
-                   image_guidance_scale: float, generator: Any, latent_channels: int) -> Any:
+                   image_guidance_scale: float, generator: Any, latent_channels: int, reference: Any = None) -> Any:
     """The InstructPix2Pix denoising loop (:func:`brainsynth_plugins.ip2p.sampling.guided_denoise`, the
     2D models' loop: the same noise draw, branches and guidance formula) for 3D prior latents
     ``prior`` (B, C, D, H, W, unscaled posterior modes) and text tokens ``text`` (B, T, H); returns
-    the scaled latents."""
+    the scaled latents. ``reference``: the clean latent the text guidance is measured from instead
+    of the empty prompt's branch (the input's own, scaled), or None."""
     from brainsynth_plugins.ip2p.sampling import guided_denoise
 
     def predict(x: Any, cond: Any, t: Any, embeds: Any) -> Any:
@@ -60,7 +61,7 @@ def denoise_volume(unet: Any, sched: Any, prior: Any, text: Any, empty: Any, *, 
 
     return guided_denoise(sched, predict, prior, text, empty, steps=steps, guidance_scale=guidance_scale,
                           image_guidance_scale=image_guidance_scale, generator=generator, latent_channels=latent_channels,
-                          step_kwargs={"generator": generator})
+                          step_kwargs={"generator": generator}, reference=reference)
 
 
 class VolumeIP2PModel:
@@ -100,7 +101,8 @@ class VolumeIP2PModel:
 
     def edit(self, volumes: list[Any], prompt: str, *, labels: list[Any] | None = None, spacing: Any = None, steps: int = 20,
              scheduler: str = "ddim", guidance_scale: float = 7.5, image_guidance_scale: float = 1.5, seed: int = 0,
-             residual: bool = True, progress: Progress | None = None, **_: Any) -> list[Any]:
+             residual: bool = True, guidance_reference: str = "empty-prompt", progress: Progress | None = None,
+             **_: Any) -> list[Any]:
         """Edit whole canonical volumes (float arrays in [0, 1], voxel size ``spacing``) by ``prompt``.
 
         Each volume is resampled onto the model's grid (its box centred on its labels), edited,
@@ -108,13 +110,16 @@ class VolumeIP2PModel:
         ``x + (D(z_edit) - D(E(x))) / 2`` (the VAE works on [-1, 1]), without it the decoded
         volume's difference from the model's view of the input. The result is on the input's grid
         (unclipped); voxels outside the model's box are unchanged. One CPU generator seeded with
-        ``seed`` draws all noise in order: the same seed gives the same bytes.
+        ``seed`` draws all noise in order: the same seed gives the same bytes. ``guidance_reference``
+        as for 2D models (:func:`brainsynth_plugins.ip2p.model.residual_edit`).
         """
         import numpy as np
         import torch
 
         from brainsynth_plugins.ip2p.model import scheduler_for
 
+        if guidance_reference not in ("empty-prompt", "input"):
+            raise UserError(f"guidance reference {guidance_reference!r}: expected empty-prompt or input")
         sched = scheduler_for(scheduler, self._scheduler_config)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         out: list[Any] = []
@@ -130,7 +135,8 @@ class VolumeIP2PModel:
                 prior = self.conditioning(x)
                 z = denoise_volume(self.unet, sched, prior, emb[:1], emb[1:], steps=steps, guidance_scale=guidance_scale,
                                    image_guidance_scale=image_guidance_scale, generator=gen,
-                                   latent_channels=self.latent_channels) / self.scaling_factor
+                                   latent_channels=self.latent_channels,
+                                   reference=prior * self.scaling_factor if guidance_reference == "input" else None) / self.scaling_factor
                 edited = vn.decode(self.vae, z).float()
                 if residual:
                     change = ((edited - vn.decode(self.vae, prior).float()) / 2)[0, 0].cpu().numpy()

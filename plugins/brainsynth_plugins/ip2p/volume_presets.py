@@ -56,7 +56,7 @@ VOLUME_PRESETS: dict[str, dict[str, Any]] = {
 VOLUME_COMMON: dict[str, Any] = {
     "kl_weight": 1e-6, "conditioning_dropout": 0.05, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup",
     "lr_decay_fraction": 0.2, "vae_lr_scheduler": None, "vae_latent": "sample", "gradient_checkpointing": False, "region_margin_mm": 3.0, "validation_count": 2,
-    "validation_steps": 10,
+    "validation_steps": 10, "guidance_reference": "empty-prompt",
 }
 
 _STEPS = 10_000_000
@@ -73,6 +73,7 @@ VOLUME_SETTINGS: dict[str, tuple] = {
     "prediction_type": ("choice", ("epsilon", "sample", "v_prediction")), "timestep_sampling": ("choice", ("uniform", "high")),
     "region_weight": ("float", 0, 1000), "region_margin_mm": ("float", 0, 50),
     "guidance_scale": ("float", 0, 100), "image_guidance_scale": ("float", 0, 100),
+    "guidance_reference": ("choice", ("empty-prompt", "input")),
     "sampling_steps": ("int", 1, 1000), "sampling_scheduler": ("choice", ("ddim", "dpm++", "euler-a")),
     "validation_count": ("int", 0, 1000), "validation_steps": ("int", 1, 1000),
     "vae.channels": ("ints", 1, 4096, 1, 8), "vae.num_res_blocks": ("int", 1, 16), "vae.latent_channels": ("int", 1, 64),

@@ -353,7 +353,7 @@ class VolumeTrainer(StagedTrainer):
             lab, _ = read_canonical(r.path("input_labels_file_name"), labels=True)
             out = model.edit([vol], r.prompt, labels=[lab], spacing=spacing, steps=int(self.cfg["validation_steps"]),
                              guidance_scale=float(self.cfg["guidance_scale"]), image_guidance_scale=float(self.cfg["image_guidance_scale"]),
-                             seed=int(self.cfg["seed"]) + i)[0]
+                             guidance_reference=str(self.cfg["guidance_reference"]), seed=int(self.cfg["seed"]) + i)[0]
             _, seen = vn.model_view(np.asarray(out, np.float32), lab, spacing, self.grid, self.cfg["voxel_mm"])
             shown.append(EditRow(title=r.prompt, prior=self._shown(self.images[r.prior]), edited=self._shown(seen),
                                  target=self._shown(self.images[r.target]), note=f"{r.subject}, middle axial slice of the model grid"))
@@ -523,7 +523,8 @@ class VolumeTrainer(StagedTrainer):
                         | {"vae_latent": cfg.get("vae_latent") or "sample", "vae_lr_scheduler": cfg.get("vae_lr_scheduler")},
             "data": cfg["data"], "pairs": {k: v for k, v in self.pairs.info.items() if k != "rules"},
             "sampling": {"steps": int(cfg["sampling_steps"]), "scheduler": str(cfg["sampling_scheduler"]),
-                         "guidance_scale": float(cfg["guidance_scale"]), "image_guidance_scale": float(cfg["image_guidance_scale"])},
+                         "guidance_scale": float(cfg["guidance_scale"]), "image_guidance_scale": float(cfg["image_guidance_scale"]),
+                         "guidance_reference": str(cfg["guidance_reference"])},
         }
         tmp_info = self.out / f".{run_folder.MODEL_INFO}.tmp"
         tmp_info.write_text(json.dumps(info, indent=1), encoding="utf-8")
