@@ -78,18 +78,14 @@ def residual_edit(pipe: Any, x: Any, prompts: list[str], *, steps: int, guidance
     """
     import torch
 
-    from brainsynth_plugins.ip2p.sampling import denoise
+    from brainsynth_plugins.ip2p.sampling import denoise, reference_latent
 
     if latent_target not in ("image", "change"):
         raise UserError(f"latent_target {latent_target!r}: expected image or change")
     vae = pipe.vae
     with torch.no_grad():
         prior = image_conditioning(vae, (x * 2 - 1).to(vae.dtype))
-        ref = None
-        if guidance_reference == "input":  # the clean latent of "no edit", in the space the UNet denoises
-            ref = prior * vae.config.scaling_factor if latent_target == "image" else torch.zeros_like(prior)
-        elif guidance_reference != "empty-prompt":
-            raise UserError(f"guidance reference {guidance_reference!r}: expected empty-prompt or input")
+        ref = reference_latent(guidance_reference, prior, vae.config.scaling_factor, change_target=latent_target == "change")
         out = denoise(pipe, prior, prompts, steps=steps, guidance_scale=guidance_scale,
                       image_guidance_scale=image_guidance_scale, generator=generator, reference=ref)
         z = out.to(vae.dtype) / vae.config.scaling_factor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from brainsynth_cli.sampling import GUIDANCE_REFERENCES
 from brainsynth_plugins.training_core.schedules import NAMES
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -88,7 +89,7 @@ SETTINGS: dict[str, tuple] = {
     "lr_scheduler": ("choice", SCHEDULERS), "lr_decay_fraction": ("float", 0, 1), "mixed_precision": ("choice", ("no", "fp16", "bf16", "auto")),
     "gradient_checkpointing": ("bool",), "guidance_scale": ("float", 0, 100), "image_guidance_scale": ("float", 0, 100),
     "sampling_steps": ("int", 1, 1000), "sampling_scheduler": ("choice", ("ddim", "dpm++", "euler-a")), "change_floor": ("float", 0, 0.1),
-    "guidance_reference": ("choice", ("empty-prompt", "input")),
+    "guidance_reference": ("choice", GUIDANCE_REFERENCES),
     "vae_lr_scheduler": ("choice", (None, *SCHEDULERS)), "prediction_type": ("choice", ("epsilon", "sample", "v_prediction")),
     "vae.mid_block_attention": ("bool",), "latent_target": ("choice", ("image", "change")), "timestep_sampling": ("choice", ("uniform", "high")),
     "region_weight": ("float", 0, 1000), "region_margin_mm": ("float", 0, 50),

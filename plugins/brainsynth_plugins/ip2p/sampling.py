@@ -95,6 +95,27 @@ def guided_denoise(sched: Any, predict: Callable[[Any, Any, Any, Any], Any], pri
     return latents
 
 
+def check_reference(guidance_reference: str) -> None:
+    """Refuse an unknown ``--guidance-reference`` in one line."""
+    from brainsynth_cli.errors import UserError
+    from brainsynth_cli.sampling import GUIDANCE_REFERENCES
+
+    if guidance_reference not in GUIDANCE_REFERENCES:
+        raise UserError(f"guidance reference {guidance_reference!r}: expected {' or '.join(GUIDANCE_REFERENCES)}")
+
+
+def reference_latent(guidance_reference: str, prior: Any, scaling_factor: float, *, change_target: bool = False) -> Any:
+    """The ``reference`` of :func:`guided_denoise` for ``--guidance-reference``: None for
+    ``empty-prompt``; for ``input`` the clean latent of leaving the input unchanged in the space the
+    UNet denoises (the prior latent times the scaling factor, or zeros for a change target)."""
+    import torch
+
+    check_reference(guidance_reference)
+    if guidance_reference == "empty-prompt":
+        return None
+    return torch.zeros_like(prior) if change_target else prior * scaling_factor
+
+
 def identity_prediction(sched: Any, clean: Any, x: Any, t: Any) -> Any:
     """What a model that leaves the input unchanged predicts at timestep ``t`` for the noisy model
     input ``x``, in ``sched``'s prediction type: ``clean`` itself (``sample``), the noise that

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from brainsynth_cli.errors import InputError, UserError
+from brainsynth_cli.errors import InputError
 from brainsynth_cli.interfaces import Progress
 from brainsynth_plugins.ip2p import volume_nets as vn
 from brainsynth_plugins.training_core.runtime import deterministic_on_cpu
@@ -117,9 +117,9 @@ class VolumeIP2PModel:
         import torch
 
         from brainsynth_plugins.ip2p.model import scheduler_for
+        from brainsynth_plugins.ip2p.sampling import check_reference, reference_latent
 
-        if guidance_reference not in ("empty-prompt", "input"):
-            raise UserError(f"guidance reference {guidance_reference!r}: expected empty-prompt or input")
+        check_reference(guidance_reference)  # before any work
         sched = scheduler_for(scheduler, self._scheduler_config)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         out: list[Any] = []
@@ -136,7 +136,7 @@ class VolumeIP2PModel:
                 z = denoise_volume(self.unet, sched, prior, emb[:1], emb[1:], steps=steps, guidance_scale=guidance_scale,
                                    image_guidance_scale=image_guidance_scale, generator=gen,
                                    latent_channels=self.latent_channels,
-                                   reference=prior * self.scaling_factor if guidance_reference == "input" else None) / self.scaling_factor
+                                   reference=reference_latent(guidance_reference, prior, self.scaling_factor)) / self.scaling_factor
                 edited = vn.decode(self.vae, z).float()
                 if residual:
                     change = ((edited - vn.decode(self.vae, prior).float()) / 2)[0, 0].cpu().numpy()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from brainsynth_cli.sampling import GUIDANCE_REFERENCES
 from brainsynth_plugins.training_core.schedules import NAMES
 
 VOLUME_PRESETS: dict[str, dict[str, Any]] = {
@@ -73,7 +74,7 @@ VOLUME_SETTINGS: dict[str, tuple] = {
     "prediction_type": ("choice", ("epsilon", "sample", "v_prediction")), "timestep_sampling": ("choice", ("uniform", "high")),
     "region_weight": ("float", 0, 1000), "region_margin_mm": ("float", 0, 50),
     "guidance_scale": ("float", 0, 100), "image_guidance_scale": ("float", 0, 100),
-    "guidance_reference": ("choice", ("empty-prompt", "input")),
+    "guidance_reference": ("choice", GUIDANCE_REFERENCES),
     "sampling_steps": ("int", 1, 1000), "sampling_scheduler": ("choice", ("ddim", "dpm++", "euler-a")),
     "validation_count": ("int", 0, 1000), "validation_steps": ("int", 1, 1000),
     "vae.channels": ("ints", 1, 4096, 1, 8), "vae.num_res_blocks": ("int", 1, 16), "vae.latent_channels": ("int", 1, 64),
