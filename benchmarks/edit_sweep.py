@@ -58,6 +58,8 @@ def line(r: dict) -> str:
 
 
 def main() -> None:
+    from brainsynth_cli.sampling import GUIDANCE_REFERENCES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path)
     ap.add_argument("pairs", type=Path)
@@ -67,7 +69,7 @@ def main() -> None:
                     help="folder for the runs (--out: the old spelling)")
     ap.add_argument("--guidance", type=float, nargs="+", default=[3.0, 7.5, 15.0, 25.0])
     ap.add_argument("--image-guidance", type=float, nargs="+", default=[1.0, 1.5])
-    ap.add_argument("--guidance-reference", nargs="+", default=["empty-prompt"], choices=["empty-prompt", "input"],
+    ap.add_argument("--guidance-reference", nargs="+", default=["empty-prompt"], choices=GUIDANCE_REFERENCES,
                     help="what the text guidance is measured from (edit --guidance-reference)")
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 5, 20], help="first: the grid's steps; the rest tried at the best pair")
     ap.add_argument("--change-floor", type=float, nargs="+", default=[0.0],
