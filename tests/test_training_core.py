@@ -330,3 +330,51 @@ def test_train_out_of_memory_is_exit_2_and_one_line(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("brainsynth: error: out of memory in stage vae (tiny preset, batch 4 per process)")
+
+
+# -- attention kernel while training on the CPU ------------------------------------------------
+def _tiny_attention_unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(sample_size=16, in_channels=2, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                                attention_head_dim=4, norm_num_groups=4, cross_attention_dim=12,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+
+
+def test_training_attention_is_the_same_attention_with_the_same_gradients():
+    from brainsynth_plugins.training_core.attention import ShortSequenceAttention, train_attention
+
+    fused, short = _tiny_attention_unet(), _tiny_attention_unet()
+    assert train_attention(short, "cpu")
+    assert all(isinstance(p, ShortSequenceAttention) for p in short.attn_processors.values())
+    x, t, text = torch.randn(3, 2, 16, 16), torch.tensor([10, 500, 990]), torch.randn(3, 5, 12)
+    out_f, out_s = fused(x, t, text).sample, short(x, t, text).sample
+    assert torch.allclose(out_f, out_s, atol=1e-5)
+    out_f.square().mean().backward()
+    out_s.square().mean().backward()
+    grads = [(a.grad, b.grad) for a, b in zip(fused.parameters(), short.parameters()) if a.grad is not None]
+    assert len(grads) == len(list(fused.parameters()))
+    assert max(float((a - b).abs().max() / (a.abs().max() + 1e-12)) for a, b in grads) < 1e-4
+
+
+def test_training_attention_picks_the_classic_kernel_only_for_short_sequences_with_gradients():
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from brainsynth_plugins.training_core.attention import SHORT, ShortSequenceAttention, train_attention
+
+    proc = ShortSequenceAttention()
+    positions = torch.zeros(2, 256, 8)  # 16x16 latents
+    assert isinstance(proc.pick(positions), AttnProcessor)  # self-attention, 256 x 256 = SHORT
+    assert isinstance(proc.pick(positions, torch.zeros(2, 64, 8)), AttnProcessor)  # to 64 text tokens
+    assert isinstance(proc.pick(torch.zeros(2, 1024, 8)), AttnProcessor2_0)  # 32x32: the fused kernel
+    assert isinstance(proc.pick(torch.zeros(2, 8, 16, 16)), AttnProcessor)  # an image's 256 positions
+    assert isinstance(proc.pick(torch.zeros(2, 8, 32, 32)), AttnProcessor2_0)
+    with torch.no_grad():  # validation images and edits: the fused kernel
+        assert isinstance(proc.pick(positions), AttnProcessor2_0)
+    assert SHORT == 256 * 256
+    unet = _tiny_attention_unet()
+    assert not train_attention(unet, "cuda")  # GPUs keep the fused kernel
+    assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
+    assert not train_attention(torch.nn.Linear(2, 2), "cpu")  # no diffusers attention (e.g. MONAI's)

@@ -26,6 +26,7 @@ from brainsynth_plugins.ip2p.model import image_conditioning, residual_edit
 from brainsynth_plugins.ip2p.presets import COMMON, OPTIONAL_UNET, PRESETS, SETTINGS
 from brainsynth_plugins.training_core import checkpoints as ckpts
 from brainsynth_plugins.training_core import run_folder
+from brainsynth_plugins.training_core.attention import train_attention
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.conditioning import drop_conditioning
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
@@ -591,6 +592,7 @@ class Trainer(StagedTrainer):
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
         torch.manual_seed(int(cfg["seed"]) + 1)
         unet, noise_sched = self._new_unet(hidden, lat_ch, self.res // factor)
+        train_attention(unet, acc.device.type)
         if cfg["gradient_checkpointing"]:
             unet.enable_gradient_checkpointing()
         # latents once, in a fixed order (so a resumed run sees the same numbers): the posterior

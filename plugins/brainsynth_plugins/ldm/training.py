@@ -27,6 +27,7 @@ from brainsynth_plugins.ldm.model import INFO, embed_text, load_text_encoder
 from brainsynth_plugins.ldm.presets import COMMON, PRESETS, SETTINGS
 from brainsynth_plugins.training_core import checkpoints as ckpts
 from brainsynth_plugins.training_core import run_folder
+from brainsynth_plugins.training_core.attention import train_attention
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
 from brainsynth_plugins.training_core.memory import out_of_memory_advice
@@ -360,6 +361,7 @@ class Trainer(StagedTrainer):
         unet = nets.build_unet(self.dim, cfg["unet"], in_channels=in_ch, out_channels=lat_ch, cross_attention_dim=ctx_dim,
                                sample_size=int(latents.shape[-1]))
         nets.use_flash_attention(unet, self.device_name == "cuda")
+        train_attention(unet, acc.device.type)
         noise = DDPMScheduler(**cfg["noise"])
         cov = self.scaled_covariates().to(acc.device)
         # captions: every image's list, embedded once (and the empty prompt, the null condition)
