@@ -92,3 +92,27 @@ def test_baselines_only_takes_one_folder(cli, truth_pairs, tmp_path):
     res = cli("evaluate", "--baselines-only", truth_pairs / "pairs", truth_pairs / "pairs", "-o", tmp_path / "r")
     assert res.exit_code == 2 and "--baselines-only takes one folder" in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_the_deform_baseline_aims_at_the_pairs_rules_targets(truth_pairs, tmp_path):
+    """A pairs folder made with other rules (here the cortex atrophy target moved to -1.25 %): the
+    deform row of `evaluate` aims at that folder's targets, not the built-in ones."""
+    import json
+    import shutil
+
+    from brainsynth_plugins.evaluate.engine import EvalSettings
+    from brainsynth_plugins.evaluate.rows import context_parts
+
+    from brainsynth_cli.structures import default_rules
+
+    pairs = tmp_path / "pairs"
+    shutil.copytree(truth_pairs / "pairs", pairs)
+    info = json.loads((pairs / "pairs.json").read_text())
+    built_in = default_rules()["cortex"].intervals[0].target
+    assert f"target = {float(built_in)}" in info["rules"]
+    info["rules"] = info["rules"].replace(f"target = {float(built_in)}", "target = -1.25", 1)
+    (pairs / "pairs.json").write_text(json.dumps(info))
+    deform = context_parts(pairs, EvalSettings(split="all"))["deform"]
+    assert deform.targets("cortex atrophy") == {"cortex": -1.25}
+    assert deform.targets("moderate ventricle enlargement") == {"ventricle": 15.0}
+    assert context_parts(pairs, EvalSettings(split="all", baselines=False))["deform"] is None

@@ -71,7 +71,7 @@ def context_parts(pairs_dir: Path, settings: engine.EvalSettings, device: str = 
     rules = rules_from_text(pairs.info["rules"], f"{pairs_dir / 'pairs.json'} rules") if pairs.info.get("rules") else default_rules()
     deform = None
     if settings.baselines and "deform" in registry("generator"):
-        deform = registry("generator").create("deform").load(None, device)
+        deform = registry("generator").create("deform").load(None, device, rules=rules)  # the pairs' targets
     path_settings = EditSettings(residual=settings.residual, restrict=settings.restrict, margin_mm=settings.margin_mm,
                                  blender=settings.blender, change_floor=settings.change_floor)
     path_settings.check()
