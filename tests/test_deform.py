@@ -116,7 +116,7 @@ def test_generator_registered_edits_slices_and_volumes(volume, slice64):
         gen.train(None)
     editor = gen.load()
     assert editor.resolution is None and editor.dims == ("2d", "3d") and editor.prompts == []
-    assert editor.targets("moderate ventricle enlargement and cortex atrophy") == {"ventricle": 15.0, "cortex": -3.0}
+    assert editor.targets("moderate ventricle enlargement and cortex atrophy") == {"ventricle": 15.0, "cortex": -2.0}
     seen = []
     img2, lab2 = slice64
     img3, lab3 = volume

@@ -94,7 +94,7 @@ def test_rules_round_trip_through_toml_text():
 def test_interval_targets_default_round_trip_and_refuse_outside(tmp_path):
     rules = default_rules()
     assert [iv.target for iv in rules["ventricle"].intervals] == [5.0, 15.0, 25.0]
-    assert rules["cortex"].intervals[0].target == -3.0
+    assert rules["cortex"].intervals[0].target == -2.0
     assert rules["ventricle"].intervals[1].as_dict()["target"] == 15.0
     # defaults when the key is absent: midpoint, low + 5, high - 3
     p = write(tmp_path, """

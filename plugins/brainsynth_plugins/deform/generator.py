@@ -4,7 +4,7 @@
 prompt with the ``quantized`` prompt builder against the rules and deforms every image (2D
 slice or 3D volume, any size) so that each structure the prompt names changes by its
 interval's ``target`` rate (docs/rules.md): "moderate ventricle enlargement" aims at +15 %,
-"cortex atrophy" at -3 % with the built-in rules.
+"cortex atrophy" at -2 % with the built-in rules.
 """
 
 from __future__ import annotations
