@@ -27,9 +27,8 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 def tiny_unet(seed: int):
     import torch
-    from diffusers import UNet2DConditionModel
-
     from brainsynth_plugins.ip2p.presets import OPTIONAL_UNET, PRESETS
+    from diffusers import UNet2DConditionModel
 
     p = PRESETS["tiny"]
     u = p["unet"]
@@ -50,7 +49,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
     from brainsynth_plugins.ip2p.presets import PRESETS
     from brainsynth_plugins.training_core.attention import train_attention
     from brainsynth_plugins.training_core.runtime import resolve_mixed_precision

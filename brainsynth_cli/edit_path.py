@@ -10,6 +10,9 @@ An edit is ``output = merge(input, input + change, region)``:
   (``sign(c) * max(|c| - floor, 0)``, :func:`floor_change`);
 - ``region`` is the union of the structures the prompt names (from the rules), found in the
   input's label map and dilated by a margin in millimetres;
+- the *feather* (optional, a model's recommendation): the change is halved in the region's
+  outermost voxel layer, the band the blender needs to join the change to the kept input, where a
+  model's change spills beyond what the structure's wall moves (:func:`feathered`);
 - ``merge`` is a blender from the registry (``poisson`` by default: Poisson image editing with
   the edited image's Laplacian as guidance and the input on the region's boundary).
 
@@ -46,6 +49,7 @@ class EditSettings:
     margin_mm: float = DEFAULT_MARGIN_MM
     blender: str = DEFAULT_BLENDER
     change_floor: float = 0.0  # fraction of the [0, 1] intensity window; 0 keeps every change
+    feather: bool = False  # halve the change in the region's outermost voxel layer
 
     def check(self) -> None:
         if not math.isfinite(self.margin_mm) or not 0 <= self.margin_mm <= 50:
@@ -60,14 +64,16 @@ class EditSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return {"residual": self.residual, "restrict": self.restrict, "margin_mm": self.margin_mm,
-                "blender": self.blender if self.restrict else None, "change_floor": self.change_floor}
+                "blender": self.blender if self.restrict else None, "change_floor": self.change_floor,
+                "feather": self.feather and self.restrict}
 
     def describe(self) -> str:
         parts = ["residual decoding" if self.residual else "whole-image decoding"]
         if self.change_floor > 0:
             parts.append(f"changes below {self.change_floor:g} of the intensity window dropped (soft threshold)")
         if self.restrict:
-            parts.append(f"restricted to the named structures + {self.margin_mm:g} mm, merged by {self.blender}")
+            feather = ", the change halved in its outermost voxel layer" if self.feather else ""
+            parts.append(f"restricted to the named structures + {self.margin_mm:g} mm{feather}, merged by {self.blender}")
         else:
             parts.append("not restricted (the change may reach any voxel)")
         return "; ".join(parts)
@@ -154,6 +160,31 @@ def floor_change(change: np.ndarray, floor: float) -> np.ndarray:
     return (np.sign(c) * np.maximum(np.abs(c) - np.float32(floor), np.float32(0))).astype(np.float32)
 
 
+#: The share of the change kept in the region's outermost voxel layer when the edit is feathered.
+FEATHER_WEIGHT = 0.5
+
+
+def feathered(change: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``change`` with its values in the outermost voxel layer of ``mask`` (the voxels of the region
+    next to a voxel outside it, face neighbours; the array's own border does not count) multiplied
+    by :data:`FEATHER_WEIGHT`.
+
+    The region reaches at least two voxels beyond the named structures (:data:`MIN_MARGIN_VOXELS`):
+    the first holds the partial-volume voxel outside a moving wall, the second is the band in
+    which the blender joins the change to the kept input. A model's change that spills into that
+    band, where the anatomy does not move, costs image fidelity (measured: the demo model's
+    edits, 60 % of their excess squared error against the disentangled ventricle targets); halving
+    it there keeps the band for the blend."""
+    import numpy as np
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    inner = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=1)
+    out = np.array(change, dtype=np.float32, copy=True)
+    out[mask & ~inner] *= np.float32(FEATHER_WEIGHT)
+    return out
+
+
 def apply(image: "np.ndarray", change: "np.ndarray", labels: "np.ndarray | None", structures: Sequence["Structure"],
           spacing: Sequence[float] | None, settings: EditSettings, within: "np.ndarray | None" = None,
           window: float = 1.0) -> tuple["np.ndarray", "np.ndarray | None"]:
@@ -170,6 +201,8 @@ def apply(image: "np.ndarray", change: "np.ndarray", labels: "np.ndarray | None"
     if labels is None:
         raise UserError("a restricted edit needs a label map of the input (give --labels, or --no-restrict)")
     mask = region(labels, structures, spacing, settings.margin_mm)
+    if settings.feather:  # the region's own outer layer, before `within` cuts it
+        edited = image + feathered(edited - image, mask)
     if within is not None:
         mask &= np.asarray(within, dtype=bool)
     return merge(image, edited, mask, settings.blender), mask

@@ -170,6 +170,70 @@ def test_edit_change_floor_keeps_more_of_the_input(tiny, volume, tmp_path):
     assert not (tmp_path / "c.nii.gz").exists()
 
 
+def test_feather_halves_the_change_in_the_regions_outer_layer():
+    """The feather multiplies the change by FEATHER_WEIGHT in the region's outermost voxel layer
+    (face neighbours of the outside; the array's border is not an edge), keeps it inside, and the
+    input stays bit for bit outside; in 3D the layer is the region's own, before the edited slices cut it."""
+    from scipy import ndimage
+
+    from brainsynth_cli.edit_path import FEATHER_WEIGHT, EditSettings, apply, feathered, region
+    from brainsynth_cli.structures import default_rules
+
+    vent = default_rules()["ventricle"]
+    labels = np.zeros((9, 9), np.int32)
+    labels[3:6, 3:6] = 4
+    mask = region(labels, [vent], (1.0, 1.0), 1.0)  # the 3x3 block dilated by two voxels (the minimum)
+    inner = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=1)
+    outer = mask & ~inner
+    assert outer.sum() == 16 and inner.sum() == mask.sum() - 16 and inner[3:6, 3:6].all()
+    image = np.full((9, 9), 0.5, np.float32)
+    change = np.full((9, 9), 0.2, np.float32)
+    out, used = apply(image, change, labels, [vent], (1.0, 1.0), EditSettings(margin_mm=1.0, blender="copy-paste", feather=True))
+    assert np.array_equal(used, mask)
+    assert np.allclose(out[inner], 0.7) and np.allclose(out[outer], 0.5 + 0.2 * FEATHER_WEIGHT)
+    assert np.array_equal(out[~mask], image[~mask])
+    plain, _ = apply(image, change, labels, [vent], (1.0, 1.0), EditSettings(margin_mm=1.0, blender="copy-paste"))
+    assert np.allclose(plain[mask], 0.7)
+    edge = np.ones((4, 4), bool)  # a region filling the array has no outer layer
+    assert np.array_equal(feathered(np.ones((4, 4), np.float32), edge), np.ones((4, 4), np.float32))
+    vol = np.zeros((9, 9, 5), np.int32)
+    vol[3:6, 3:6, 1:4] = 4
+    within = np.zeros(vol.shape, bool)
+    within[:, :, 2] = True  # one edited slice: its in-plane layer only, not the cut through-plane
+    out3, _ = apply(np.full(vol.shape, 0.5, np.float32), np.full(vol.shape, 0.2, np.float32), vol, [vent], (1.0, 1.0, 1.0),
+                        EditSettings(margin_mm=1.0, blender="copy-paste", feather=True), within=within)
+    assert np.allclose(out3[4, 4, 2], 0.7) and np.allclose(out3[:, :, [0, 1, 3, 4]], 0.5)
+
+
+def test_edit_feather_comes_from_the_model_and_can_be_turned_off(tiny, volume, tmp_path):
+    """The tiny preset recommends the feather: `edit` takes it from the model folder, --no-feather
+    turns it off, both recorded in the sidecar; the two edits differ only in the region's outer layer."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    _, model = tiny
+    assert json.loads((model / "brainsynth.json").read_text())["sampling"]["feather"] is True
+    args = [model, volume, "--prompt", PROMPT, "--steps", "3", "--labels", labels_of(volume), "--blender", "copy-paste"]
+    code, _, err = edit_cli(*args, "-o", tmp_path / "a.nii.gz")
+    assert code == 0, err
+    code, _, err = edit_cli(*args, "-o", tmp_path / "b.nii.gz", "--no-feather")
+    assert code == 0, err
+    a_side, b_side = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert a_side["edit_path"]["feather"] is True and a_side["sampling_from"]["feather"] == "model"
+    assert "outermost voxel layer" in a_side["edit_path"]["description"]
+    assert b_side["edit_path"]["feather"] is False and b_side["sampling_from"]["feather"] == "option"
+    src = np.asarray(nib.load(volume).dataobj).astype(np.float32)
+    a = np.asarray(nib.load(tmp_path / "a.nii.gz").dataobj).astype(np.float32)
+    b = np.asarray(nib.load(tmp_path / "b.nii.gz").dataobj).astype(np.float32)
+    labels = np.asarray(nib.load(labels_of(volume)).dataobj)
+    region = ndimage.binary_dilation(np.isin(labels, [4, 5, 43, 44]), structure=_ball())
+    region[:, :, 0] = False
+    inner = ndimage.binary_erosion(region, structure=ndimage.generate_binary_structure(3, 1), border_value=1)
+    differ = a != b
+    assert differ.any() and not (differ & inner).any() and not (differ & ~region).any()
+    assert np.abs(a - src)[differ].sum() < np.abs(b - src)[differ].sum()  # half the change there
+
+
 def _ball():
     from brainsynth_cli.edit_path import ball
 

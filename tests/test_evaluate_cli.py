@@ -176,6 +176,25 @@ def test_change_floor_acts_on_the_model_row_only(cli, trained):
     assert json.loads((out / "evaluate.json").read_text())["change_floor"] == recommended
 
 
+def test_feather_acts_on_the_model_row_only_and_is_recorded(cli, trained):
+    """The model's recommendation (the tiny preset: feather on) is used unless --no-feather; the
+    setting is recorded in evaluate.json and in the report's edit path; the deform row is the same either way."""
+    root, pairs, model = trained
+    assert json.loads((model / "brainsynth.json").read_text())["sampling"]["feather"] is True
+    runs = {"on": root / "report-feather-on", "off": root / "report-feather-off"}
+    assert evaluate(cli, model, pairs, runs["on"], "--guidance-reference", "empty-prompt").exit_code == 0
+    res = evaluate(cli, model, pairs, runs["off"], "--guidance-reference", "empty-prompt", "--no-feather")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((runs["on"] / "evaluate.json").read_text())["feather"] is True
+    assert json.loads((runs["off"] / "evaluate.json").read_text())["feather"] is False
+    assert "outermost voxel layer" in json.loads((runs["on"] / "metrics.json").read_text())["settings"]["edit_path"]
+    pngs = lambda out, name: [p.read_bytes() for p in sorted((out / "edits").glob(f"{name}-*.png"))]
+    assert pngs(runs["on"], "deform") == pngs(runs["off"], "deform")
+    assert pngs(runs["on"], "row") != pngs(runs["off"], "row")
+    res = evaluate(cli, model, pairs, runs["on"], "--guidance-reference", "empty-prompt", "--no-feather")
+    assert res.exit_code == 2 and "--feather True -> False" in res.stderr
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--measure", "registratoin"], "did you mean 'registration'"),
     (["--change-floor", "0.5"], "--change-floor must be a finite number in [0, 0.1]"),

@@ -360,9 +360,8 @@ def test_training_attention_is_the_same_attention_with_the_same_gradients():
 
 
 def test_training_attention_picks_the_classic_kernel_only_for_short_sequences_with_gradients():
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
     from brainsynth_plugins.training_core.attention import SHORT, ShortSequenceAttention, train_attention
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     proc = ShortSequenceAttention()
     positions = torch.zeros(2, 256, 8)  # 16x16 latents

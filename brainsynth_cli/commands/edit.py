@@ -115,6 +115,7 @@ def register(app: typer.Typer) -> None:
         image_guidance_scale: float | None = typer.Option(None, "--image-guidance-scale", help="Image guidance scale, closeness to INPUT (default: the model's, else 1.5)."),
         guidance_reference: Literal["empty-prompt", "input"] | None = typer.Option(None, "--guidance-reference", help="What the text guidance is measured from: empty-prompt (InstructPix2Pix) or input (the input unchanged: the guidance scales the prompt's own change; default: the model's, else empty-prompt)."),
         change_floor: float | None = typer.Option(None, "--change-floor", help="Drop changes smaller than this fraction of the intensity window (soft threshold; default: the model's, else 0)."),
+        feather: bool | None = typer.Option(None, "--feather/--no-feather", help="Halve the change in the region's outermost voxel layer, where the blender joins it to the input (default: the model's, else off)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the sampling noise."),
         slices: str = typer.Option("all", "--slices", help="2D models: axial slices of a volume to edit: all, center:N or A:B (empty slices are skipped)."),
         batch_size: int | None = typer.Option(None, "--batch-size", help="2D models: slices per batch (default 4). A 3D model edits the whole volume in one pass and refuses it."),
@@ -220,8 +221,8 @@ def register(app: typer.Typer) -> None:
         convention = str((info.get("intensity_normalisation") or {}).get("slice_convention") or "brainsynth_cli.slices v1")
         sampling, sampling_from = resolve_sampling(info, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                                    image_guidance_scale=image_guidance_scale, change_floor=change_floor,
-                                                   guidance_reference=guidance_reference)
-        settings = dataclasses.replace(settings, change_floor=float(sampling.pop("change_floor")))
+                                                   guidance_reference=guidance_reference, feather=feather)
+        settings = dataclasses.replace(settings, change_floor=float(sampling.pop("change_floor")), feather=bool(sampling.pop("feather")))
         settings.check()
         volume_edit = kind == "nifti" and "3d" in dims
         options = dict(**sampling, seed=seed, residual=residual, **({} if volume_edit else {"batch_size": batch_size or 4}))

@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         margin: float = typer.Option(3.0, "--margin", help="Edit path: margin around the named structures, mm."),
         blender: str = typer.Option("poisson", "--blender", help="Edit path: how the change is merged into the prior (blender plugin; see `brainsynth plugins`)."),
         change_floor: float | None = typer.Option(None, "--change-floor", help="Edit path: drop the model's changes below this fraction of the intensity window (default: the model's, else 0)."),
+        feather: bool | None = typer.Option(None, "--feather/--no-feather", help="Edit path: halve the model's change in the region's outermost voxel layer (default: the model's, else off)."),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score the deform and chance rows."),
         jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes that measure rows while the model edits the next ones (same numbers, less time)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report made in OUTPUT with other settings (its files are removed first)."),
@@ -72,9 +73,10 @@ def register(app: typer.Typer) -> None:
             raise InputError(model, "model folder not found", "give the folder written by `brainsynth train`")
         sampling, _ = resolve_sampling(model_info(model), steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                        image_guidance_scale=image_guidance_scale, change_floor=change_floor,
-                                       guidance_reference=guidance_reference)
+                                       guidance_reference=guidance_reference, feather=feather)
         steps, scheduler = sampling["steps"], sampling["scheduler"]
         change_floor = sampling["change_floor"] if model is not None else 0.0
+        feather = bool(sampling["feather"]) if model is not None else False
         guidance_scale, image_guidance_scale = sampling["guidance_scale"], sampling["image_guidance_scale"]
         guidance_reference = sampling["guidance_reference"]
         if output.exists() and not output.is_dir():
@@ -94,7 +96,7 @@ def register(app: typer.Typer) -> None:
         settings = EvalSettings(split=split, measure=measure, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                 image_guidance_scale=image_guidance_scale, seed=seed, limit=limit, residual=residual, restrict=restrict,
                                 margin_mm=margin, blender=blender, baselines=baselines, change_floor=change_floor,
-                                guidance_reference=guidance_reference)
+                                guidance_reference=guidance_reference, feather=feather)
         log = output / "rows.jsonl"
         with locked_output(output, command="evaluate", keep=log.is_file):
             claim_report_folder(output, report_settings(model, pairs, settings), overwrite=overwrite)

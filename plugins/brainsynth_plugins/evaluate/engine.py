@@ -61,6 +61,7 @@ class EvalSettings:
     baselines: bool = True  # the deform and chance rows
     change_floor: float = 0.0  # the model's edits only (the edit path's soft threshold); the deform row keeps every change
     guidance_reference: str = "empty-prompt"  # what the text guidance is measured from (empty-prompt or input)
+    feather: bool = False  # the model's edits only: the change halved in the region's outermost voxel layer
     record: int = 3  # version of the per-row record in rows.jsonl: rows scored by an older version are redone
 
     def key(self, model_dir: Path | None) -> str:

@@ -787,7 +787,7 @@ class Trainer(StagedTrainer):
                          "guidance_scale": float(self.cfg["guidance_scale"]),
                          "image_guidance_scale": float(self.cfg["image_guidance_scale"]),
                          "change_floor": float(self.cfg["change_floor"]),
-                         "guidance_reference": str(self.cfg["guidance_reference"])},
+                         "guidance_reference": str(self.cfg["guidance_reference"]), "feather": bool(self.cfg["feather"])},
         }
         tmp = self.out / ".brainsynth.json.tmp"
         tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
