@@ -558,3 +558,18 @@ def test_pairs_folder_from_rules_without_targets_still_resumes(pairs2d, cohort, 
     res = cli("make-pairs", root, "-o", out, "--labels", labels, "--slices", "5", "--size", "64", "--seed", "3")
     assert res.exit_code == 0, res.stderr
     assert "resuming: 5 of 5 pairs already made" in res.stdout
+
+
+def test_rules_that_differ_only_in_targets_matter_only_for_deformed_folders():
+    """Interval targets decide the deformed rows' rates only: a folder without deformed rows resumes
+    under rules whose targets moved (e.g. the built-in cortex target), a deformed folder does not."""
+    from brainsynth_plugins.pairs.engine import _same_rules
+
+    from brainsynth_cli.structures import DEFAULT_RULES_PATH
+
+    text = DEFAULT_RULES_PATH.read_text()
+    moved = text.replace("target = -2\n", "target = -3\n")
+    assert moved != text
+    assert _same_rules(text, moved, targets=False)
+    assert not _same_rules(text, moved, targets=True)
+    assert not _same_rules(text, text.replace('phrase = "cortex atrophy"', 'phrase = "cortical atrophy"'), targets=False)

@@ -285,9 +285,12 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in ("brainsynth",)}
 
 
-def _same_rules(old: Any, new: Any) -> bool:
+def _same_rules(old: Any, new: Any, targets: bool = True) -> bool:
     """Whether two rules texts mean the same rules (a folder written before a format addition,
-    such as interval targets, stays resumable when its rules are unchanged)."""
+    such as interval targets, stays resumable when its rules are unchanged). ``targets``: whether
+    the intervals' targets count (they decide only the deformed rows' rates)."""
+    import dataclasses
+
     from brainsynth_cli.structures import rules_from_text
 
     if not (isinstance(old, str) and isinstance(new, str)):
@@ -296,7 +299,14 @@ def _same_rules(old: Any, new: Any) -> bool:
         a, b = rules_from_text(old), rules_from_text(new)
     except UserError:
         return False
-    return a.structures == b.structures and dict(a.labels) == dict(b.labels)
+
+    def meaning(rules: Any) -> Any:
+        if targets:
+            return rules.structures
+        return [dataclasses.replace(s, intervals=tuple(dataclasses.replace(iv, target=0.0) for iv in s.intervals))
+                for s in rules.structures]
+
+    return meaning(a) == meaning(b) and dict(a.labels) == dict(b.labels)
 
 
 def check_or_write_config(out: Path, cfg: dict[str, Any], merge_only: bool) -> None:
@@ -314,7 +324,7 @@ def check_or_write_config(out: Path, cfg: dict[str, Any], merge_only: bool) -> N
             raise InputError(path, "is not a brainsynth pairs folder", "choose another -o folder")
         a, b = _comparable(old), _comparable(cfg)
         diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        if "rules" in diff and _same_rules(a.get("rules"), b.get("rules")):
+        if "rules" in diff and _same_rules(a.get("rules"), b.get("rules"), targets=bool(a.get("deformed") or b.get("deformed"))):
             diff.remove("rules")
         if diff:
             shown = ", ".join(f"{k}: {b.get(k)!r} now, {a.get(k)!r} there" if k != "rules" else "rules differ" for k in diff[:3])
