@@ -1,7 +1,7 @@
 """Sweep the edit's sampling settings of a trained model on a pairs folder's validation split.
 
     python benchmarks/edit_sweep.py MODEL PAIRS [--split validation] [--limit 96] [-o DIR] [--change-floor 0 0.005 0.01]
-        [--guidance-reference empty-prompt input]
+        [--guidance-reference empty-prompt input] [--feather]
 
 Guidance reference x text guidance x image guidance at 10 DDIM steps first, then steps and scheduler at the best pair,
 then the edit path's change floors (soft threshold of the model's change) at the best setting
@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 5, 20], help="first: the grid's steps; the rest tried at the best pair")
     ap.add_argument("--change-floor", type=float, nargs="+", default=[0.0],
                     help="first: the grid's change floor; the rest tried at the best setting")
+    ap.add_argument("--feather", action="store_true", help="every run with the edit path's feather (edit --feather)")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -84,7 +85,7 @@ def main() -> None:
         for g in a.guidance:
             for ig in a.image_guidance:
                 runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=g, image_guidance_scale=ig, steps=a.steps[0],
-                                  scheduler="ddim", change_floor=a.change_floor[0], guidance_reference=ref))
+                                  scheduler="ddim", change_floor=a.change_floor[0], guidance_reference=ref, feather=a.feather))
                 print(line(runs[-1]), flush=True)
 
     def best_of(runs: list[dict]) -> dict:
@@ -101,7 +102,7 @@ def main() -> None:
     for steps, sched in [(n, "ddim") for n in a.steps[1:]] + [(a.steps[0], "dpm++")]:
         runs.append(score(a.model, a.pairs, a.out, a.split, a.limit, guidance_scale=best["guidance_scale"],
                           image_guidance_scale=best["image_guidance_scale"], steps=steps, scheduler=sched, change_floor=a.change_floor[0],
-                          guidance_reference=best["guidance_reference"]))
+                          guidance_reference=best["guidance_reference"], feather=a.feather))
         print(line(runs[-1]), flush=True)
     best = best_of(runs)["settings"]
     for floor in a.change_floor[1:]:
