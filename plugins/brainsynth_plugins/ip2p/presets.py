@@ -40,7 +40,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # model's faint, systematic change around the named structures moves no structure and costs
         # PSNR ("The change floor"; 0.005 with guidance from the empty prompt, 0.01-0.015 with it from
         # the input), and halves the change in the region's outermost voxel layer, where the model's
-        # change spills beyond the moving wall ("The feather"); both chosen on the validation split
+        # change spills beyond the moving wall; the floor chosen on the validation split, the feather
+        # for its lower leak there (RESULTS, "Faster CPU training, realistic cortex targets and the feather")
         "change_floor": 0.015, "feather": True,
         # constant, then a linear decay to 0 over the last 20 % of the steps: over two seeds ACC 0.84 and
         # 0.84 (constant: 0.84, 0.75), MAE 4.07 / 4.18 pp (4.48 / 4.40), leak 0.72 / 0.65 pp (0.80 / 0.85), for

@@ -3,9 +3,9 @@
 torch's fused ``scaled_dot_product_attention`` (diffusers' default processor) has a slow CPU
 *backward* for short sequences and narrow heads: in the ``tiny`` preset's UNet (8 heads of 8
 channels over 16x16 positions, cross-attention to 64 text tokens) it took 44 % of a training step
-on 2 cores (benchmarks/RESULTS.md, "Attention on the CPU"). Diffusers' classic processor (scores by
-one batched matmul, softmax, matmul) computes the same attention and trains that UNet about 1.5x
-faster; for long sequences, and without gradients, the fused kernel is the faster one. The choice
+on 2 cores (benchmarks/RESULTS.md, "Faster CPU training, ..."). Diffusers' classic processor
+(scores by one batched matmul, softmax, matmul) computes the same attention and trains that UNet
+1.3-1.45x faster (`benchmarks/attention.py`); for long sequences, and without gradients, the fused kernel is the faster one. The choice
 is made per call and is not stored with the model.
 """
 
