@@ -1,5 +1,5 @@
-"""Sampling settings of an edit (steps, scheduler, text and image guidance, the change floor and the
-feather of the edit path, :mod:`brainsynth_cli.edit_path`): what the user gave,
+"""Sampling settings of an edit (steps, scheduler, text and image guidance, the change floor, the
+feather and the blender of the edit path, :mod:`brainsynth_cli.edit_path`): what the user gave,
 else what the model folder recommends (``brainsynth.json`` ``sampling``, chosen for its preset by
 a sweep on validation pairs), else InstructPix2Pix's defaults."""
 
@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 #: InstructPix2Pix's defaults (diffusers' pipeline and BrainEditor), for models that recommend none.
-#: The change floor: 0 (every change kept), text guidance from the empty prompt and no feather for
-#: models that recommend none.
+#: The change floor: 0 (every change kept), text guidance from the empty prompt, no feather and the
+#: ``poisson`` blender for models that recommend none.
 FALLBACK: dict[str, Any] = {"steps": 20, "scheduler": "ddim", "guidance_scale": 7.5, "image_guidance_scale": 1.5, "change_floor": 0.0,
-                           "guidance_reference": "empty-prompt", "feather": False}
+                           "guidance_reference": "empty-prompt", "feather": False,
+                           "blender": "poisson"}
 
 #: What the text guidance is measured from: InstructPix2Pix's empty-prompt branch, or the input
 #: left unchanged (see :func:`brainsynth_plugins.ip2p.sampling.guided_denoise`).

@@ -91,7 +91,7 @@ def test_edit_nifti_keeps_grid_and_is_seeded(tiny, volume, tmp_path):
     assert not np.array_equal(a, outs[2].get_fdata(dtype=np.float32))  # another seed, another sample
     assert (tmp_path / "a_before_after.png").is_file()
     side = json.loads((tmp_path / "a.json").read_text())
-    assert side["prompt"] == PROMPT and side["structures"] == ["ventricle"] and side["edit_path"]["blender"] == "poisson"
+    assert side["prompt"] == PROMPT and side["structures"] == ["ventricle"] and side["edit_path"]["blender"] == "warp"  # the tiny preset's
     assert side["edit_path"]["residual"] is True and side["edit_path"]["region_voxels"] > 0
     # sampling: --steps as given, the rest as the model folder recommends (its preset's, from a sweep)
     recommended = json.loads((model / "brainsynth.json").read_text())["sampling"]
@@ -232,6 +232,31 @@ def test_edit_feather_comes_from_the_model_and_can_be_turned_off(tiny, volume, t
     differ = a != b
     assert differ.any() and not (differ & inner).any() and not (differ & ~region).any()
     assert np.abs(a - src)[differ].sum() < np.abs(b - src)[differ].sum()  # half the change there
+
+
+def test_edit_blender_comes_from_the_model_and_can_be_overridden(tiny, volume, tmp_path):
+    """The tiny preset recommends the `warp` blender: `edit` takes it from the model folder,
+    --blender poisson overrides it; both recorded; the two edits differ only inside the region."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    _, model = tiny
+    assert json.loads((model / "brainsynth.json").read_text())["sampling"]["blender"] == "warp"
+    args = [model, volume, "--prompt", PROMPT, "--steps", "3", "--labels", labels_of(volume)]
+    code, _, err = edit_cli(*args, "-o", tmp_path / "a.nii.gz")
+    assert code == 0, err
+    code, _, err = edit_cli(*args, "-o", tmp_path / "b.nii.gz", "--blender", "poisson")
+    assert code == 0, err
+    a_side, b_side = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert a_side["edit_path"]["blender"] == "warp" and a_side["sampling_from"]["blender"] == "model"
+    assert "merged by warp" in a_side["edit_path"]["description"]
+    assert b_side["edit_path"]["blender"] == "poisson" and b_side["sampling_from"]["blender"] == "option"
+    a = np.asarray(nib.load(tmp_path / "a.nii.gz").dataobj).astype(np.float32)
+    b = np.asarray(nib.load(tmp_path / "b.nii.gz").dataobj).astype(np.float32)
+    labels = np.asarray(nib.load(labels_of(volume)).dataobj)
+    region = ndimage.binary_dilation(np.isin(labels, [4, 5, 43, 44]), structure=_ball())
+    differ = a != b
+    assert differ.any() and not (differ & ~region).any()
 
 
 def _ball():

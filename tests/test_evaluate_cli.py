@@ -187,6 +187,8 @@ def test_feather_acts_on_the_model_row_only_and_is_recorded(cli, trained):
     assert res.exit_code == 0, res.stderr
     assert json.loads((runs["on"] / "evaluate.json").read_text())["feather"] is True
     assert json.loads((runs["off"] / "evaluate.json").read_text())["feather"] is False
+    assert json.loads((runs["on"] / "evaluate.json").read_text())["blender"] == "warp"  # the model's recommendation too
+    assert "merged by warp" in json.loads((runs["on"] / "metrics.json").read_text())["settings"]["edit_path"]
     assert "outermost voxel layer" in json.loads((runs["on"] / "metrics.json").read_text())["settings"]["edit_path"]
     pngs = lambda out, name: [p.read_bytes() for p in sorted((out / "edits").glob(f"{name}-*.png"))]
     assert pngs(runs["on"], "deform") == pngs(runs["off"], "deform")

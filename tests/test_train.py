@@ -154,6 +154,7 @@ def test_option_errors(tmp_path):
     _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--steps", "2", "--epochs", "1"]), "--steps or --epochs")
     _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--preset", "huge"]), "tiny")
     _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--set", "nonsense=1"]), "unknown setting")
+    _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--set", "blender=smudge"]), "--set blender=smudge: unknown blender; use one of")
     _one_line_error(*train_cli([pairs, "-o", tmp_path / "m", "--preset", "sd15"]), "--pretrained")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")

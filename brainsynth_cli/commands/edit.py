@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
         segmenter: str = typer.Option("atlas", "--segmenter", help="Segmenter that labels a NIfTI input when --labels is not given (see `brainsynth plugins`)."),
         restrict: bool = typer.Option(True, "--restrict/--no-restrict", help="Keep the change inside the structures the prompt names, dilated by --margin."),
         margin: float = typer.Option(3.0, "--margin", help="Margin around the named structures, mm."),
-        blender: str = typer.Option("poisson", "--blender", help="How the change is merged into the input inside the region (see `brainsynth plugins`)."),
+        blender: str | None = typer.Option(None, "--blender", help="How the change is merged into the input inside the region (see `brainsynth plugins`; default: the model's, else poisson)."),
         residual: bool = typer.Option(True, "--residual/--no-residual", help="Decode the change and add it to the input (a latent model's autoencoder then touches nothing else)."),
         steps: int | None = typer.Option(None, "--steps", help="Denoising steps (default: the model's recommendation, else 20)."),
         scheduler: Literal["ddim", "dpm++", "euler-a"] | None = typer.Option(None, "--scheduler", help="ddim, dpm++ or euler-a (default: the model's, else ddim)."),
@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
             check_number("--pixel-size", pixel_size, low=1e-3, high=20)
         if device not in ("auto", "cpu", "cuda", "mps"):
             raise UserError(f"--device must be auto, cpu, cuda or mps, got {device!r}")
-        settings = ep.EditSettings(residual=residual, restrict=restrict, margin_mm=float(margin), blender=blender,
+        settings = ep.EditSettings(residual=residual, restrict=restrict, margin_mm=float(margin), blender=blender or ep.DEFAULT_BLENDER,
                                    change_floor=float(change_floor or 0.0))
         settings.check()
         fig = figure or output.with_name(output.name.split(".")[0] + "_before_after.png")
@@ -221,8 +221,9 @@ def register(app: typer.Typer) -> None:
         convention = str((info.get("intensity_normalisation") or {}).get("slice_convention") or "brainsynth_cli.slices v1")
         sampling, sampling_from = resolve_sampling(info, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                                    image_guidance_scale=image_guidance_scale, change_floor=change_floor,
-                                                   guidance_reference=guidance_reference, feather=feather)
-        settings = dataclasses.replace(settings, change_floor=float(sampling.pop("change_floor")), feather=bool(sampling.pop("feather")))
+                                                   guidance_reference=guidance_reference, feather=feather, blender=blender)
+        settings = dataclasses.replace(settings, change_floor=float(sampling.pop("change_floor")), feather=bool(sampling.pop("feather")),
+                                       blender=str(sampling.pop("blender")))
         settings.check()
         volume_edit = kind == "nifti" and "3d" in dims
         options = dict(**sampling, seed=seed, residual=residual, **({} if volume_edit else {"batch_size": batch_size or 4}))

@@ -3,9 +3,11 @@
 - ``poisson``: Poisson image editing, Delta f = Delta target inside the mask with f = prior on
   its boundary, solved matrix-free by multigrid-preconditioned CG in numba.
 - ``copy-paste``: target voxels inside the mask, prior outside (a hard seam; the baseline).
+- ``warp``: the prior deformed (demons registration onto the target) inside the mask: walls move,
+  the prior's own texture and contrast stay.
 - ``none``: the prior unchanged (no structure is put in; a control).
 
-This module only registers specs; the algorithms (numpy, numba) are imported when a blender
+This module only registers specs; the algorithms (numpy, numba, SimpleITK) are imported when a blender
 is created.
 """
 
@@ -30,6 +32,14 @@ def register_blenders(register):
             name="copy-paste",
             factory="brainsynth_plugins.blend.simple:CopyPasteBlender",
             help="target inside the mask, prior outside (hard seam)",
+        )
+    )
+    register(
+        Spec(
+            name="warp",
+            factory="brainsynth_plugins.blend.warp:WarpBlender",
+            help="the prior deformed onto the target inside the mask (demons registration; the prior's own voxels moved)",
+            requires=(module("SimpleITK"),),
         )
     )
     register(

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         residual: bool = typer.Option(True, "--residual/--no-residual", help="Edit path: decode the change and add it to the prior."),
         restrict: bool = typer.Option(True, "--restrict/--no-restrict", help="Edit path: keep the change inside the named structures (row's prior labels) plus --margin."),
         margin: float = typer.Option(3.0, "--margin", help="Edit path: margin around the named structures, mm."),
-        blender: str = typer.Option("poisson", "--blender", help="Edit path: how the change is merged into the prior (blender plugin; see `brainsynth plugins`)."),
+        blender: str | None = typer.Option(None, "--blender", help="Edit path: how the change is merged into the prior (blender plugin; see `brainsynth plugins`; default: the model's, else poisson)."),
         change_floor: float | None = typer.Option(None, "--change-floor", help="Edit path: drop the model's changes below this fraction of the intensity window (default: the model's, else 0)."),
         feather: bool | None = typer.Option(None, "--feather/--no-feather", help="Edit path: halve the model's change in the region's outermost voxel layer (default: the model's, else off)."),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also score the deform and chance rows."),
@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         from brainsynth_cli.limits import MAX_JOBS, check_number, check_seed
         from brainsynth_cli.outputs import locked_output, on_interrupt, refuse_folder_over_input
         from brainsynth_cli.progress import progress_bar
+        from brainsynth_cli.sampling import FALLBACK as sampling_defaults
         from brainsynth_cli.sampling import resolve as resolve_sampling
 
         from brainsynth_plugins.evaluate.engine import EvalSettings
@@ -73,10 +74,12 @@ def register(app: typer.Typer) -> None:
             raise InputError(model, "model folder not found", "give the folder written by `brainsynth train`")
         sampling, _ = resolve_sampling(model_info(model), steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                        image_guidance_scale=image_guidance_scale, change_floor=change_floor,
-                                       guidance_reference=guidance_reference, feather=feather)
+                                       guidance_reference=guidance_reference, feather=feather, blender=blender)
         steps, scheduler = sampling["steps"], sampling["scheduler"]
         change_floor = sampling["change_floor"] if model is not None else 0.0
         feather = bool(sampling["feather"]) if model is not None else False
+        deform_blender = blender or sampling_defaults["blender"]  # the deform row: the option, never the model's recommendation
+        blender = str(sampling["blender"])
         guidance_scale, image_guidance_scale = sampling["guidance_scale"], sampling["image_guidance_scale"]
         guidance_reference = sampling["guidance_reference"]
         if output.exists() and not output.is_dir():
@@ -96,7 +99,7 @@ def register(app: typer.Typer) -> None:
         settings = EvalSettings(split=split, measure=measure, steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                 image_guidance_scale=image_guidance_scale, seed=seed, limit=limit, residual=residual, restrict=restrict,
                                 margin_mm=margin, blender=blender, baselines=baselines, change_floor=change_floor,
-                                guidance_reference=guidance_reference, feather=feather)
+                                guidance_reference=guidance_reference, feather=feather, deform_blender=deform_blender)
         log = output / "rows.jsonl"
         with locked_output(output, command="evaluate", keep=log.is_file):
             claim_report_folder(output, report_settings(model, pairs, settings), overwrite=overwrite)

@@ -62,6 +62,7 @@ class EvalSettings:
     change_floor: float = 0.0  # the model's edits only (the edit path's soft threshold); the deform row keeps every change
     guidance_reference: str = "empty-prompt"  # what the text guidance is measured from (empty-prompt or input)
     feather: bool = False  # the model's edits only: the change halved in the region's outermost voxel layer
+    deform_blender: str = "poisson"  # the deform row's blender: --blender when given (``blender`` may be the model's recommendation)
     record: int = 3  # version of the per-row record in rows.jsonl: rows scored by an older version are redone
 
     def key(self, model_dir: Path | None) -> str:

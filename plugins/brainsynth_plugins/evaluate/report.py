@@ -92,7 +92,7 @@ def markdown(summary: dict[str, Any]) -> str:
             parts += [f"Intervals the model was not trained on (its answer there is a guess): {', '.join(first['untrained'])}.", ""]
     methods_text = (
         "Methods: `model` = the edit; `deform` = the model-free deformation editor (no training) to the middle of the "
-        "requested interval; `identity` = edited image equals the prior; `chance` = the prior plus faint noise (an image "
+        f"requested interval, merged by `{s.get('deform_blender', 'poisson')}`; `identity` = edited image equals the prior; `chance` = the prior plus faint noise (an image "
         "that changes at random: ACC is read against it); `target` = the real target measured as if it were an edit (the "
         "ceiling of the measurement itself). PSNR/SSIM (scikit-image definitions) and MS-SSIM compare with the real target "
         "on [0, 1] normalised slices (data range 1); they reward copying the prior. Structure change error: "

@@ -99,14 +99,16 @@ def edited_slice(prior: np.ndarray, change: np.ndarray, labels: np.ndarray, stru
 def method_images(ctx: SharedContext, row: PairRow, x: Any, model_image: np.ndarray | None) -> dict[str, Any]:
     """The images a row scores besides the identity and the target, 2D slices or 3D volumes alike:
     the model's edit (when given), the ``deform`` baseline put in through the edit path (no change
-    floor, no feather: they are the model's) and the ``chance`` row (the prior plus faint noise)."""
+    floor, no feather, and the blender given by ``--blender``, else ``poisson``: a blender the model
+    recommends is the model's) and the ``chance`` row (the prior plus faint noise)."""
     images: dict[str, Any] = {}
     if model_image is not None:
         images["model"] = model_image
     if ctx.deform is not None and x.structures:
         moved = ctx.deform.edit([x.prior], row.prompt, labels=[x.prior_labels], spacing=x.spacing, strict=False)[0]
         images["deform"] = edited_slice(x.prior, np.asarray(moved, np.float32) - x.prior, x.prior_labels, x.structures, x.spacing,
-                                        replace(ctx.path_settings, change_floor=0.0, feather=False))
+                                        replace(ctx.path_settings, change_floor=0.0, feather=False,
+                                                blender=ctx.settings.deform_blender))
     if ctx.settings.baselines:
         noise = np.random.default_rng([ctx.settings.seed, row.number]).normal(0.0, engine.CHANCE_NOISE, x.prior.shape)
         images["chance"] = np.clip(x.prior + noise.astype(np.float32), 0, 1)

@@ -71,7 +71,8 @@ _OPTION_NAMES = {"model": "MODEL", "pairs": "PAIRS", "split": "--split", "measur
                  "scheduler": "--scheduler", "guidance_scale": "--guidance-scale",
                  "image_guidance_scale": "--image-guidance-scale", "seed": "--seed", "residual": "--residual",
                  "restrict": "--restrict", "margin_mm": "--margin", "blender": "--blender", "baselines": "--baselines",
-                 "change_floor": "--change-floor", "guidance_reference": "--guidance-reference", "feather": "--feather"}
+                 "change_floor": "--change-floor", "guidance_reference": "--guidance-reference", "feather": "--feather",
+                 "deform_blender": "--blender"}
 
 
 def report_settings(model_dir: Path | None, pairs_dir: Path, settings: engine.EvalSettings) -> dict[str, Any]:

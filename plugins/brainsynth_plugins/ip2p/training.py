@@ -20,6 +20,7 @@ from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress, TrainOptions
 from brainsynth_cli.launch import process_rank
 from brainsynth_cli.limits import check_settings
+from brainsynth_cli.plugin_manager import registry
 from brainsynth_cli.weights import refuse_pickled_weights
 from brainsynth_plugins.ip2p.data import PairsFolder, load_slice, read_pairs, trained_intervals, trained_prompts
 from brainsynth_plugins.ip2p.model import image_conditioning, residual_edit
@@ -75,6 +76,8 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     cfg["text_encoder"] = {"name": name, "path": str(path) if path else None}
     apply_overrides(cfg, ex.get("set") or {}, unlisted=("data", "text_encoder", "stage", "seed"))
     check_settings(cfg, SETTINGS, nested=("vae", "unet"))  # finite, in range, of the right type
+    if cfg["blender"] not in registry("blender"):
+        raise UserError(f"--set blender={cfg['blender']}: unknown blender; use one of {', '.join(registry('blender').names())}")
     if cfg["vae"] is None and not cfg["pretrained"]:
         raise UserError("a model without pretrained weights needs vae/unet sizes; use preset tiny or base")
     for part in ("vae", "unet"):  # "--set vae.block_out_channels=16" means a one-level list
@@ -787,7 +790,8 @@ class Trainer(StagedTrainer):
                          "guidance_scale": float(self.cfg["guidance_scale"]),
                          "image_guidance_scale": float(self.cfg["image_guidance_scale"]),
                          "change_floor": float(self.cfg["change_floor"]),
-                         "guidance_reference": str(self.cfg["guidance_reference"]), "feather": bool(self.cfg["feather"])},
+                         "guidance_reference": str(self.cfg["guidance_reference"]), "feather": bool(self.cfg["feather"]),
+                         "blender": str(self.cfg["blender"])},
         }
         tmp = self.out / ".brainsynth.json.tmp"
         tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
