@@ -153,6 +153,7 @@ def test_change_floor_acts_on_the_model_row_only(cli, trained):
         # scales, is above any floor in the whole region
         res = evaluate(cli, model, pairs, out, "--change-floor", f, "--blender", "copy-paste", "--guidance-reference", "empty-prompt")
         assert res.exit_code == 0, res.stderr
+        assert json.loads((out / "evaluate.json").read_text())["deform_blender"] == "copy-paste"  # the option: both rows
 
     def changed(out, name):
         from brainsynth_cli.pairs_folder import read_pairs_folder
@@ -188,6 +189,8 @@ def test_feather_acts_on_the_model_row_only_and_is_recorded(cli, trained):
     assert json.loads((runs["on"] / "evaluate.json").read_text())["feather"] is True
     assert json.loads((runs["off"] / "evaluate.json").read_text())["feather"] is False
     assert json.loads((runs["on"] / "evaluate.json").read_text())["blender"] == "warp"  # the model's recommendation too
+    assert json.loads((runs["on"] / "evaluate.json").read_text())["deform_blender"] == "poisson"  # not the deform row's
+    assert "merged by `poisson`" in (runs["on"] / "report.md").read_text()
     assert "merged by warp" in json.loads((runs["on"] / "metrics.json").read_text())["settings"]["edit_path"]
     assert "outermost voxel layer" in json.loads((runs["on"] / "metrics.json").read_text())["settings"]["edit_path"]
     pngs = lambda out, name: [p.read_bytes() for p in sorted((out / "edits").glob(f"{name}-*.png"))]

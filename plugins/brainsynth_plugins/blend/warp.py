@@ -81,7 +81,7 @@ def warp_blend(prior, target, mask, *, iterations: int = 50, smoothing: float = 
     t = np.where(m, target[box], p)
     factor = 1
     if p.ndim == 2 and min(prior.shape) < min_size:
-        factor = int(math.ceil(min_size / min(prior.shape)))
+        factor = math.ceil(min_size / min(prior.shape))
     if factor > 1:
         big_p, big_t = (ndimage.zoom(a, factor, order=3, mode="nearest") for a in (p, t))
         u = _displacement(big_p, big_t, iterations, smoothing * factor)
