@@ -1,5 +1,5 @@
 """``brainsynth blend PRIOR TARGET MASK -o OUT [--blender NAME]``: put the masked region of
-TARGET into PRIOR with a blender plugin (poisson, copy-paste, none, or a third party's)."""
+TARGET into PRIOR with a blender plugin (poisson, copy-paste, warp, none, or a third party's)."""
 
 from __future__ import annotations
 

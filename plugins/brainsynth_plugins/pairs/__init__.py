@@ -23,7 +23,7 @@ def register_commands(app: typer.Typer) -> None:
         labels: Optional[Path] = typer.Option(None, "--labels", help="Derivatives folder with sub-*/ses-*/anat/*_dseg.nii.gz label maps."),
         rules: Optional[Path] = typer.Option(None, "--rules", help="Rules TOML (structure groups, intervals, phrases); default: BrainEditor's."),
         prompt_builder: str = typer.Option("quantized", "--prompt-builder", help="Prompt builder plugin (quantized, numeric, template, ...; `brainsynth plugins` lists them)."),
-        blender: str = typer.Option("poisson", "--blender", help="Blender plugin for disentangled pairs (poisson, copy-paste, none, ...; `brainsynth plugins` lists them)."),
+        blender: str = typer.Option("poisson", "--blender", help="Blender plugin for disentangled pairs (poisson, copy-paste, warp, none, ...; `brainsynth plugins` lists them)."),
         dim: Literal["2d", "3d"] = typer.Option("2d", "--dim", case_sensitive=False, help="2d: 16-bit PNG axial slices; 3d: NIfTI volumes."),
         slices: int = typer.Option(30, "--slices", help="2d: number of axial slices per pair, centred on the lateral ventricles."),
         size: int = typer.Option(256, "--size", help="2d: slices are padded to a square and resized to SIZE x SIZE."),
