@@ -83,7 +83,8 @@ def warp_blend(prior, target, mask, *, iterations: int = 50, smoothing: float = 
     if p.ndim == 2 and min(prior.shape) < min_size:
         factor = math.ceil(min_size / min(prior.shape))
     if factor > 1:
-        big_p, big_t = (ndimage.zoom(a, factor, order=3, mode="nearest") for a in (p, t))
+        # grid_mode: each voxel becomes a block of factor^2 pixels, so block means bring the field back
+        big_p, big_t = (ndimage.zoom(a, factor, order=3, mode="nearest", grid_mode=True) for a in (p, t))
         u = _displacement(big_p, big_t, iterations, smoothing * factor)
         u = u.reshape(sum(((n, factor) for n in p.shape), ()) + (p.ndim,)).mean(axis=tuple(range(1, 2 * p.ndim, 2))) / factor
     else:
