@@ -16,7 +16,7 @@ region's bounding box.
 
 Measured on the demo model's edits of an independently simulated cohort (180 pairs of 64-pixel
 slices; the project's benchmark results, "Edits put in as a deformation"): with the same edits,
-PSNR against the targets 0.58 dB higher than ``poisson``, the structures' measured changes within
+PSNR against the targets 0.67 dB higher than ``poisson``, the structures' measured changes within
 about 1 percentage point of ``poisson``'s.
 """
 

@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the change is put in as a deformation of the input (the `warp` blender): chosen on a second,
         # independently drawn demo cohort (seed 77, 180 test pairs): at this guidance the structures
         # change as much as with `poisson` (cortex -2.0 vs -2.2 %, ventricle mild/moderate/severe
-        # +4.3/+16.3/+26.9 vs +5.1/+17.4/+26.3 %) for 0.58 dB more PSNR against the real targets
+        # +4.3/+16.2/+26.6 vs +5.1/+17.4/+26.3 %) for 0.67 dB more PSNR against the real targets
         # (RESULTS, "Edits put in as a deformation")
         "blender": "warp",
         # constant, then a linear decay to 0 over the last 20 % of the steps: over two seeds ACC 0.84 and
