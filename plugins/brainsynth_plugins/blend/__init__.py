@@ -16,36 +16,28 @@ from __future__ import annotations
 from brainsynth_cli.hookspecs import hookimpl
 from brainsynth_cli.specs import Spec, module
 
+#: The built-in blenders, in the order they are listed.
+BLENDERS = (
+    Spec(
+        name="poisson",
+        factory="brainsynth_plugins.blend.poisson:PoissonBlender",
+        help="Poisson image editing (guidance = target's Laplacian, prior on the boundary); numba multigrid-CG",
+        requires=(module("numba"),),
+    ),
+    Spec(name="copy-paste", factory="brainsynth_plugins.blend.simple:CopyPasteBlender",
+         help="target inside the mask, prior outside (hard seam)"),
+    Spec(
+        name="warp",
+        factory="brainsynth_plugins.blend.warp:WarpBlender",
+        help="the prior deformed onto the target inside the mask (demons registration; the prior's own voxels moved)",
+        requires=(module("SimpleITK"),),
+    ),
+    Spec(name="none", factory="brainsynth_plugins.blend.simple:NoneBlender",
+         help="the prior unchanged (no structure put in; a control)"),
+)
+
 
 @hookimpl
 def register_blenders(register):
-    register(
-        Spec(
-            name="poisson",
-            factory="brainsynth_plugins.blend.poisson:PoissonBlender",
-            help="Poisson image editing (guidance = target's Laplacian, prior on the boundary); numba multigrid-CG",
-            requires=(module("numba"),),
-        )
-    )
-    register(
-        Spec(
-            name="copy-paste",
-            factory="brainsynth_plugins.blend.simple:CopyPasteBlender",
-            help="target inside the mask, prior outside (hard seam)",
-        )
-    )
-    register(
-        Spec(
-            name="warp",
-            factory="brainsynth_plugins.blend.warp:WarpBlender",
-            help="the prior deformed onto the target inside the mask (demons registration; the prior's own voxels moved)",
-            requires=(module("SimpleITK"),),
-        )
-    )
-    register(
-        Spec(
-            name="none",
-            factory="brainsynth_plugins.blend.simple:NoneBlender",
-            help="the prior unchanged (no structure put in; a control)",
-        )
-    )
+    for spec in BLENDERS:
+        register(spec)
