@@ -86,7 +86,8 @@ def test_model_folder_layout_and_record(models, pairs3d):
     train_rows = [r for r in _rows(pairs3d[2]) if r["split"] == "train"]
     assert info["prompts"] == sorted({r["edit_prompt"] for r in train_rows}) and TRAINED in info["prompts"]
     assert info["intervals"]["ventricle"] == ["mild"]
-    assert set(info["sampling"]) == {"steps", "scheduler", "guidance_scale", "image_guidance_scale", "guidance_reference"}
+    assert set(info["sampling"]) == {"steps", "scheduler", "guidance_scale", "image_guidance_scale", "guidance_reference",
+                                     "change_floor", "feather", "blender"}
     assert info["text_encoder"]["name"] == "minilm" and info["text_encoder"]["hidden_size"] == 384
     for part, cls in (("vae", "AutoencoderKL"), ("unet", "DiffusionModelUNet")):
         cfg = json.loads((model / part / "config.json").read_text())
@@ -177,6 +178,41 @@ def test_pooled_prompt_is_added_to_the_time_embedding(models):
         b = vn.unet_forward(m.unet, x, prior, t, emb[:1])
         hook.remove()
     assert not torch.allclose(a, b, atol=1e-5)
+
+
+def test_centred_prompts_are_saved_with_the_weights(models, pairs3d, tmp_path):
+    """``unet.centre_text``: the UNet sees (tokens - mean of the training prompts' tokens) / spread;
+    the centring is recorded in config.json and stored with the weights, so a loaded model centres
+    exactly as training did. Without it (the default) nothing is stored."""
+    import torch
+    from brainsynth_plugins.ip2p import volume_nets as vn
+    from brainsynth_plugins.ip2p.volume_model import VolumeIP2PModel
+
+    _, _, pairs = pairs3d
+    code, _, err = run_cli("train", pairs, "-o", tmp_path / "c", *SMALL, "--set", "unet_steps=2", "--set", "unet.centre_text=true")
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "c" / "unet" / "config.json").read_text())
+    m = VolumeIP2PModel(tmp_path / "c", "cpu")
+    assert cfg["text_centre"] == {"tokens": m.tokenizer.model_max_length, "width": 384}
+    prompts = sorted({r["edit_prompt"] for r in _rows(pairs)})
+    tokens = vn.embed_prompts(m.tokenizer, m.text_model, prompts, "cpu")
+    assert torch.allclose(m.unet.text_centre, tokens.mean(0), atol=1e-5)
+    assert float(m.unet.text_scale) == pytest.approx(1 / float((tokens - tokens.mean(0)).std()), rel=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x, prior = (torch.randn((1, 3, 12, 16, 12), generator=g) for _ in range(2))
+    t = torch.tensor([900])
+    emb = vn.embed_prompts(m.tokenizer, m.text_model, [TRAINED], "cpu")
+    with torch.no_grad():
+        got = vn.unet_forward(m.unet, x, prior, t, emb)
+        seen = (emb - m.unet.text_centre) * m.unet.text_scale
+        want = vn.nets.denoise(m.unet, "3d", torch.cat([x, prior], 1), t, seen, class_labels=seen)
+        pooled_seen, pooled_raw = m.unet.class_embedding(seen), m.unet.class_embedding(emb)
+    assert torch.equal(got, want)
+    assert (pooled_seen - pooled_raw).abs().max() > 0.1  # what the time embedding gets differs (not only by a scale)
+    assert "text_centre" in m.unet.state_dict()
+    plain, _ = models  # trained without it
+    assert "text_centre" not in json.loads((plain / "unet" / "config.json").read_text())
+    assert "text_centre" not in VolumeIP2PModel(plain, "cpu").unet.state_dict()
 
 
 def _strip_to_old_folder(model: Path, old: Path) -> None:
@@ -434,3 +470,45 @@ def test_edit_a_real_scan_colin27(models, colin27_labels, tmp_path):
     assert side["edit_path"]["region_voxels"] == int(allowed.sum()) > 0
     assert changed.any() and not changed[~allowed].any()
     assert not np.array_equal(after, np.asanyarray(nib.load(outs["c"]).dataobj))
+
+
+def test_prior_groups_batches():
+    """``unet_batching=prompt-groups``: every batch is rows of one prior under different prompts, a
+    pure function of (seed, k); an epoch visits every prior that has two or more prompts; a pairs
+    folder without such a prior is refused in one line."""
+    from types import SimpleNamespace
+
+    from brainsynth_plugins.ip2p.volume_training import PriorGroups
+
+    from brainsynth_cli.errors import UserError
+
+    rows = [SimpleNamespace(prior=f"p{i // 5}", prompt=p)
+            for i, p in enumerate(["mild", "moderate", "severe", "cortex", "cortex"] * 3)]
+    rows.append(SimpleNamespace(prior="alone", prompt="mild"))  # one prompt only: no group
+    a, b = PriorGroups(rows, 4, seed=3), PriorGroups(rows, 4, seed=3)
+    assert len(a.groups) == 3
+    seen = set()
+    for k in range(3):
+        batch = a(k)
+        assert batch == b(k) and len(batch) == 4 and len(set(batch)) == 4
+        assert len({rows[i].prior for i in batch}) == 1 and len({rows[i].prompt for i in batch}) >= 3
+        seen.add(rows[batch[0]].prior)
+    assert seen == {"p0", "p1", "p2"}
+    assert PriorGroups(rows, 8, seed=3)(0) == sorted(PriorGroups(rows, 8, seed=3)(0)) and len(PriorGroups(rows, 8, seed=3)(0)) == 5
+    with pytest.raises(UserError, match="prompt-groups needs priors"):
+        PriorGroups([SimpleNamespace(prior="x", prompt="mild")] * 3, 4, seed=0)
+
+
+def test_training_on_prompt_groups_is_recorded_and_repeatable(pairs3d, tmp_path):
+    """Pairs without a prior under two prompts are refused before anything is written; with deformed
+    targets (several prompts per prior) the run is recorded and the same seed gives the same weights."""
+    code, _, err = run_cli("train", pairs3d[2], "-o", tmp_path / "no", *SMALL, "--set", "unet_batching=prompt-groups")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--deformed" in err and not (tmp_path / "no").exists()
+    _, _, pairs = make_pairs3d(tmp_path / "deformed", "2:1:0", "--deformed")
+    outs = []
+    for name in ("g1", "g2"):
+        code, _, err = run_cli("train", pairs, "-o", tmp_path / name, *SMALL, "--set", "unet_batching=prompt-groups")
+        assert code == 0, err
+        outs.append((tmp_path / name / "unet" / "model.safetensors").read_bytes())
+    assert outs[0] == outs[1]
+    assert json.loads((tmp_path / "g1" / "brainsynth.json").read_text())["training"]["unet_batching"] == "prompt-groups"

@@ -20,7 +20,6 @@ from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress, TrainOptions
 from brainsynth_cli.launch import process_rank
 from brainsynth_cli.limits import check_settings
-from brainsynth_cli.plugin_manager import registry
 from brainsynth_cli.weights import refuse_pickled_weights
 from brainsynth_plugins.ip2p.data import PairsFolder, load_slice, read_pairs, trained_intervals, trained_prompts
 from brainsynth_plugins.ip2p.model import image_conditioning, residual_edit
@@ -30,7 +29,7 @@ from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.attention import train_attention
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.conditioning import drop_conditioning
-from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
+from brainsynth_plugins.training_core.config import apply_overrides, check_blender, sizes_must_fit
 from brainsynth_plugins.training_core.ema import ema_settings, ema_tensors, load_ema, new_ema
 from brainsynth_plugins.training_core.memory import out_of_memory_advice
 from brainsynth_plugins.training_core.runtime import deterministic_on_cpu, process_group, quiet, resolve_mixed_precision
@@ -76,8 +75,7 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     cfg["text_encoder"] = {"name": name, "path": str(path) if path else None}
     apply_overrides(cfg, ex.get("set") or {}, unlisted=("data", "text_encoder", "stage", "seed"))
     check_settings(cfg, SETTINGS, nested=("vae", "unet"))  # finite, in range, of the right type
-    if cfg["blender"] not in registry("blender"):
-        raise UserError(f"--set blender={cfg['blender']}: unknown blender; use one of {', '.join(registry('blender').names())}")
+    check_blender(cfg)
     if cfg["vae"] is None and not cfg["pretrained"]:
         raise UserError("a model without pretrained weights needs vae/unet sizes; use preset tiny or base")
     for part in ("vae", "unet"):  # "--set vae.block_out_channels=16" means a one-level list

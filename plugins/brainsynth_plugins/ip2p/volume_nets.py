@@ -61,6 +61,31 @@ def add_pooled_text(unet: Any, spec: dict[str, int]) -> Any:
     return unet
 
 
+def centre_text(unet: Any, tokens: Any) -> Any:
+    """Give the UNet its prompt centring (``unet.centre_text``): buffers ``text_centre`` (T, H), the
+    mean of the training prompts' token embeddings ``tokens`` (P, T, H), and ``text_scale``, one
+    over the standard deviation of the centred embeddings. :func:`unet_forward` feeds the UNet
+    ``(text - text_centre) * text_scale``: what the prompts share (MiniLM's states for "mild" and
+    "severe ventricle enlargement" are 95 % alike) is taken out, what tells them apart is what the
+    network sees. Saved with the weights, so an edit centres any prompt as training did."""
+    import torch
+
+    tokens = torch.as_tensor(tokens, dtype=torch.float32).detach().cpu()
+    centre = tokens.mean(0)
+    spread = float((tokens - centre).std()) if tokens.shape[0] > 1 else 0.0
+    unet.register_buffer("text_centre", centre.clone())
+    unet.register_buffer("text_scale", torch.tensor(1.0 / spread if spread > 1e-6 else 1.0))
+    return unet
+
+
+def _centring_buffers(unet: Any, spec: dict[str, int]) -> None:
+    """Empty centring buffers of the recorded shape, filled when the weights load."""
+    import torch
+
+    unet.register_buffer("text_centre", torch.zeros(int(spec["tokens"]), int(spec["width"])))
+    unet.register_buffer("text_scale", torch.tensor(1.0))
+
+
 def unet_kwargs(size: dict[str, Any], latent_channels: int, text_width: int) -> dict[str, Any]:
     """The 3D UNet: noisy target latent + prior latent in, the target's prediction out, text by cross-attention."""
     return nets.monai_kwargs("unet", size, in_channels=2 * int(latent_channels), out_channels=int(latent_channels),
@@ -79,18 +104,25 @@ def build_unet(size: dict[str, Any], latent_channels: int, text_width: int) -> A
 
 
 def save_unet(unet: Any, folder: Any, size: dict[str, Any], latent_channels: int, text_width: int) -> None:
-    """config.json (MONAI's constructor arguments, and ``pooled_text`` when the UNet has it) + model.safetensors."""
-    spec = getattr(unet, "pooled_text", None)
-    nets.save(unet, DIM, "unet", folder, unet_kwargs(size, latent_channels, text_width),
-              extra={"pooled_text": spec} if spec else None)
+    """config.json (MONAI's constructor arguments, and ``pooled_text`` / ``text_centre`` when the UNet
+    has them) + model.safetensors (the centring buffers with the weights)."""
+    extra: dict[str, Any] = {}
+    if getattr(unet, "pooled_text", None):
+        extra["pooled_text"] = unet.pooled_text
+    centre = getattr(unet, "text_centre", None)
+    if centre is not None:
+        extra["text_centre"] = {"tokens": int(centre.shape[0]), "width": int(centre.shape[1])}
+    nets.save(unet, DIM, "unet", folder, unet_kwargs(size, latent_channels, text_width), extra=extra or None)
 
 
 def load_unet(folder: Any) -> Any:
-    """The UNet saved by :func:`save_unet` (or by an older brainsynth, without the pooled prompt)."""
+    """The UNet saved by :func:`save_unet` (or by an older brainsynth, without the pooled prompt or the centring)."""
 
     def prepare(module: Any, cfg: dict[str, Any]) -> None:
         if cfg.get("pooled_text"):
             add_pooled_text(module, cfg["pooled_text"])
+        if cfg.get("text_centre"):
+            _centring_buffers(module, cfg["text_centre"])
 
     return nets.load(DIM, "unet", folder, prepare)
 
@@ -113,8 +145,13 @@ def decode(vae: Any, z: Any) -> Any:
 
 def unet_forward(unet: Any, noisy: Any, prior: Any, t: Any, text: Any) -> Any:
     """The UNet's prediction for noisy target latents ``noisy`` conditioned on ``prior`` latents and
-    text tokens (by cross-attention and, when the UNet has it, pooled into the time embedding)."""
-    pooled = text if getattr(_inner(unet), "pooled_text", None) else None
+    text tokens (by cross-attention and, when the UNet has it, pooled into the time embedding;
+    centred first when it has :func:`centre_text`'s buffers)."""
+    inner = _inner(unet)
+    centre = getattr(inner, "text_centre", None)
+    if centre is not None:
+        text = (text - centre.to(text.device, text.dtype)) * inner.text_scale.to(text.device, text.dtype)
+    pooled = text if getattr(inner, "pooled_text", None) else None
     return nets.denoise(unet, DIM, _cat(noisy, prior), t, text, class_labels=pooled)
 
 

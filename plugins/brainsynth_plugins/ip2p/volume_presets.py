@@ -56,8 +56,8 @@ VOLUME_PRESETS: dict[str, dict[str, Any]] = {
 #: Defaults common to the 3D presets.
 VOLUME_COMMON: dict[str, Any] = {
     "kl_weight": 1e-6, "conditioning_dropout": 0.05, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup",
-    "lr_decay_fraction": 0.2, "vae_lr_scheduler": None, "vae_latent": "sample", "gradient_checkpointing": False, "region_margin_mm": 3.0, "validation_count": 2,
-    "validation_steps": 10, "guidance_reference": "empty-prompt",
+    "lr_decay_fraction": 0.2, "vae_lr_scheduler": None, "vae_latent": "sample", "unet_batching": "random", "gradient_checkpointing": False, "region_margin_mm": 3.0, "validation_count": 2,
+    "validation_steps": 10, "guidance_reference": "empty-prompt", "change_floor": 0.0, "feather": False, "blender": "poisson",
 }
 
 _STEPS = 10_000_000
@@ -69,16 +69,18 @@ VOLUME_SETTINGS: dict[str, tuple] = {
     "warmup_steps": ("int", 0, _STEPS), "checkpoint_every": ("int", 0, _STEPS), "kl_weight": ("float", 0, 1000),
     "conditioning_dropout": ("float", 0, 1 / 3), "checkpoints_total_limit": ("int", 1, 1000),
     "lr_scheduler": ("choice", NAMES), "lr_decay_fraction": ("float", 0, 1), "vae_lr_scheduler": ("choice", (None, *NAMES)),
-    "vae_latent": ("choice", ("sample", "mode")),
+    "vae_latent": ("choice", ("sample", "mode")), "unet_batching": ("choice", ("random", "prompt-groups")),
     "mixed_precision": ("choice", ("no", "fp16", "bf16", "auto")), "gradient_checkpointing": ("bool",),
     "prediction_type": ("choice", ("epsilon", "sample", "v_prediction")), "timestep_sampling": ("choice", ("uniform", "high")),
     "region_weight": ("float", 0, 1000), "region_margin_mm": ("float", 0, 50),
     "guidance_scale": ("float", 0, 100), "image_guidance_scale": ("float", 0, 100),
-    "guidance_reference": ("choice", GUIDANCE_REFERENCES),
+    "guidance_reference": ("choice", GUIDANCE_REFERENCES), "change_floor": ("float", 0, 0.1), "feather": ("bool",),
+    "blender": ("str",),
     "sampling_steps": ("int", 1, 1000), "sampling_scheduler": ("choice", ("ddim", "dpm++", "euler-a")),
     "validation_count": ("int", 0, 1000), "validation_steps": ("int", 1, 1000),
     "vae.channels": ("ints", 1, 4096, 1, 8), "vae.num_res_blocks": ("int", 1, 16), "vae.latent_channels": ("int", 1, 64),
     "vae.norm_num_groups": ("int", 1, 1024), "vae.attention_levels": ("bools", 1, 8), "vae.nonlocal_attention": ("bool",),
     "unet.channels": ("ints", 1, 8192, 1, 8), "unet.num_res_blocks": ("int", 1, 16), "unet.attention_levels": ("bools", 1, 8),
     "unet.num_head_channels": ("int", 1, 1024), "unet.norm_num_groups": ("int", 1, 1024), "unet.pooled_text": ("bool",),
+    "unet.centre_text": ("bool",),
 }

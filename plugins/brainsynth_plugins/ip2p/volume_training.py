@@ -36,7 +36,7 @@ from brainsynth_plugins.training_core import checkpoints as ckpts
 from brainsynth_plugins.training_core import run_folder
 from brainsynth_plugins.training_core.batches import Batches
 from brainsynth_plugins.training_core.conditioning import drop_conditioning
-from brainsynth_plugins.training_core.config import apply_overrides, sizes_must_fit
+from brainsynth_plugins.training_core.config import apply_overrides, check_blender, sizes_must_fit
 from brainsynth_plugins.training_core.memory import out_of_memory_advice
 from brainsynth_plugins.training_core.runtime import deterministic_on_cpu, quiet, resolve_mixed_precision
 from brainsynth_plugins.training_core.trainer import StagedTrainer
@@ -89,6 +89,7 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     if not isinstance(cfg["grid"], list):
         cfg["grid"] = [cfg["grid"]] * 3
     check_settings(cfg, VOLUME_SETTINGS, nested=("vae", "unet"))
+    check_blender(cfg)
     cfg["grid"] = [int(g) for g in cfg["grid"]]
     cfg["voxel_mm"] = float(cfg["voxel_mm"])
     for part in ("vae", "unet"):
@@ -180,6 +181,8 @@ class VolumeTrainer(StagedTrainer):
         self.text_width = int(self.text_model.config.hidden_size)
         te["hidden_size"], te["max_length"] = self.text_width, int(self.tokenizer.model_max_length)
         self.cfg["mixed_precision"] = resolve_mixed_precision(self.cfg["mixed_precision"], self.device_name)
+        if self.cfg.get("unet_batching") == "prompt-groups":  # refused now, before stage 1, if the pairs cannot form groups
+            PriorGroups(self.train_pairs, int(self.cfg["unet_batch_size"]), int(self.cfg["seed"]))
         if self.cfg.get("epochs"):
             n_img = len({p.prior for p in self.train_pairs} | {p.target for p in self.train_pairs})
             self.cfg["vae_steps"] = math.ceil(float(self.cfg["epochs"]) * n_img / int(self.cfg["vae_batch_size"]))
@@ -416,6 +419,8 @@ class VolumeTrainer(StagedTrainer):
         weights = self._loss_weights(latents[self.train_pairs[0].prior].shape[1:], acc.device)
         torch.manual_seed(int(cfg["seed"]) + 1)
         unet = vn.build_unet(cfg["unet"], lat_ch, self.text_width)
+        if cfg["unet"].get("centre_text"):  # on the training prompts (not the empty one), as saved with the weights
+            vn.centre_text(unet, torch.stack([emb[p] for p in prompts if p]).cpu())
         vn.nets.use_flash_attention(unet, self.device_name == "cuda")
         noise_sched = self.noise_scheduler()
         opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg["unet_lr"]))
@@ -428,7 +433,9 @@ class VolumeTrainer(StagedTrainer):
             _checkpoint_blocks(unet)
         unet.train()
         unet, opt, sched = acc.prepare(unet, opt, sched)
-        batches = Batches(len(self.train_pairs), int(cfg["unet_batch_size"]), int(cfg["seed"]))
+        grouped = cfg.get("unet_batching") == "prompt-groups"
+        batches = PriorGroups(self.train_pairs, int(cfg["unet_batch_size"]), int(cfg["seed"])) if grouped \
+            else Batches(len(self.train_pairs), int(cfg["unet_batch_size"]), int(cfg["seed"]))
         every = int(cfg["checkpoint_every"])
         drop = float(cfg["conditioning_dropout"])
         T = int(noise_sched.config.num_train_timesteps)
@@ -438,8 +445,12 @@ class VolumeTrainer(StagedTrainer):
             target = torch.stack([latents[r.target] for r in rows]) * scale
             prior = torch.stack([latents[r.prior] for r in rows])
             text = torch.stack([emb[r.prompt] for r in rows])
-            noise = torch.randn(target.shape, generator=gen).to(acc.device)
-            t = training_timesteps(str(cfg["timestep_sampling"]), T, len(rows), gen, "cpu").to(acc.device)
+            if grouped:  # one noise draw and one timestep for the whole group: the rows differ by prompt and target only
+                noise = torch.randn((1, *target.shape[1:]), generator=gen).expand_as(target).contiguous().to(acc.device)
+                t = training_timesteps(str(cfg["timestep_sampling"]), T, 1, gen, "cpu").repeat(len(rows)).to(acc.device)
+            else:
+                noise = torch.randn(target.shape, generator=gen).to(acc.device)
+                t = training_timesteps(str(cfg["timestep_sampling"]), T, len(rows), gen, "cpu").to(acc.device)
             noisy = noise_sched.add_noise(target, noise, t)
             if drop > 0:  # InstructPix2Pix: drop text, both, image (each with probability `drop`), as in 2D
                 text, prior = drop_conditioning(text, prior, null, drop, gen)
@@ -520,15 +531,46 @@ class VolumeTrainer(StagedTrainer):
             "training": {k: cfg[k] for k in ("seed", "vae_steps", "unet_steps", "vae_lr", "unet_lr", "vae_batch_size",
                                              "unet_batch_size", "conditioning_dropout", "mixed_precision", "kl_weight",
                                              "prediction_type", "timestep_sampling", "region_weight", "gradient_checkpointing")}
-                        | {"vae_latent": cfg.get("vae_latent") or "sample", "vae_lr_scheduler": cfg.get("vae_lr_scheduler")},
+                        | {"vae_latent": cfg.get("vae_latent") or "sample", "vae_lr_scheduler": cfg.get("vae_lr_scheduler"),
+                           "unet_batching": cfg.get("unet_batching") or "random"},
             "data": cfg["data"], "pairs": {k: v for k, v in self.pairs.info.items() if k != "rules"},
             "sampling": {"steps": int(cfg["sampling_steps"]), "scheduler": str(cfg["sampling_scheduler"]),
                          "guidance_scale": float(cfg["guidance_scale"]), "image_guidance_scale": float(cfg["image_guidance_scale"]),
-                         "guidance_reference": str(cfg["guidance_reference"])},
+                         "guidance_reference": str(cfg["guidance_reference"]), "change_floor": float(cfg.get("change_floor") or 0.0),
+                         "feather": bool(cfg.get("feather")), "blender": str(cfg.get("blender") or "poisson")},
         }
         tmp_info = self.out / f".{run_folder.MODEL_INFO}.tmp"
         tmp_info.write_text(json.dumps(info, indent=1), encoding="utf-8")
         os.replace(tmp_info, self.out / run_folder.MODEL_INFO)
+
+
+class PriorGroups:
+    """Batches of ``unet_batching=prompt-groups``: batch ``k`` is up to ``batch`` training rows that
+    share one prior (its real, disentangled and deformed targets under their prompts), a pure
+    function of (seed, k) like :class:`Batches`. Priors are visited in per-epoch permutations;
+    from a prior with more rows than ``batch`` a seeded draw picks which. Only priors with rows
+    under two or more prompts form groups: within a batch the prompt is what tells the targets
+    apart, so the loss cannot be lowered without reading it."""
+
+    def __init__(self, rows: list[Any], batch: int, seed: int) -> None:
+        by_prior: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_prior.setdefault(str(r.prior), []).append(i)
+        self.groups = [g for _, g in sorted(by_prior.items()) if len({rows[i].prompt for i in g}) > 1]
+        if not self.groups:
+            raise UserError("--set unet_batching=prompt-groups needs priors with pairs under two or more prompts; "
+                            "make the pairs with --deformed (or use unet_batching=random)")
+        self.batch, self.seed = int(batch), int(seed)
+        self.order = Batches(len(self.groups), 1, seed)
+
+    def __call__(self, k: int) -> list[int]:
+        import torch
+
+        group = self.groups[self.order(k)[0]]
+        if len(group) <= self.batch:
+            return list(group)
+        pick = torch.randperm(len(group), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + k))[: self.batch]
+        return [group[int(i)] for i in sorted(pick.tolist())]
 
 
 def _checkpoint_blocks(unet: Any) -> None:

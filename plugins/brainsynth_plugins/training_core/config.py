@@ -53,3 +53,11 @@ def sizes_must_fit() -> Iterator[None]:
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, AssertionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"the model sizes do not fit together ({first[:160]}); check the --set vae.*/unet.* values") from None
+
+
+def check_blender(cfg: dict[str, Any]) -> None:
+    """``--set blender=NAME`` (the edit path's merge a model recommends) names a registered blender."""
+    from brainsynth_cli.plugin_manager import registry
+
+    if cfg["blender"] not in registry("blender"):
+        raise UserError(f"--set blender={cfg['blender']}: unknown blender; use one of {', '.join(registry('blender').names())}")
