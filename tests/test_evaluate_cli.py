@@ -221,16 +221,22 @@ def test_missing_model_and_pairs_without_labels(cli, trained, tmp_path):
     assert res.exit_code == 2 and "no label slices" in res.stderr
 
 
-def test_demo_plan_parses_against_the_real_commands(tmp_path):
-    """Every step of `brainsynth demo` is a valid invocation of the command it names."""
+@pytest.mark.parametrize("volumes", [False, True], ids=["2d", "3d"])
+def test_demo_plan_parses_against_the_real_commands(tmp_path, volumes):
+    """Every step of `brainsynth demo` (and of `demo --3d`) is a valid invocation of the command it names."""
     import typer
 
     from brainsynth_cli.main import build_app
     from brainsynth_plugins.demo.command import STEPS, plan
 
     group = typer.main.get_command(build_app())
-    steps = plan(tmp_path, subjects=6, seed=0)
+    steps = plan(tmp_path, subjects=6, seed=0, volumes=volumes)
     assert [name for name, _ in steps] == list(STEPS)
+    args = dict(steps)
+    # the 3D chain shares the cohort and labels and writes its own pairs, model and report
+    assert args["segment"][1] == str(tmp_path / "cohort")
+    assert ("--dim" in args["make-pairs"] and "--dim" in args["train"]) is volumes
+    assert args["evaluate"][args["evaluate"].index("-o") + 1] == str(tmp_path / ("report3d" if volumes else "report"))
     for name, args in steps:
         command = group.get_command(None, args[0])
         assert command is not None, name

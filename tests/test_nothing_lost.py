@@ -349,6 +349,10 @@ def test_demo_resumes_train_whenever_a_run_file_exists(tmp_path, monkeypatch):
     calls.clear()
     assert CliRunner().invoke(app, ["demo", "-o", str(tmp_path / "demo")]).exit_code == 0
     assert [c for c in calls if c[0] == "train"][-1][-1] == "--resume"
+    calls.clear()  # the 3D chain has its own model folder: nothing of the 2D run is resumed there
+    assert CliRunner().invoke(app, ["demo", "--3d", "-o", str(tmp_path / "demo")]).exit_code == 0
+    train = [c for c in calls if c[0] == "train"][-1]
+    assert "--resume" not in train and "--dim" in train and str(tmp_path / "demo" / "model3d") in train
 
 
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, tmp_path_factory, cli):
