@@ -181,7 +181,7 @@ def test_pooled_prompt_is_added_to_the_time_embedding(models):
 
 
 def test_centred_prompts_are_saved_with_the_weights(models, pairs3d, tmp_path):
-    """``unet.centre_text``: the UNet sees (tokens - mean of the training prompts' tokens) / spread;
+    """``unet.centre_text``: the UNet sees (tokens - mean of the pairs' prompts' tokens) / spread;
     the centring is recorded in config.json and stored with the weights, so a loaded model centres
     exactly as training did. Without it (the default) nothing is stored."""
     import torch

@@ -63,7 +63,7 @@ def add_pooled_text(unet: Any, spec: dict[str, int]) -> Any:
 
 def centre_text(unet: Any, tokens: Any) -> Any:
     """Give the UNet its prompt centring (``unet.centre_text``): buffers ``text_centre`` (T, H), the
-    mean of the training prompts' token embeddings ``tokens`` (P, T, H), and ``text_scale``, one
+    mean of the pairs folder's prompts' token embeddings ``tokens`` (P, T, H), and ``text_scale``, one
     over the standard deviation of the centred embeddings. :func:`unet_forward` feeds the UNet
     ``(text - text_centre) * text_scale``: what the prompts share (MiniLM's states for "mild" and
     "severe ventricle enlargement" are 95 % alike) is taken out, what tells them apart is what the

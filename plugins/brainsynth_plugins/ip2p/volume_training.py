@@ -419,7 +419,7 @@ class VolumeTrainer(StagedTrainer):
         weights = self._loss_weights(latents[self.train_pairs[0].prior].shape[1:], acc.device)
         torch.manual_seed(int(cfg["seed"]) + 1)
         unet = vn.build_unet(cfg["unet"], lat_ch, self.text_width)
-        if cfg["unet"].get("centre_text"):  # on the training prompts (not the empty one), as saved with the weights
+        if cfg["unet"].get("centre_text"):  # on every prompt of the pairs folder (not the empty one), as saved with the weights
             vn.centre_text(unet, torch.stack([emb[p] for p in prompts if p]).cpu())
         vn.nets.use_flash_attention(unet, self.device_name == "cuda")
         noise_sched = self.noise_scheduler()
