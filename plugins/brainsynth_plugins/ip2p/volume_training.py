@@ -34,7 +34,7 @@ from brainsynth_plugins.ip2p.data import trained_intervals, trained_prompts
 from brainsynth_plugins.ip2p.volume_presets import VOLUME_COMMON, VOLUME_PRESETS, VOLUME_SETTINGS
 from brainsynth_plugins.training_core import checkpoints as ckpts
 from brainsynth_plugins.training_core import run_folder
-from brainsynth_plugins.training_core.batches import Batches
+from brainsynth_plugins.training_core.batches import Batches, PriorGroups
 from brainsynth_plugins.training_core.conditioning import drop_conditioning
 from brainsynth_plugins.training_core.config import apply_overrides, check_blender, sizes_must_fit
 from brainsynth_plugins.training_core.memory import out_of_memory_advice
@@ -542,35 +542,6 @@ class VolumeTrainer(StagedTrainer):
         tmp_info = self.out / f".{run_folder.MODEL_INFO}.tmp"
         tmp_info.write_text(json.dumps(info, indent=1), encoding="utf-8")
         os.replace(tmp_info, self.out / run_folder.MODEL_INFO)
-
-
-class PriorGroups:
-    """Batches of ``unet_batching=prompt-groups``: batch ``k`` is up to ``batch`` training rows that
-    share one prior (its real, disentangled and deformed targets under their prompts), a pure
-    function of (seed, k) like :class:`Batches`. Priors are visited in per-epoch permutations;
-    from a prior with more rows than ``batch`` a seeded draw picks which. Only priors with rows
-    under two or more prompts form groups: within a batch the prompt is what tells the targets
-    apart, so the loss cannot be lowered without reading it."""
-
-    def __init__(self, rows: list[Any], batch: int, seed: int) -> None:
-        by_prior: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            by_prior.setdefault(str(r.prior), []).append(i)
-        self.groups = [g for _, g in sorted(by_prior.items()) if len({rows[i].prompt for i in g}) > 1]
-        if not self.groups:
-            raise UserError("--set unet_batching=prompt-groups needs priors with pairs under two or more prompts; "
-                            "make the pairs with --deformed (or use unet_batching=random)")
-        self.batch, self.seed = int(batch), int(seed)
-        self.order = Batches(len(self.groups), 1, seed)
-
-    def __call__(self, k: int) -> list[int]:
-        import torch
-
-        group = self.groups[self.order(k)[0]]
-        if len(group) <= self.batch:
-            return list(group)
-        pick = torch.randperm(len(group), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + k))[: self.batch]
-        return [group[int(i)] for i in sorted(pick.tolist())]
 
 
 def _checkpoint_blocks(unet: Any) -> None:
