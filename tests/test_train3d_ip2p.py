@@ -80,7 +80,7 @@ def test_model_folder_layout_and_record(models, pairs3d):
     info = json.loads((model / "brainsynth.json").read_text())
     assert info["generator"] == "instruct-pix2pix" and info["dims"] == ["3d"]
     assert info["grid"]["shape"] == [24, 32, 24] and info["grid"]["voxel_mm"] == 8.0
-    assert info["latent"]["shape"] == [3, 12, 16, 12] and info["latent"]["scaling_factor"] > 0
+    assert info["latent"]["shape"] == [4, 12, 16, 12] and info["latent"]["scaling_factor"] > 0
     rec = info["vae_reconstruction"]
     assert rec["split"] == "validation" and rec["volumes"] >= 2 and np.isfinite(rec["psnr"]) and -1 <= rec["ssim"] <= 1
     train_rows = [r for r in _rows(pairs3d[2]) if r["split"] == "train"]
@@ -94,7 +94,7 @@ def test_model_folder_layout_and_record(models, pairs3d):
         assert cfg["_class_name"] == f"monai.networks.nets.{cls}"
     unet_cfg = json.loads((model / "unet" / "config.json").read_text())
     unet = unet_cfg["kwargs"]
-    assert unet["in_channels"] == 6 and unet["out_channels"] == 3 and unet["cross_attention_dim"] == 384
+    assert unet["in_channels"] == 8 and unet["out_channels"] == 4 and unet["cross_attention_dim"] == 384
     assert unet_cfg["pooled_text"] == {"width": 384, "heads": 64}  # the tiny preset's pooled prompt
     weights = sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pkl"))
     assert weights == ["text_encoder/model.safetensors", "unet/model.safetensors", "vae/model.safetensors"]
@@ -157,7 +157,7 @@ def test_pooled_prompt_is_added_to_the_time_embedding(models):
     assert isinstance(m.unet.class_embedding, TextTimeEmbedding)
     emb = vn.embed_prompts(m.tokenizer, m.text_model, [TRAINED, "cortex atrophy"], "cpu")
     g = torch.Generator().manual_seed(0)
-    x, prior = (torch.randn((1, 3, 12, 16, 12), generator=g) for _ in range(2))
+    x, prior = (torch.randn((1, 4, 12, 16, 12), generator=g) for _ in range(2))
     t = torch.tensor([900])
     seen = []
 
@@ -199,7 +199,7 @@ def test_centred_prompts_are_saved_with_the_weights(models, pairs3d, tmp_path):
     assert torch.allclose(m.unet.text_centre, tokens.mean(0), atol=1e-5)
     assert float(m.unet.text_scale) == pytest.approx(1 / float((tokens - tokens.mean(0)).std()), rel=1e-4)
     g = torch.Generator().manual_seed(0)
-    x, prior = (torch.randn((1, 3, 12, 16, 12), generator=g) for _ in range(2))
+    x, prior = (torch.randn((1, 4, 12, 16, 12), generator=g) for _ in range(2))
     t = torch.tensor([900])
     emb = vn.embed_prompts(m.tokenizer, m.text_model, [TRAINED], "cpu")
     with torch.no_grad():
@@ -280,8 +280,12 @@ def test_autoencoder_on_its_mode_with_its_own_schedule(models, pairs3d, tmp_path
     assert unet_lr == [1e-3]  # stage 2 keeps lr_scheduler (constant after its one warm-up step)
     training = json.loads((tmp_path / "m" / "brainsynth.json").read_text())["training"]
     assert (training["vae_latent"], training["vae_lr_scheduler"]) == ("mode", "cosine")
-    assert json.loads((a / "brainsynth.json").read_text())["training"]["vae_latent"] == "sample"
-    assert (tmp_path / "m" / "vae" / "model.safetensors").read_bytes() != (a / "vae" / "model.safetensors").read_bytes()
+    assert json.loads((a / "brainsynth.json").read_text())["training"]["vae_latent"] == "mode"  # the tiny preset's
+    code, _, err = run_cli("train", pairs, "-o", tmp_path / "s", *SMALL, *steps, "--set", "vae_latent=sample",
+                           "--set", "vae_lr_scheduler=cosine")
+    assert code == 0, err
+    assert json.loads((tmp_path / "s" / "brainsynth.json").read_text())["training"]["vae_latent"] == "sample"
+    assert (tmp_path / "m" / "vae" / "model.safetensors").read_bytes() != (tmp_path / "s" / "vae" / "model.safetensors").read_bytes()
     code, _, err = run_cli("train", pairs, "-o", tmp_path / "bad", *SMALL, "--set", "vae_latent=median")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "vae_latent" in err
     assert not (tmp_path / "bad").exists()
@@ -495,20 +499,32 @@ def test_prior_groups_batches():
         seen.add(rows[batch[0]].prior)
     assert seen == {"p0", "p1", "p2"}
     assert PriorGroups(rows, 8, seed=3)(0) == sorted(PriorGroups(rows, 8, seed=3)(0)) and len(PriorGroups(rows, 8, seed=3)(0)) == 5
-    with pytest.raises(UserError, match="prompt-groups needs priors"):
+    with pytest.raises(UserError, match="prompt-groups needs priors with pairs under two"):
         PriorGroups([SimpleNamespace(prior="x", prompt="mild")] * 3, 4, seed=0)
 
 
 def test_training_on_prompt_groups_is_recorded_and_repeatable(pairs3d, tmp_path):
-    """Pairs without a prior under two prompts are refused before anything is written; with deformed
-    targets (several prompts per prior) the run is recorded and the same seed gives the same weights."""
+    """Pairs without a prior under two prompts: asked for by --set, prompt groups are refused before
+    anything is written; the preset's fall back to random batches with a warning (recorded). With
+    deformed targets (several prompts per prior) the run is recorded, the same seed gives the same
+    weights, and ``unet_groups_from`` switches from random batches to groups part way."""
     code, _, err = run_cli("train", pairs3d[2], "-o", tmp_path / "no", *SMALL, "--set", "unet_batching=prompt-groups")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--deformed" in err and not (tmp_path / "no").exists()
+    code, _, err = run_cli("train", pairs3d[2], "-o", tmp_path / "fallback", *SMALL)  # the tiny preset asks for groups
+    assert code == 0 and "stage 2 uses random batches" in err and "make-pairs --deformed" in err
+    training = json.loads((tmp_path / "fallback" / "brainsynth.json").read_text())["training"]
+    assert training["unet_batching"] == "random"
     _, _, pairs = make_pairs3d(tmp_path / "deformed", "2:1:0", "--deformed")
-    outs = []
-    for name in ("g1", "g2"):
-        code, _, err = run_cli("train", pairs, "-o", tmp_path / name, *SMALL, "--set", "unet_batching=prompt-groups")
+    outs = {}
+    for name, sets in (("g1", ["unet_groups_from=0"]), ("g2", ["unet_groups_from=0"]), ("half", ["unet_groups_from=0.5"]),
+                       ("late", ["unet_groups_from=1"]), ("random", ["unet_batching=random"])):
+        extra = [a for s in sets for a in ("--set", s)]
+        code, _, err = run_cli("train", pairs, "-o", tmp_path / name, *SMALL, "--set", "unet_batching=prompt-groups", *extra) \
+            if name != "random" else run_cli("train", pairs, "-o", tmp_path / name, *SMALL, *extra)
         assert code == 0, err
-        outs.append((tmp_path / name / "unet" / "model.safetensors").read_bytes())
-    assert outs[0] == outs[1]
-    assert json.loads((tmp_path / "g1" / "brainsynth.json").read_text())["training"]["unet_batching"] == "prompt-groups"
+        outs[name] = (tmp_path / name / "unet" / "model.safetensors").read_bytes()
+    assert outs["g1"] == outs["g2"]
+    assert outs["late"] == outs["random"]  # groups from the last step on: none, every batch random
+    assert len({outs["g1"], outs["half"], outs["random"]}) == 3  # groups from the start, from half way, never
+    training = json.loads((tmp_path / "half" / "brainsynth.json").read_text())["training"]
+    assert training["unet_batching"] == "prompt-groups" and training["unet_groups_from"] == 0.5

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import shutil
@@ -147,7 +148,8 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     cfg = run_folder.new_or_resumed(out, options.resume, lambda: build_config(options))
     pairs = read_volume_pairs(cfg["data"])
     trainer = VolumeTrainer(cfg, out, pairs, device=options.device, progress=progress)
-    trainer.check()
+    # prompt groups asked for by --set (or recorded by a run being resumed) are required; the preset's may fall back
+    trainer.check(groups_required=bool(options.resume) or "unet_batching" in (options.extra.get("set") or {}))
     trainer.load_volumes()  # every volume read now: a bad one fails before anything is written
     if not options.resume:
         with sizes_must_fit():
@@ -172,7 +174,10 @@ class VolumeTrainer(StagedTrainer):
         self.images: dict[Path, Any] = {}  # model-grid volumes in [0, 1]
         self.regions: dict[int, Any] = {}  # training row index -> region mask on the model grid
 
-    def check(self) -> None:
+    def check(self, groups_required: bool = False) -> None:
+        """Load the text encoder and settle what depends on the pairs. ``groups_required`` false: a
+        preset's ``unet_batching=prompt-groups`` on pairs without a prior under two prompts falls
+        back to random batches, with a warning (recorded in the run's configuration)."""
         from brainsynth_plugins.ldm.model import load_text_encoder
 
         quiet()
@@ -181,8 +186,16 @@ class VolumeTrainer(StagedTrainer):
         self.text_width = int(self.text_model.config.hidden_size)
         te["hidden_size"], te["max_length"] = self.text_width, int(self.tokenizer.model_max_length)
         self.cfg["mixed_precision"] = resolve_mixed_precision(self.cfg["mixed_precision"], self.device_name)
-        if self.cfg.get("unet_batching") == "prompt-groups":  # refused now, before stage 1, if the pairs cannot form groups
-            PriorGroups(self.train_pairs, int(self.cfg["unet_batch_size"]), int(self.cfg["seed"]))
+        if self.cfg.get("unet_batching") == "prompt-groups":  # settled now, before stage 1
+            try:
+                PriorGroups(self.train_pairs, int(self.cfg["unet_batch_size"]), int(self.cfg["seed"]))
+            except UserError:
+                if groups_required:
+                    raise
+                logging.getLogger(__name__).warning(
+                    "%s: no prior has pairs under two or more prompts, so stage 2 uses random batches, which do "
+                    "not teach the prompt's size (make the pairs with make-pairs --deformed)", self.pairs.root / "metadata.jsonl")
+                self.cfg["unet_batching"] = "random"
         if self.cfg.get("epochs"):
             n_img = len({p.prior for p in self.train_pairs} | {p.target for p in self.train_pairs})
             self.cfg["vae_steps"] = math.ceil(float(self.cfg["epochs"]) * n_img / int(self.cfg["vae_batch_size"]))
@@ -433,14 +446,16 @@ class VolumeTrainer(StagedTrainer):
             _checkpoint_blocks(unet)
         unet.train()
         unet, opt, sched = acc.prepare(unet, opt, sched)
-        grouped = cfg.get("unet_batching") == "prompt-groups"
-        batches = PriorGroups(self.train_pairs, int(cfg["unet_batch_size"]), int(cfg["seed"])) if grouped \
-            else Batches(len(self.train_pairs), int(cfg["unet_batch_size"]), int(cfg["seed"]))
+        randomly = Batches(len(self.train_pairs), int(cfg["unet_batch_size"]), int(cfg["seed"]))
+        groups = PriorGroups(self.train_pairs, int(cfg["unet_batch_size"]), int(cfg["seed"])) \
+            if cfg.get("unet_batching") == "prompt-groups" else None
+        groups_from = math.ceil(float(cfg.get("unet_groups_from") or 0.0) * total) if groups is not None else total
         every = int(cfg["checkpoint_every"])
         drop = float(cfg["conditioning_dropout"])
         T = int(noise_sched.config.num_train_timesteps)
         while step < total:
-            picked = batches(step)
+            grouped = step >= groups_from  # random batches first (anatomy), then prompt groups (the prompt's size)
+            picked = groups(step) if grouped else randomly(step)
             rows = [self.train_pairs[i] for i in picked]
             target = torch.stack([latents[r.target] for r in rows]) * scale
             prior = torch.stack([latents[r.prior] for r in rows])
@@ -532,7 +547,8 @@ class VolumeTrainer(StagedTrainer):
                                              "unet_batch_size", "conditioning_dropout", "mixed_precision", "kl_weight",
                                              "prediction_type", "timestep_sampling", "region_weight", "gradient_checkpointing")}
                         | {"vae_latent": cfg.get("vae_latent") or "sample", "vae_lr_scheduler": cfg.get("vae_lr_scheduler"),
-                           "unet_batching": cfg.get("unet_batching") or "random"},
+                           "unet_batching": cfg.get("unet_batching") or "random",
+                           "unet_groups_from": float(cfg.get("unet_groups_from") or 0.0)},
             "data": cfg["data"], "pairs": {k: v for k, v in self.pairs.info.items() if k != "rules"},
             "sampling": {"steps": int(cfg["sampling_steps"]), "scheduler": str(cfg["sampling_scheduler"]),
                          "guidance_scale": float(cfg["guidance_scale"]), "image_guidance_scale": float(cfg["image_guidance_scale"]),

@@ -47,8 +47,8 @@ class PriorGroups:
             by_prior.setdefault(str(r.prior), []).append(i)
         self.groups = [g for _, g in sorted(by_prior.items()) if len({rows[i].prompt for i in g}) > 1]
         if not self.groups:
-            raise UserError("--set unet_batching=prompt-groups needs priors with pairs under two or more prompts; "
-                            "make the pairs with --deformed (or use unet_batching=random)")
+            raise UserError("unet_batching=prompt-groups needs priors with pairs under two or more prompts and "
+                            "these pairs have none; make them with make-pairs --deformed (or --set unet_batching=random)")
         self.batch, self.seed = int(batch), int(seed)
         self.order = Batches(len(self.groups), 1, seed)
 
