@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
         condition: Literal["text", "covariates", "both"] = typer.Option("both", "--condition", help="--task generate: text, covariates or both."),
         labels: str = typer.Option("", "--labels", help="--task generate on a dataset: label maps folder (default DATASET/derivatives/brainsynth-truth)."),
         run: str | None = typer.Option(None, "--run", help="--task generate on a BIDS dataset: the T1w run to take where a session has several (default: the last)."),
-        preset: str = typer.Option("tiny", "--preset", help="tiny (CPU, minutes), base (from scratch, one GPU, 256x256) or sd15 (from --pretrained)."),
+        preset: str = typer.Option("tiny", "--preset", help="tiny (CPU: minutes; with --dim 3d under an hour), base (from scratch, one GPU; 256x256, or 1.5 mm volumes with --dim 3d) or sd15 (from --pretrained, 2D)."),
         pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Local Stable Diffusion diffusers folder or hub id to start from."),
         text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Text encoder plugin: minilm (default), clip, biomedbert, ... (`brainsynth plugins` lists them)."),
         text_encoder_path: Optional[str] = typer.Option(None, "--text-encoder-path", help="Folder or hub id of the text encoder's weights."),
