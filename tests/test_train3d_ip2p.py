@@ -235,6 +235,49 @@ def _strip_to_old_folder(model: Path, old: Path) -> None:
     (old / "brainsynth.json").write_text(json.dumps(info))
 
 
+def test_prior_skip_makes_the_untrained_unet_the_identity_and_is_saved(models, pairs3d, tmp_path):
+    """``unet.prior_skip``: the UNet's output is the prior's latent (times the latent's scaling
+    factor) plus the network's, so an untrained network (MONAI zero-initialises its last
+    convolution) predicts the input unchanged; the scale is stored with the weights and a loaded
+    model adds exactly it. Without the skip nothing is stored. With epsilon prediction it is refused
+    before anything is written."""
+    import torch
+    from brainsynth_plugins.ip2p import volume_nets as vn
+    from brainsynth_plugins.ip2p.volume_model import VolumeIP2PModel
+
+    size = {"channels": [8, 16], "attention_levels": [False, True], "num_res_blocks": 1, "num_head_channels": 8,
+            "norm_num_groups": 8, "pooled_text": True}
+    g = torch.Generator().manual_seed(1)
+    x, prior = (torch.randn((2, 4, 8, 8, 8), generator=g) for _ in range(2))
+    text, t = torch.randn((2, 6, 384), generator=g), torch.tensor([999, 10])
+    fresh = vn.add_prior_skip(vn.build_unet(size, 4, 384), 0.8)
+    with torch.no_grad():
+        assert torch.equal(vn.unet_forward(fresh, x, prior, t, text), prior * torch.tensor(0.8))
+        assert torch.equal(vn.unet_forward(fresh, x, torch.zeros_like(prior), t, text), torch.zeros_like(prior))
+
+    _, _, pairs = pairs3d
+    code, _, err = run_cli("train", pairs, "-o", tmp_path / "s", *SMALL, "--set", "unet_steps=2", "--set", "unet.prior_skip=true")
+    assert code == 0, err
+    assert json.loads((tmp_path / "s" / "unet" / "config.json").read_text())["prior_skip"] is True
+    m = VolumeIP2PModel(tmp_path / "s", "cpu")
+    scale = json.loads((tmp_path / "s" / "brainsynth.json").read_text())["latent"]["scaling_factor"]
+    assert float(m.unet.prior_scale) == pytest.approx(scale, rel=1e-6)
+    x, prior = (torch.randn((1, 4, 12, 16, 12), generator=g) for _ in range(2))
+    emb = vn.embed_prompts(m.tokenizer, m.text_model, [TRAINED], "cpu")
+    with torch.no_grad():
+        got = vn.unet_forward(m.unet, x, prior, torch.tensor([900]), emb)
+        net = vn.nets.denoise(m.unet, "3d", torch.cat([x, prior], 1), torch.tensor([900]), emb, class_labels=emb)
+    assert torch.allclose(got - net, prior * m.unet.prior_scale, atol=1e-5) and (got - net).abs().max() > 0.1
+    plain, _ = models
+    assert "prior_skip" not in json.loads((plain / "unet" / "config.json").read_text())
+    assert "prior_scale" not in VolumeIP2PModel(plain, "cpu").unet.state_dict()
+
+    code, _, err = run_cli("train", pairs, "-o", tmp_path / "eps", *SMALL, "--set", "unet.prior_skip=true",
+                           "--set", "prediction_type=epsilon")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "prediction_type=sample" in err
+    assert not (tmp_path / "eps").exists()
+
+
 def test_model_folder_is_self_contained_and_old_folders_load(models, pairs3d, tmp_path):
     """An edit reads the text encoder from the model folder: the same bytes when the encoder's name
     in brainsynth.json names no plugin. A folder of the earlier layout still loads and edits."""

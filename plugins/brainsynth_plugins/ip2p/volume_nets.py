@@ -78,6 +78,21 @@ def centre_text(unet: Any, tokens: Any) -> Any:
     return unet
 
 
+def add_prior_skip(unet: Any, scale: float) -> Any:
+    """Give the UNet the prior's skip (``unet.prior_skip``, ``sample`` prediction only): its output
+    becomes ``prior * scale + network(...)``, the prior's latent on the target's (scaled) footing
+    plus what the network adds, so leaving the input unchanged is the network's zero output (MONAI
+    zero-initialises the last convolution: an untrained UNet is the identity edit) and the network
+    models only the change. The diffusion still runs on the target latent (not the 2D path's
+    ``latent_target=change``): the noisy input is the target's. ``scale`` (the latent's scaling
+    factor) is a buffer saved with the weights. Where the image conditioning is dropped (training's
+    dropout, the unconditional guidance branch) the prior is zeros and nothing is added."""
+    import torch
+
+    unet.register_buffer("prior_scale", torch.tensor(float(scale)))
+    return unet
+
+
 def _centring_buffers(unet: Any, spec: dict[str, int]) -> None:
     """Empty centring buffers of the recorded shape, filled when the weights load."""
     import torch
@@ -112,17 +127,21 @@ def save_unet(unet: Any, folder: Any, size: dict[str, Any], latent_channels: int
     centre = getattr(unet, "text_centre", None)
     if centre is not None:
         extra["text_centre"] = {"tokens": int(centre.shape[0]), "width": int(centre.shape[1])}
+    if getattr(unet, "prior_scale", None) is not None:
+        extra["prior_skip"] = True
     nets.save(unet, DIM, "unet", folder, unet_kwargs(size, latent_channels, text_width), extra=extra or None)
 
 
 def load_unet(folder: Any) -> Any:
-    """The UNet saved by :func:`save_unet` (or by an older brainsynth, without the pooled prompt or the centring)."""
+    """The UNet saved by :func:`save_unet` (or by an older brainsynth, without the pooled prompt, the centring or the prior's skip)."""
 
     def prepare(module: Any, cfg: dict[str, Any]) -> None:
         if cfg.get("pooled_text"):
             add_pooled_text(module, cfg["pooled_text"])
         if cfg.get("text_centre"):
             _centring_buffers(module, cfg["text_centre"])
+        if cfg.get("prior_skip"):
+            add_prior_skip(module, 1.0)  # the saved value loads with the weights
 
     return nets.load(DIM, "unet", folder, prepare)
 
@@ -146,13 +165,21 @@ def decode(vae: Any, z: Any) -> Any:
 def unet_forward(unet: Any, noisy: Any, prior: Any, t: Any, text: Any) -> Any:
     """The UNet's prediction for noisy target latents ``noisy`` conditioned on ``prior`` latents and
     text tokens (by cross-attention and, when the UNet has it, pooled into the time embedding;
-    centred first when it has :func:`centre_text`'s buffers)."""
+    centred first when it has :func:`centre_text`'s buffers); with :func:`add_prior_skip`'s buffer
+    the prior latent times the scale is added to the network's output, in float32 (a bf16 copy of
+    the prior would differ from it by rounding, a change the network would have to undo)."""
+    import torch
+
     inner = _inner(unet)
     centre = getattr(inner, "text_centre", None)
     if centre is not None:
         text = (text - centre.to(text.device, text.dtype)) * inner.text_scale.to(text.device, text.dtype)
     pooled = text if getattr(inner, "pooled_text", None) else None
-    return nets.denoise(unet, DIM, _cat(noisy, prior), t, text, class_labels=pooled)
+    out = nets.denoise(unet, DIM, _cat(noisy, prior), t, text, class_labels=pooled)
+    skip = getattr(inner, "prior_scale", None)
+    if skip is not None:
+        out = out.float() + prior.float() * skip.to(prior.device, torch.float32)
+    return out
 
 
 def _inner(unet: Any) -> Any:

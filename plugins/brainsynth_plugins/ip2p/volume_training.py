@@ -186,6 +186,9 @@ class VolumeTrainer(StagedTrainer):
         self.text_width = int(self.text_model.config.hidden_size)
         te["hidden_size"], te["max_length"] = self.text_width, int(self.tokenizer.model_max_length)
         self.cfg["mixed_precision"] = resolve_mixed_precision(self.cfg["mixed_precision"], self.device_name)
+        if self.cfg["unet"].get("prior_skip") and self.cfg["prediction_type"] != "sample":
+            raise UserError(f"--set unet.prior_skip=true needs prediction_type=sample (the skip adds the prior's latent to "
+                            f"the predicted clean latent), not {self.cfg['prediction_type']}: add --set prediction_type=sample")
         if self.cfg.get("unet_batching") == "prompt-groups":  # settled now, before stage 1
             try:
                 PriorGroups(self.train_pairs, int(self.cfg["unet_batch_size"]), int(self.cfg["seed"]))
@@ -434,6 +437,8 @@ class VolumeTrainer(StagedTrainer):
         unet = vn.build_unet(cfg["unet"], lat_ch, self.text_width)
         if cfg["unet"].get("centre_text"):  # on every prompt of the pairs folder (not the empty one), as saved with the weights
             vn.centre_text(unet, torch.stack([emb[p] for p in prompts if p]).cpu())
+        if cfg["unet"].get("prior_skip"):  # the network models the change; zero output = the input unchanged
+            vn.add_prior_skip(unet, scale)
         vn.nets.use_flash_attention(unet, self.device_name == "cuda")
         noise_sched = self.noise_scheduler()
         opt = torch.optim.AdamW(unet.parameters(), lr=float(cfg["unet_lr"]))
