@@ -97,6 +97,9 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
         levels = cfg[part].get("attention_levels")
         if levels is not None and len(levels) != len(cfg[part]["channels"]):
             raise UserError(f"{part}.attention_levels has {len(levels)} entries but {part}.channels {len(cfg[part]['channels'])}; give as many")
+    if cfg["unet"].get("prior_skip") and cfg["prediction_type"] != "sample":
+        raise UserError(f"--set unet.prior_skip=true needs prediction_type=sample (the skip adds the prior's latent to "
+                        f"the predicted clean latent), not {cfg['prediction_type']}: add --set prediction_type=sample")
     multiple = vn.factor(cfg["vae"]) * vn.factor(cfg["unet"])
     if any(g % multiple for g in cfg["grid"]):
         raise UserError(f"--set grid={','.join(map(str, cfg['grid']))}: each size must be a multiple of {multiple} "
@@ -186,9 +189,6 @@ class VolumeTrainer(StagedTrainer):
         self.text_width = int(self.text_model.config.hidden_size)
         te["hidden_size"], te["max_length"] = self.text_width, int(self.tokenizer.model_max_length)
         self.cfg["mixed_precision"] = resolve_mixed_precision(self.cfg["mixed_precision"], self.device_name)
-        if self.cfg["unet"].get("prior_skip") and self.cfg["prediction_type"] != "sample":
-            raise UserError(f"--set unet.prior_skip=true needs prediction_type=sample (the skip adds the prior's latent to "
-                            f"the predicted clean latent), not {self.cfg['prediction_type']}: add --set prediction_type=sample")
         if self.cfg.get("unet_batching") == "prompt-groups":  # settled now, before stage 1
             try:
                 PriorGroups(self.train_pairs, int(self.cfg["unet_batch_size"]), int(self.cfg["seed"]))
