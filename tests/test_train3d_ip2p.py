@@ -560,7 +560,8 @@ def test_training_on_prompt_groups_is_recorded_and_repeatable(pairs3d, tmp_path)
     _, _, pairs = make_pairs3d(tmp_path / "deformed", "2:1:0", "--deformed")
     outs = {}
     for name, sets in (("g1", ["unet_groups_from=0"]), ("g2", ["unet_groups_from=0"]), ("half", ["unet_groups_from=0.5"]),
-                       ("late", ["unet_groups_from=1"]), ("random", ["unet_batching=random"])):
+                       ("late", ["unet_groups_from=1"]), ("random", ["unet_batching=random"]),
+                       ("kinds", ["unet_kinds=deformed"])):
         extra = [a for s in sets for a in ("--set", s)]
         code, _, err = run_cli("train", pairs, "-o", tmp_path / name, *SMALL, "--set", "unet_batching=prompt-groups", *extra) \
             if name != "random" else run_cli("train", pairs, "-o", tmp_path / name, *SMALL, *extra)
@@ -571,3 +572,15 @@ def test_training_on_prompt_groups_is_recorded_and_repeatable(pairs3d, tmp_path)
     assert len({outs["g1"], outs["half"], outs["random"]}) == 3  # groups from the start, from half way, never
     training = json.loads((tmp_path / "half" / "brainsynth.json").read_text())["training"]
     assert training["unet_batching"] == "prompt-groups" and training["unet_groups_from"] == 0.5
+    # stage 2 on the deformed rows only: stage 1 (every training image) unchanged, stage 2 not
+    vae = {n: (tmp_path / n / "vae" / "model.safetensors").read_bytes() for n in ("g1", "kinds")}
+    assert vae["g1"] == vae["kinds"] and outs["g1"] != outs["kinds"]
+    info = json.loads((tmp_path / "kinds" / "brainsynth.json").read_text())
+    assert info["training"]["unet_kinds"] == ["deformed"]
+    assert json.loads((tmp_path / "g1" / "brainsynth.json").read_text())["training"]["unet_kinds"] == ["real", "disentangled", "deformed"]
+    # a kind the pairs do not have: one line naming the pairs' metadata and the kinds they have, nothing written
+    code, _, err = run_cli("train", pairs3d[2], "-o", tmp_path / "nodef", *SMALL, "--set", "unet_kinds=deformed")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "metadata.jsonl" in err and "unet_kinds" in err and "it has: disentangled, real" in err and not (tmp_path / "nodef").exists()
+    code, _, err = run_cli("train", pairs, "-o", tmp_path / "typo", *SMALL, "--set", "unet_kinds=real,deformd")
+    assert code == 2 and "unknown kind 'deformd'" in err and not (tmp_path / "typo").exists()

@@ -26,15 +26,16 @@ def read_pairs(root: str | Path) -> PairsFolder:
     return folder
 
 
-def trained_prompts(folder: PairsFolder) -> list[str]:
-    """The prompts of the training split: what a model trained on ``folder`` has seen."""
-    return sorted({r.prompt for r in folder.split("train")})
+def trained_prompts(folder: PairsFolder, rows: list[Any] | None = None) -> list[str]:
+    """The prompts of the training split (or of the training ``rows`` the model learned from): what
+    a model trained on ``folder`` has seen."""
+    return sorted({r.prompt for r in (folder.split("train") if rows is None else rows)})
 
 
-def trained_intervals(folder: PairsFolder) -> dict[str, list[str]]:
-    """Per structure group, the intervals the training split's rows request (their ``intervals`` column)."""
+def trained_intervals(folder: PairsFolder, rows: list[Any] | None = None) -> dict[str, list[str]]:
+    """Per structure group, the intervals the training split's rows (or ``rows``) request (their ``intervals`` column)."""
     seen: dict[str, set[str]] = {}
-    for r in folder.split("train"):
+    for r in folder.split("train") if rows is None else rows:
         for structure, interval in (r.data.get("intervals") or {}).items():
             if interval:
                 seen.setdefault(str(structure), set()).add(str(interval))

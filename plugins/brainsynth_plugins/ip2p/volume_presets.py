@@ -64,7 +64,7 @@ VOLUME_PRESETS: dict[str, dict[str, Any]] = {
 #: Defaults common to the 3D presets.
 VOLUME_COMMON: dict[str, Any] = {
     "kl_weight": 1e-6, "conditioning_dropout": 0.05, "checkpoints_total_limit": 2, "lr_scheduler": "constant_with_warmup",
-    "lr_decay_fraction": 0.2, "vae_lr_scheduler": None, "vae_latent": "sample", "unet_batching": "random", "unet_groups_from": 0.0, "gradient_checkpointing": False, "region_margin_mm": 3.0, "validation_count": 2,
+    "lr_decay_fraction": 0.2, "vae_lr_scheduler": None, "vae_latent": "sample", "unet_batching": "random", "unet_groups_from": 0.0, "unet_kinds": ["real", "disentangled", "deformed"], "gradient_checkpointing": False, "region_margin_mm": 3.0, "validation_count": 2,
     "validation_steps": 10, "guidance_reference": "empty-prompt", "change_floor": 0.0, "feather": False, "blender": "poisson",
 }
 
@@ -78,7 +78,7 @@ VOLUME_SETTINGS: dict[str, tuple] = {
     "conditioning_dropout": ("float", 0, 1 / 3), "checkpoints_total_limit": ("int", 1, 1000),
     "lr_scheduler": ("choice", NAMES), "lr_decay_fraction": ("float", 0, 1), "vae_lr_scheduler": ("choice", (None, *NAMES)),
     "vae_latent": ("choice", ("sample", "mode")), "unet_batching": ("choice", ("random", "prompt-groups")),
-    "unet_groups_from": ("float", 0, 1),
+    "unet_groups_from": ("float", 0, 1), "unet_kinds": ("strs", 1, 3),
     "mixed_precision": ("choice", ("no", "fp16", "bf16", "auto")), "gradient_checkpointing": ("bool",),
     "prediction_type": ("choice", ("epsilon", "sample", "v_prediction")), "timestep_sampling": ("choice", ("uniform", "high")),
     "region_weight": ("float", 0, 1000), "region_margin_mm": ("float", 0, 50),

@@ -43,6 +43,7 @@ from brainsynth_plugins.training_core.runtime import deterministic_on_cpu, quiet
 from brainsynth_plugins.training_core.trainer import StagedTrainer
 
 NIFTI = (".nii", ".nii.gz")
+KINDS = ("real", "disentangled", "deformed")  # make-pairs' row kinds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,6 +90,8 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
                 cfg[part][key] = [cfg[part][key]]
     if not isinstance(cfg["grid"], list):
         cfg["grid"] = [cfg["grid"]] * 3
+    if not isinstance(cfg["unet_kinds"], list):
+        cfg["unet_kinds"] = [cfg["unet_kinds"]]
     check_settings(cfg, VOLUME_SETTINGS, nested=("vae", "unet"))
     check_blender(cfg)
     cfg["grid"] = [int(g) for g in cfg["grid"]]
@@ -97,6 +100,9 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
         levels = cfg[part].get("attention_levels")
         if levels is not None and len(levels) != len(cfg[part]["channels"]):
             raise UserError(f"{part}.attention_levels has {len(levels)} entries but {part}.channels {len(cfg[part]['channels'])}; give as many")
+    unknown = [k for k in cfg["unet_kinds"] if k not in KINDS]
+    if unknown:
+        raise UserError(f"--set unet_kinds: unknown kind {unknown[0]!r}; choose from {', '.join(KINDS)}")
     if cfg["unet"].get("prior_skip") and cfg["prediction_type"] != "sample":
         raise UserError(f"--set unet.prior_skip=true needs prediction_type=sample (the skip adds the prior's latent to "
                         f"the predicted clean latent), not {cfg['prediction_type']}: add --set prediction_type=sample")
@@ -171,7 +177,9 @@ class VolumeTrainer(StagedTrainer):
     def __init__(self, cfg: dict[str, Any], out: Path, pairs: PairsFolder, *, device: str, progress: Progress) -> None:
         super().__init__(cfg, out, device=device, progress=progress)
         self.pairs = pairs
-        self.train_pairs = pairs.split("train")
+        self.train_pairs = pairs.split("train")  # stage 1 learns every training image
+        # stage 2 learns from the training rows of the kinds in unet_kinds (all three by default)
+        self.unet_pairs = [r for r in self.train_pairs if r.kind in cfg.get("unet_kinds", KINDS)]
         self.val_pairs = pairs.split("validation")
         self.grid = tuple(int(g) for g in cfg["grid"])
         self.images: dict[Path, Any] = {}  # model-grid volumes in [0, 1]
@@ -189,9 +197,14 @@ class VolumeTrainer(StagedTrainer):
         self.text_width = int(self.text_model.config.hidden_size)
         te["hidden_size"], te["max_length"] = self.text_width, int(self.tokenizer.model_max_length)
         self.cfg["mixed_precision"] = resolve_mixed_precision(self.cfg["mixed_precision"], self.device_name)
+        if not self.unet_pairs:
+            kinds = ", ".join(sorted({r.kind for r in self.train_pairs})) or "none"
+            raise InputError(self.pairs.root / "metadata.jsonl",
+                             f"has no training row of the kinds in unet_kinds ({', '.join(self.cfg['unet_kinds'])}; it has: {kinds})",
+                             "give --set unet_kinds= the kinds it has, or make the pairs with make-pairs --deformed")
         if self.cfg.get("unet_batching") == "prompt-groups":  # settled now, before stage 1
             try:
-                PriorGroups(self.train_pairs, int(self.cfg["unet_batch_size"]), int(self.cfg["seed"]))
+                PriorGroups(self.unet_pairs, int(self.cfg["unet_batch_size"]), int(self.cfg["seed"]))
             except UserError:
                 if groups_required:
                     raise
@@ -202,7 +215,7 @@ class VolumeTrainer(StagedTrainer):
         if self.cfg.get("epochs"):
             n_img = len({p.prior for p in self.train_pairs} | {p.target for p in self.train_pairs})
             self.cfg["vae_steps"] = math.ceil(float(self.cfg["epochs"]) * n_img / int(self.cfg["vae_batch_size"]))
-            self.cfg["unet_steps"] = math.ceil(float(self.cfg["epochs"]) * len(self.train_pairs) / int(self.cfg["unet_batch_size"]))
+            self.cfg["unet_steps"] = math.ceil(float(self.cfg["epochs"]) * len(self.unet_pairs) / int(self.cfg["unet_batch_size"]))
             self.cfg["epochs"] = None
 
     # -- data --------------------------------------------------------------------------------
@@ -216,7 +229,7 @@ class VolumeTrainer(StagedTrainer):
 
         rules = rules_from_text(self.pairs.info["rules"], "pairs.json rules") if self.pairs.info.get("rules") else default_rules()
         lam = float(self.cfg.get("region_weight") or 0.0)
-        train_index = {r.number: i for i, r in enumerate(self.train_pairs)}
+        train_index = {r.number: i for i, r in enumerate(self.unet_pairs)}
         current: tuple[Path, Path] | None = None  # rows share priors (real, disentangled, deformed): each is read once
         for row in sorted(self.pairs.rows, key=lambda r: (str(r.prior), str(r.path("input_labels_file_name")), r.number)):
             if (row.prior, row.path("input_labels_file_name")) != current:
@@ -231,7 +244,7 @@ class VolumeTrainer(StagedTrainer):
             if target.shape != prior.shape:
                 raise InputError(row.target, f"has shape {target.shape} but its prior {prior.shape}", "re-run make-pairs --dim 3d")
             self.images[row.target] = np.clip(box.to_model(target), 0, 1)
-            if lam > 0 and row.split == "train":
+            if lam > 0 and row.number in train_index:
                 names = [k for k, v in (row.data.get("intervals") or {}).items() if v and k in rules.names()]
                 m = region(labels, [rules[n] for n in names], spacing, float(self.cfg["region_margin_mm"])) if names else np.zeros(labels.shape, bool)
                 self.regions[train_index[row.number]] = box.to_model(m.astype(np.float32), order=1) > 0.5
@@ -425,14 +438,14 @@ class VolumeTrainer(StagedTrainer):
         acc = self._accelerator()
         vae.to(acc.device)
         # latents once, in a fixed order: the posterior mode, unscaled (the prior's conditioning, as edit builds it)
-        paths = sorted({p.prior for p in self.train_pairs + self.val_pairs} | {p.target for p in self.train_pairs})
+        paths = sorted({p.prior for p in self.unet_pairs + self.val_pairs} | {p.target for p in self.unet_pairs})
         latents = self.latents(vae, paths, acc.device)
         lat_ch = int(cfg["vae"]["latent_channels"])
         prompts = sorted({p.prompt for p in self.pairs.rows}) + [""]
         vecs = vn.embed_prompts(self.tokenizer, self.text_model, prompts, acc.device)
         emb = {p: vecs[i] for i, p in enumerate(prompts)}
         null = emb[""]
-        weights = self._loss_weights(latents[self.train_pairs[0].prior].shape[1:], acc.device)
+        weights = self._loss_weights(latents[self.unet_pairs[0].prior].shape[1:], acc.device)
         torch.manual_seed(int(cfg["seed"]) + 1)
         unet = vn.build_unet(cfg["unet"], lat_ch, self.text_width)
         if cfg["unet"].get("centre_text"):  # on every prompt of the pairs folder (not the empty one), as saved with the weights
@@ -451,8 +464,8 @@ class VolumeTrainer(StagedTrainer):
             _checkpoint_blocks(unet)
         unet.train()
         unet, opt, sched = acc.prepare(unet, opt, sched)
-        randomly = Batches(len(self.train_pairs), int(cfg["unet_batch_size"]), int(cfg["seed"]))
-        groups = PriorGroups(self.train_pairs, int(cfg["unet_batch_size"]), int(cfg["seed"])) \
+        randomly = Batches(len(self.unet_pairs), int(cfg["unet_batch_size"]), int(cfg["seed"]))
+        groups = PriorGroups(self.unet_pairs, int(cfg["unet_batch_size"]), int(cfg["seed"])) \
             if cfg.get("unet_batching") == "prompt-groups" else None
         groups_from = math.ceil(float(cfg.get("unet_groups_from") or 0.0) * total) if groups is not None else total
         every = int(cfg["checkpoint_every"])
@@ -461,7 +474,7 @@ class VolumeTrainer(StagedTrainer):
         while step < total:
             grouped = step >= groups_from  # random batches first (anatomy), then prompt groups (the prompt's size)
             picked = groups(step) if grouped else randomly(step)
-            rows = [self.train_pairs[i] for i in picked]
+            rows = [self.unet_pairs[i] for i in picked]
             target = torch.stack([latents[r.target] for r in rows]) * scale
             prior = torch.stack([latents[r.prior] for r in rows])
             text = torch.stack([emb[r.prompt] for r in rows])
@@ -513,7 +526,7 @@ class VolumeTrainer(StagedTrainer):
         if lam <= 0 or not self.regions:
             return None
         maps = []
-        for i in range(len(self.train_pairs)):
+        for i in range(len(self.unet_pairs)):
             m = torch.from_numpy(self.regions[i].astype("float32"))[None, None]
             maps.append(1.0 + lam * F.adaptive_max_pool3d(m, tuple(int(v) for v in latent_shape))[0])
         return torch.stack(maps).to(device)
@@ -545,7 +558,7 @@ class VolumeTrainer(StagedTrainer):
                        "vae_scale_factor": vn.factor(cfg["vae"])},
             "intensity_normalisation": {"method": "percentile-0.5-99.5-nonzero window", "model_range": [-1, 1]},
             "structures": [s.name for s in rules.described()], "rules": rules_text,
-            "prompts": trained_prompts(self.pairs), "intervals": trained_intervals(self.pairs),
+            "prompts": trained_prompts(self.pairs, self.unet_pairs), "intervals": trained_intervals(self.pairs, self.unet_pairs),
             "vae_reconstruction": recon, "latent_target": "image", "prediction_type": str(noise_sched.config.prediction_type),
             "text_encoder": {**cfg["text_encoder"], "folder": [vt.ENCODER, vt.TOKENIZER]},
             "training": {k: cfg[k] for k in ("seed", "vae_steps", "unet_steps", "vae_lr", "unet_lr", "vae_batch_size",
@@ -553,7 +566,8 @@ class VolumeTrainer(StagedTrainer):
                                              "prediction_type", "timestep_sampling", "region_weight", "gradient_checkpointing")}
                         | {"vae_latent": cfg.get("vae_latent") or "sample", "vae_lr_scheduler": cfg.get("vae_lr_scheduler"),
                            "unet_batching": cfg.get("unet_batching") or "random",
-                           "unet_groups_from": float(cfg.get("unet_groups_from") or 0.0)},
+                           "unet_groups_from": float(cfg.get("unet_groups_from") or 0.0),
+                           "unet_kinds": list(cfg.get("unet_kinds") or KINDS)},
             "data": cfg["data"], "pairs": {k: v for k, v in self.pairs.info.items() if k != "rules"},
             "sampling": {"steps": int(cfg["sampling_steps"]), "scheduler": str(cfg["sampling_scheduler"]),
                          "guidance_scale": float(cfg["guidance_scale"]), "image_guidance_scale": float(cfg["image_guidance_scale"]),
