@@ -206,6 +206,7 @@ def test_centred_prompts_are_saved_with_the_weights(models, pairs3d, tmp_path):
         got = vn.unet_forward(m.unet, x, prior, t, emb)
         seen = (emb - m.unet.text_centre) * m.unet.text_scale
         want = vn.nets.denoise(m.unet, "3d", torch.cat([x, prior], 1), t, seen, class_labels=seen)
+        want = want + prior * m.unet.prior_scale  # the preset's prior skip, added after the network
         pooled_seen, pooled_raw = m.unet.class_embedding(seen), m.unet.class_embedding(emb)
     assert torch.equal(got, want)
     assert (pooled_seen - pooled_raw).abs().max() > 0.1  # what the time embedding gets differs (not only by a scale)
@@ -239,8 +240,8 @@ def test_prior_skip_makes_the_untrained_unet_the_identity_and_is_saved(models, p
     """``unet.prior_skip``: the UNet's output is the prior's latent (times the latent's scaling
     factor) plus the network's, so an untrained network (MONAI zero-initialises its last
     convolution) predicts the input unchanged; the scale is stored with the weights and a loaded
-    model adds exactly it. Without the skip nothing is stored. With epsilon prediction it is refused
-    before anything is written."""
+    model adds exactly it (the tiny preset has the skip). Without it (``--set unet.prior_skip=false``)
+    nothing is stored. With epsilon prediction it is refused before anything is written."""
     import torch
     from brainsynth_plugins.ip2p import volume_nets as vn
     from brainsynth_plugins.ip2p.volume_model import VolumeIP2PModel
@@ -256,11 +257,10 @@ def test_prior_skip_makes_the_untrained_unet_the_identity_and_is_saved(models, p
         assert torch.equal(vn.unet_forward(fresh, x, torch.zeros_like(prior), t, text), torch.zeros_like(prior))
 
     _, _, pairs = pairs3d
-    code, _, err = run_cli("train", pairs, "-o", tmp_path / "s", *SMALL, "--set", "unet_steps=2", "--set", "unet.prior_skip=true")
-    assert code == 0, err
-    assert json.loads((tmp_path / "s" / "unet" / "config.json").read_text())["prior_skip"] is True
-    m = VolumeIP2PModel(tmp_path / "s", "cpu")
-    scale = json.loads((tmp_path / "s" / "brainsynth.json").read_text())["latent"]["scaling_factor"]
+    skip, _ = models  # the tiny preset's
+    assert json.loads((skip / "unet" / "config.json").read_text())["prior_skip"] is True
+    m = VolumeIP2PModel(skip, "cpu")
+    scale = json.loads((skip / "brainsynth.json").read_text())["latent"]["scaling_factor"]
     assert float(m.unet.prior_scale) == pytest.approx(scale, rel=1e-6)
     x, prior = (torch.randn((1, 4, 12, 16, 12), generator=g) for _ in range(2))
     emb = vn.embed_prompts(m.tokenizer, m.text_model, [TRAINED], "cpu")
@@ -268,13 +268,14 @@ def test_prior_skip_makes_the_untrained_unet_the_identity_and_is_saved(models, p
         got = vn.unet_forward(m.unet, x, prior, torch.tensor([900]), emb)
         net = vn.nets.denoise(m.unet, "3d", torch.cat([x, prior], 1), torch.tensor([900]), emb, class_labels=emb)
     assert torch.allclose(got - net, prior * m.unet.prior_scale, atol=1e-5) and (got - net).abs().max() > 0.1
-    plain, _ = models
+    plain = tmp_path / "plain"
+    code, _, err = run_cli("train", pairs, "-o", plain, *SMALL, "--set", "unet_steps=2", "--set", "unet.prior_skip=false")
+    assert code == 0, err
     assert "prior_skip" not in json.loads((plain / "unet" / "config.json").read_text())
     assert "prior_scale" not in VolumeIP2PModel(plain, "cpu").unet.state_dict()
 
-    code, _, err = run_cli("train", pairs, "-o", tmp_path / "eps", *SMALL, "--set", "unet.prior_skip=true",
-                           "--set", "prediction_type=epsilon")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "prediction_type=sample" in err
+    code, _, err = run_cli("train", pairs, "-o", tmp_path / "eps", *SMALL, "--set", "prediction_type=epsilon")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "prediction_type=sample" in err and "prior_skip=false" in err
     assert not (tmp_path / "eps").exists()
 
 
@@ -428,6 +429,18 @@ def test_untrained_prompt_and_wrong_pairs_refused(models, pairs3d, tmp_path):
     code, _, err = run_cli("edit", model, png, "--prompt", TRAINED, "-o", tmp_path / "y.png", "--no-restrict")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "3D volumes" in err and "slice.png" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slice.png"]
+    # guidance the model never learned (the tiny preset trains without conditioning dropout): edit
+    # and evaluate refuse it in one line naming the model's record, before writing anything
+    record = str(model / "brainsynth.json")
+    for extra, asked in ((["--guidance-reference", "empty-prompt"], "--guidance-reference empty-prompt"),
+                         (["--image-guidance-scale", "1.5"], "--image-guidance-scale 1.5")):
+        code, _, err = run_cli("edit", model, src, "--prompt", TRAINED, "-o", out, *extra)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert record in err and "conditioning dropout" in err and asked in err and "--guidance-reference input" in err
+    code, _, err = run_cli("evaluate", model, pairs, "-o", tmp_path / "report", "--split", "train", "--guidance-reference",
+                           "empty-prompt", "--no-baselines")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and record in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slice.png"]
     # 3D pairs without --dim 3d, and a grid the networks cannot halve: one line, nothing written
     code, _, err = run_cli("train", pairs, "-o", tmp_path / "m2", "--device", "cpu")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--dim 3d" in err
@@ -555,13 +568,14 @@ def test_training_on_prompt_groups_is_recorded_and_repeatable(pairs3d, tmp_path)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--deformed" in err and not (tmp_path / "no").exists()
     code, _, err = run_cli("train", pairs3d[2], "-o", tmp_path / "fallback", *SMALL)  # the tiny preset asks for groups
     assert code == 0 and "stage 2 uses random batches" in err and "make-pairs --deformed" in err
+    assert "stage 2 learns from the real and disentangled rows" in err  # and for deformed rows
     training = json.loads((tmp_path / "fallback" / "brainsynth.json").read_text())["training"]
-    assert training["unet_batching"] == "random"
+    assert training["unet_batching"] == "random" and training["unet_kinds"] == ["real", "disentangled"]
     _, _, pairs = make_pairs3d(tmp_path / "deformed", "2:1:0", "--deformed")
     outs = {}
     for name, sets in (("g1", ["unet_groups_from=0"]), ("g2", ["unet_groups_from=0"]), ("half", ["unet_groups_from=0.5"]),
                        ("late", ["unet_groups_from=1"]), ("random", ["unet_batching=random"]),
-                       ("kinds", ["unet_kinds=deformed"])):
+                       ("kinds", ["unet_kinds=real,disentangled,deformed"])):
         extra = [a for s in sets for a in ("--set", s)]
         code, _, err = run_cli("train", pairs, "-o", tmp_path / name, *SMALL, "--set", "unet_batching=prompt-groups", *extra) \
             if name != "random" else run_cli("train", pairs, "-o", tmp_path / name, *SMALL, *extra)
@@ -572,12 +586,13 @@ def test_training_on_prompt_groups_is_recorded_and_repeatable(pairs3d, tmp_path)
     assert len({outs["g1"], outs["half"], outs["random"]}) == 3  # groups from the start, from half way, never
     training = json.loads((tmp_path / "half" / "brainsynth.json").read_text())["training"]
     assert training["unet_batching"] == "prompt-groups" and training["unet_groups_from"] == 0.5
-    # stage 2 on the deformed rows only: stage 1 (every training image) unchanged, stage 2 not
+    # stage 2 on every kind of row instead of the preset's deformed rows: stage 1 (every training
+    # image) unchanged, stage 2 not
     vae = {n: (tmp_path / n / "vae" / "model.safetensors").read_bytes() for n in ("g1", "kinds")}
     assert vae["g1"] == vae["kinds"] and outs["g1"] != outs["kinds"]
     info = json.loads((tmp_path / "kinds" / "brainsynth.json").read_text())
-    assert info["training"]["unet_kinds"] == ["deformed"]
-    assert json.loads((tmp_path / "g1" / "brainsynth.json").read_text())["training"]["unet_kinds"] == ["real", "disentangled", "deformed"]
+    assert info["training"]["unet_kinds"] == ["real", "disentangled", "deformed"]
+    assert json.loads((tmp_path / "g1" / "brainsynth.json").read_text())["training"]["unet_kinds"] == ["deformed"]
     # a kind the pairs do not have: one line naming the pairs' metadata and the kinds they have, nothing written
     code, _, err = run_cli("train", pairs3d[2], "-o", tmp_path / "nodef", *SMALL, "--set", "unet_kinds=deformed")
     assert code == 2 and len(err.strip().splitlines()) == 1, err

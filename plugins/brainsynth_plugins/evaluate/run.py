@@ -173,6 +173,10 @@ def run_evaluation(model_dir: Path | None, pairs_dir: Path, out_dir: Path, setti
         model = generator.load(Path(model_dir), device)
         refuse_mismatch(pairs_dir, volumes, getattr(model, "dims", ("2d",)), None)
         model_info = dict(getattr(model, "info", {}) or {})
+        check = getattr(model, "check_sampling", None)  # guidance the model never learned: refused before any output
+        if check is not None:
+            check(guidance_scale=settings.guidance_scale, image_guidance_scale=settings.image_guidance_scale,
+                  guidance_reference=settings.guidance_reference)
         if jobs > 1:  # the workers take the other cores; this process's edits run on one thread
             import torch
 

@@ -104,6 +104,26 @@ def check_reference(guidance_reference: str) -> None:
         raise UserError(f"guidance reference {guidance_reference!r}: expected {' or '.join(GUIDANCE_REFERENCES)}")
 
 
+def check_trained_branches(guidance_scale: float, image_guidance_scale: float, guidance_reference: str,
+                           conditioning_dropout: float | None, record: Any) -> None:
+    """Refuse, in one line naming ``record`` (the model's ``brainsynth.json``), guidance whose
+    branches a model trained from scratch without conditioning dropout never learned: the empty
+    prompt's branch (``--guidance-reference empty-prompt`` with text guidance) and the branch without
+    the input (image guidance other than 1). Such a model only knows the prompt and the input
+    together; ``input`` reference with image guidance 1 runs that branch alone."""
+    from brainsynth_cli.errors import InputError
+
+    if conditioning_dropout is None or float(conditioning_dropout) > 0:
+        return
+    k = guidance_branches(guidance_scale, image_guidance_scale)
+    if k == 3 or (k == 2 and guidance_reference != "input"):
+        asked = (f"--image-guidance-scale {image_guidance_scale:g}" if k == 3
+                 else f"--guidance-reference {guidance_reference}")
+        raise InputError(record, f"records a model trained without conditioning dropout (training.conditioning_dropout 0): it never "
+                         f"learned the empty prompt or a missing input, which {asked} asks for",
+                         "edit with --guidance-reference input --image-guidance-scale 1 (the model's recorded settings)")
+
+
 def reference_latent(guidance_reference: str, prior: Any, scaling_factor: float, *, change_target: bool = False) -> Any:
     """The ``reference`` of :func:`guided_denoise` for ``--guidance-reference``: None for
     ``empty-prompt``; for ``input`` the clean latent of leaving the input unchanged in the space the

@@ -99,6 +99,15 @@ class VolumeIP2PModel:
         """The prior latent of model-grid volumes ``x`` in [-1, 1], as training builds it."""
         return vn.volume_conditioning(self.vae, x)
 
+    def check_sampling(self, *, guidance_scale: float, image_guidance_scale: float, guidance_reference: str) -> None:
+        """Refuse guidance this model never learned (one line naming its ``brainsynth.json``; see
+        :func:`brainsynth_plugins.ip2p.sampling.check_trained_branches`): callers that write files
+        call it before they start."""
+        from brainsynth_plugins.ip2p.sampling import check_trained_branches
+
+        check_trained_branches(guidance_scale, image_guidance_scale, guidance_reference,
+                               (self.info.get("training") or {}).get("conditioning_dropout"), self.path / "brainsynth.json")
+
     def edit(self, volumes: list[Any], prompt: str, *, labels: list[Any] | None = None, spacing: Any = None, steps: int = 20,
              scheduler: str = "ddim", guidance_scale: float = 7.5, image_guidance_scale: float = 1.5, seed: int = 0,
              residual: bool = True, guidance_reference: str = "empty-prompt", progress: Progress | None = None,
@@ -120,6 +129,8 @@ class VolumeIP2PModel:
         from brainsynth_plugins.ip2p.sampling import check_reference, reference_latent
 
         check_reference(guidance_reference)  # before any work
+        self.check_sampling(guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale,
+                            guidance_reference=guidance_reference)
         sched = scheduler_for(scheduler, self._scheduler_config)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         out: list[Any] = []

@@ -104,8 +104,9 @@ def build_config(options: TrainOptions) -> dict[str, Any]:
     if unknown:
         raise UserError(f"--set unet_kinds: unknown kind {unknown[0]!r}; choose from {', '.join(KINDS)}")
     if cfg["unet"].get("prior_skip") and cfg["prediction_type"] != "sample":
-        raise UserError(f"--set unet.prior_skip=true needs prediction_type=sample (the skip adds the prior's latent to "
-                        f"the predicted clean latent), not {cfg['prediction_type']}: add --set prediction_type=sample")
+        raise UserError(f"unet.prior_skip=true needs prediction_type=sample (the skip adds the prior's latent to "
+                        f"the predicted clean latent), not {cfg['prediction_type']}: add --set prediction_type=sample, "
+                        "or --set unet.prior_skip=false")
     multiple = vn.factor(cfg["vae"]) * vn.factor(cfg["unet"])
     if any(g % multiple for g in cfg["grid"]):
         raise UserError(f"--set grid={','.join(map(str, cfg['grid']))}: each size must be a multiple of {multiple} "
@@ -158,7 +159,9 @@ def train(options: TrainOptions, progress: Progress | None = None) -> Path:
     pairs = read_volume_pairs(cfg["data"])
     trainer = VolumeTrainer(cfg, out, pairs, device=options.device, progress=progress)
     # prompt groups asked for by --set (or recorded by a run being resumed) are required; the preset's may fall back
-    trainer.check(groups_required=bool(options.resume) or "unet_batching" in (options.extra.get("set") or {}))
+    asked = options.extra.get("set") or {}
+    trainer.check(groups_required=bool(options.resume) or "unet_batching" in asked,
+                  kinds_required=bool(options.resume) or "unet_kinds" in asked)
     trainer.load_volumes()  # every volume read now: a bad one fails before anything is written
     if not options.resume:
         with sizes_must_fit():
@@ -185,10 +188,12 @@ class VolumeTrainer(StagedTrainer):
         self.images: dict[Path, Any] = {}  # model-grid volumes in [0, 1]
         self.regions: dict[int, Any] = {}  # training row index -> region mask on the model grid
 
-    def check(self, groups_required: bool = False) -> None:
+    def check(self, groups_required: bool = False, kinds_required: bool = False) -> None:
         """Load the text encoder and settle what depends on the pairs. ``groups_required`` false: a
         preset's ``unet_batching=prompt-groups`` on pairs without a prior under two prompts falls
-        back to random batches, with a warning (recorded in the run's configuration)."""
+        back to random batches, with a warning (recorded in the run's configuration).
+        ``kinds_required`` false: a preset's ``unet_kinds`` the pairs have no training row of fall
+        back to every kind they have, with a warning (recorded too)."""
         from brainsynth_plugins.ldm.model import load_text_encoder
 
         quiet()
@@ -197,9 +202,18 @@ class VolumeTrainer(StagedTrainer):
         self.text_width = int(self.text_model.config.hidden_size)
         te["hidden_size"], te["max_length"] = self.text_width, int(self.tokenizer.model_max_length)
         self.cfg["mixed_precision"] = resolve_mixed_precision(self.cfg["mixed_precision"], self.device_name)
+        fallbacks: list[str] = []  # warned about once every check has passed: an error stays one line
+        meta = self.pairs.root / "metadata.jsonl"
+        if not self.unet_pairs and not kinds_required and self.train_pairs:  # the preset's kinds fall back
+            have = [k for k in KINDS if any(r.kind == k for r in self.train_pairs)]
+            fallbacks.append(f"{meta}: no training row of the kinds the preset learns from "
+                             f"({', '.join(self.cfg['unet_kinds'])}), so stage 2 learns from the {' and '.join(have)} rows; "
+                             "the preset was measured on deformed targets (make the pairs with make-pairs --deformed)")
+            self.cfg["unet_kinds"] = have
+            self.unet_pairs = [r for r in self.train_pairs if r.kind in have]
         if not self.unet_pairs:
             kinds = ", ".join(sorted({r.kind for r in self.train_pairs})) or "none"
-            raise InputError(self.pairs.root / "metadata.jsonl",
+            raise InputError(meta,
                              f"has no training row of the kinds in unet_kinds ({', '.join(self.cfg['unet_kinds'])}; it has: {kinds})",
                              "give --set unet_kinds= the kinds it has, or make the pairs with make-pairs --deformed")
         if self.cfg.get("unet_batching") == "prompt-groups":  # settled now, before stage 1
@@ -208,10 +222,11 @@ class VolumeTrainer(StagedTrainer):
             except UserError:
                 if groups_required:
                     raise
-                logging.getLogger(__name__).warning(
-                    "%s: no prior has pairs under two or more prompts, so stage 2 uses random batches, which do "
-                    "not teach the prompt's size (make the pairs with make-pairs --deformed)", self.pairs.root / "metadata.jsonl")
+                fallbacks.append(f"{meta}: no prior has pairs under two or more prompts, so stage 2 uses random "
+                                 "batches, which do not teach the prompt's size (make the pairs with make-pairs --deformed)")
                 self.cfg["unet_batching"] = "random"
+        for line in fallbacks:
+            logging.getLogger(__name__).warning("%s", line)
         if self.cfg.get("epochs"):
             n_img = len({p.prior for p in self.train_pairs} | {p.target for p in self.train_pairs})
             self.cfg["vae_steps"] = math.ceil(float(self.cfg["epochs"]) * n_img / int(self.cfg["vae_batch_size"]))
