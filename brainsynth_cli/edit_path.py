@@ -185,6 +185,33 @@ def feathered(change: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def change_kept(image: "np.ndarray", change: "np.ndarray", result: "np.ndarray", labels: "np.ndarray",
+                structures: Sequence["Structure"], spacing: Sequence[float] | None) -> float | None:
+    """The share of the model's ``change`` that ``result`` keeps where the anatomy moves: the named
+    structures and the :data:`MIN_MARGIN_VOXELS` voxels around them, as the least-squares scale
+    ``<result - image, change> / <change, change>`` (1: all of it, 0: none, negative: reversed; a Poisson merge can add to it, above 1);
+    None when the model changed nothing there.
+
+    The merge joins the change to the input on the region's border: a change that still has its
+    full size there (a model whose change is wider than the margin) is partly taken back by a
+    Poisson merge (measured, ventricles + 3 mm, the 3D demo model at 4 mm: 0.50-0.53 on its
+    simulated scans, 0.29 on Colin27, whose ventricles then grew by 4.9 % for "moderate"; with
+    an 8 mm margin 0.95-0.98)."""
+    import numpy as np
+
+    near = region(labels, structures, spacing, 0.0)
+    if near.any():
+        from scipy import ndimage
+
+        near = ndimage.binary_dilation(near, structure=ball(0.0, spacing if spacing is not None else (1.0,) * near.ndim))
+    c = np.asarray(change, dtype=np.float64)[near]
+    got = (np.asarray(result, dtype=np.float64) - np.asarray(image, dtype=np.float64))[near]
+    energy = float(np.dot(c, c))
+    if energy == 0.0:
+        return None
+    return float(np.dot(got, c) / energy)
+
+
 def apply(image: "np.ndarray", change: "np.ndarray", labels: "np.ndarray | None", structures: Sequence["Structure"],
           spacing: Sequence[float] | None, settings: EditSettings, within: "np.ndarray | None" = None,
           window: float = 1.0) -> tuple["np.ndarray", "np.ndarray | None"]:

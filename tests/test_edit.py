@@ -205,6 +205,33 @@ def test_feather_halves_the_change_in_the_regions_outer_layer():
     assert np.allclose(out3[4, 4, 2], 0.7) and np.allclose(out3[:, :, [0, 1, 3, 4]], 0.5)
 
 
+def test_change_kept_measures_what_the_merge_left_at_the_structures():
+    """change_kept: the least-squares share of the model's change left at the named structures and
+    the two voxels around them: 1 pasted, 0 dropped, -1 reversed, None for no change; a Poisson
+    merge of a change that still has its full size on the region's border takes most of it back
+    (its border is held at the input), and a margin the change fits in keeps it."""
+    from brainsynth_cli.edit_path import EditSettings, apply, change_kept
+    from brainsynth_cli.structures import default_rules
+
+    vent = default_rules()["ventricle"]
+    labels = np.zeros((40, 40, 40), np.int32)
+    labels[16:24, 16:24, 16:24] = 4
+    image = np.full(labels.shape, 0.5, np.float32)
+    zz = np.linalg.norm(np.indices(labels.shape) - 19.5, axis=0)
+    change = np.where(zz < 14, -0.1, 0.0).astype(np.float32)  # a flat darkening wider than ventricles + 3 mm
+    args = (labels, [vent], (1.0, 1.0, 1.0))
+    assert change_kept(image, change, image + change, *args) == pytest.approx(1.0)
+    assert change_kept(image, change, image, *args) == pytest.approx(0.0)
+    assert change_kept(image, change, image - change, *args) == pytest.approx(-1.0)
+    assert change_kept(image, np.zeros_like(change), image, *args) is None
+    pasted, _ = apply(image, change, *args, EditSettings(margin_mm=3.0, blender="copy-paste"))
+    narrow, _ = apply(image, change, *args, EditSettings(margin_mm=3.0, blender="poisson"))
+    wide, _ = apply(image, change, *args, EditSettings(margin_mm=15.0, blender="poisson"))
+    assert change_kept(image, change, pasted, *args) == pytest.approx(1.0)
+    assert change_kept(image, change, narrow, *args) < 0.1
+    assert change_kept(image, change, wide, *args) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_edit_feather_comes_from_the_model_and_can_be_turned_off(tiny, volume, tmp_path):
     """The tiny preset recommends the feather: `edit` takes it from the model folder, --no-feather
     turns it off, both recorded in the sidecar; the two edits differ only in the region's outer layer."""
@@ -477,5 +504,7 @@ def test_edit_with_the_training_free_deform_generator(volume, tmp_path):
     assert raw_out[rim].astype(float).mean() < raw_in[rim].astype(float).mean()
     side = json.loads((tmp_path / "deformed.json").read_text())
     assert side["generator"] == "deform" and side["model"] is None and side["structures"] == ["ventricle"]
+    kept = side["edit_path"]["change_kept"]  # a deformation's change sits at the walls: the merge keeps most of it
+    assert 0.5 < kept < 1.5 and f"kept: {kept:.0%} of the model's change" in stdout
     # a generator that needs training is not a model
     _one_line(*edit_cli("instruct-pix2pix", volume, "--prompt", PROMPT, "-o", tmp_path / "x.nii.gz")[::2], "needs a trained model folder")

@@ -241,12 +241,14 @@ def register(app: typer.Typer) -> None:
             edited_slices = len(jobs.squares)
         result, mask = ep.apply(canvas.data, canvas.change, canvas.labels, structures, canvas.spacing, settings, within,
                                 edit_io.intensity_window(canvas))
+        kept = ep.change_kept(canvas.data, canvas.change, result, canvas.labels, structures, canvas.spacing) if mask is not None else None
 
         record = {
             "brainsynth": __version__, "input": str(input), "output": str(output), "model": str(model_dir) if model_dir else None,
             "generator": generator_name, "prompt": prompt, "free_prompt": free_prompt,
             "structures": [s.name for s in structures], "labels": label_source,
             "edit_path": {**settings.as_dict(), "region_voxels": int(mask.sum()) if mask is not None else None,
+                          "change_kept": round(kept, 4) if kept is not None else None,
                           "description": settings.describe()},
             "sampling": {k: v for k, v in options.items() if k != "residual"}, "sampling_from": sampling_from, "edited_slices": edited_slices,
             "slice_convention": convention if "3d" not in dims or kind == "png" else None,
@@ -256,6 +258,9 @@ def register(app: typer.Typer) -> None:
             edit_io.write_sidecar(staged[sidecar], record)
             _figure(staged[fig], canvas, result, mask, prompt, settings)
         typer.echo(f"edited: {output} ({settings.describe()})")
+        if kept is not None:  # how much of the model's change the merge left where the anatomy moves
+            typer.echo(f"kept: {kept:.0%} of the model's change at the named structures (their voxels and the "
+                       f"{ep.MIN_MARGIN_VOXELS} around them; low: the change reaches past --margin and the merge took it back)")
         typer.echo(f"metadata: {sidecar}")
         typer.echo(f"figure: {fig}")
 
