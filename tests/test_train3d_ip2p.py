@@ -180,6 +180,38 @@ def test_pooled_prompt_is_added_to_the_time_embedding(models):
     assert not torch.allclose(a, b, atol=1e-5)
 
 
+def test_intensity_curves_are_monotone_repeatable_and_recorded(models, pairs3d, tmp_path):
+    """intensity_curves=K: each curve keeps 0 and 1, is monotone, is the same for the same
+    (seed, prior, k) and differs between k; curve 0 is the identity; a prompt group shares one
+    curve; a run records K and its jitter (the tiny preset's 4) and learns other weights than
+    without curves (--set intensity_curves=0)."""
+    from brainsynth_plugins.ip2p import volume_augment as aug
+
+    x = np.linspace(0, 1, 101, dtype=np.float32)
+    ident = aug.apply(x, aug.curve(3, 0, 0, 0.2))
+    assert np.array_equal(ident, x)
+    for k in (1, 2, 3):
+        knots = aug.curve(3, 5, k, 0.2)
+        y = aug.apply(x, knots)
+        assert y[0] == 0 and y[-1] == 1 and np.all(np.diff(y) >= 0) and not np.allclose(y, x)
+        assert np.array_equal(knots[1], aug.curve(3, 5, k, 0.2)[1])
+        assert np.max(np.abs(knots[1] - knots[0])) <= 0.2 + 1e-9  # sorting keeps every knot within the jitter
+    assert not np.array_equal(aug.curve(3, 5, 1, 0.2)[1], aug.curve(3, 5, 2, 0.2)[1])
+    together = aug.step_choice(3, 7, 4, 4, together=True)
+    assert len(set(together)) == 1 and 0 <= together[0] <= 4
+    assert aug.step_choice(3, 7, 4, 4, together=False) == aug.step_choice(3, 7, 4, 4, together=False)
+    _, _, pairs = pairs3d
+    code, _, err = run_cli("train", pairs, "-o", tmp_path / "k", *SMALL, "--set", "intensity_curves=0")
+    assert code == 0, err
+    training = json.loads((tmp_path / "k" / "brainsynth.json").read_text())["training"]
+    assert training["intensity_curves"] == 0
+    curved, _ = models  # the tiny preset's 4 curves
+    recorded = json.loads((curved / "brainsynth.json").read_text())["training"]
+    assert recorded["intensity_curves"] == 4 and recorded["intensity_jitter"] == 0.2
+    for part in ("vae", "unet"):
+        assert (tmp_path / "k" / part / "model.safetensors").read_bytes() != (curved / part / "model.safetensors").read_bytes()
+
+
 def test_centred_prompts_are_saved_with_the_weights(models, pairs3d, tmp_path):
     """``unet.centre_text``: the UNet sees (tokens - mean of the pairs' prompts' tokens) / spread;
     the centring is recorded in config.json and stored with the weights, so a loaded model centres

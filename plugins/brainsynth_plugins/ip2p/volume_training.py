@@ -29,6 +29,7 @@ from brainsynth_cli.errors import InputError, UserError
 from brainsynth_cli.interfaces import Progress, TrainOptions
 from brainsynth_cli.limits import check_settings
 from brainsynth_cli.pairs_folder import PairsFolder, read_pairs_folder
+from brainsynth_plugins.ip2p import volume_augment as aug
 from brainsynth_plugins.ip2p import volume_nets as vn
 from brainsynth_plugins.ip2p import volume_text as vt
 from brainsynth_plugins.ip2p.data import trained_intervals, trained_prompts
@@ -314,8 +315,14 @@ class VolumeTrainer(StagedTrainer):
         every = int(cfg["checkpoint_every"])
         kl_w = float(cfg["kl_weight"])
         sample = (cfg.get("vae_latent") or "sample") == "sample"
+        curves = int(cfg.get("intensity_curves") or 0)
         while step < total:
-            x = self.tensor([paths[i] for i in batches(step)]).to(acc.device)
+            picked = batches(step)
+            if curves:  # each image through one of its curves (or none), as stage 2 will see it
+                ks = aug.step_choice(int(cfg["seed"]), step, len(picked), curves, together=False)
+                x = self._through_curves([paths[i] for i in picked], [i for i in picked], ks).to(acc.device)
+            else:
+                x = self.tensor([paths[i] for i in picked]).to(acc.device)
             with acc.autocast():
                 mean, std = vn.nets.encode(acc.unwrap_model(vae), vn.DIM, x)
                 eps = torch.randn(mean.shape, generator=gen).to(acc.device)
@@ -455,6 +462,8 @@ class VolumeTrainer(StagedTrainer):
         # latents once, in a fixed order: the posterior mode, unscaled (the prior's conditioning, as edit builds it)
         paths = sorted({p.prior for p in self.unet_pairs + self.val_pairs} | {p.target for p in self.unet_pairs})
         latents = self.latents(vae, paths, acc.device)
+        curves = int(cfg.get("intensity_curves") or 0)
+        curved = self.curved_latents(vae, curves, acc.device) if curves else {}
         lat_ch = int(cfg["vae"]["latent_channels"])
         prompts = sorted({p.prompt for p in self.pairs.rows}) + [""]
         vecs = vn.embed_prompts(self.tokenizer, self.text_model, prompts, acc.device)
@@ -490,8 +499,9 @@ class VolumeTrainer(StagedTrainer):
             grouped = step >= groups_from  # random batches first (anatomy), then prompt groups (the prompt's size)
             picked = groups(step) if grouped else randomly(step)
             rows = [self.unet_pairs[i] for i in picked]
-            target = torch.stack([latents[r.target] for r in rows]) * scale
-            prior = torch.stack([latents[r.prior] for r in rows])
+            ks = aug.step_choice(int(cfg["seed"]), step, len(rows), curves, together=grouped) if curves else [0] * len(rows)
+            target = torch.stack([curved[(r.target, k)] if k else latents[r.target] for r, k in zip(rows, ks)]) * scale
+            prior = torch.stack([curved[(r.prior, k)] if k else latents[r.prior] for r, k in zip(rows, ks)])
             text = torch.stack([emb[r.prompt] for r in rows])
             if grouped:  # one noise draw and one timestep for the whole group: the rows differ by prompt and target only
                 noise = torch.randn((1, *target.shape[1:]), generator=gen).expand_as(target).contiguous().to(acc.device)
@@ -531,6 +541,32 @@ class VolumeTrainer(StagedTrainer):
                 chunk = paths[i : i + 4]
                 out.update(zip(chunk, vn.volume_conditioning(vae, self.tensor(chunk).to(device))))
         return out
+
+    def curved_latents(self, vae: Any, curves: int, device: Any) -> dict[tuple[Path, int], Any]:
+        """The latents (as :meth:`latents`) of every training prior and its targets through the
+        prior's curves 1..``curves`` (:mod:`.volume_augment`), keyed by (path, curve)."""
+        import torch
+
+        out: dict[tuple[Path, int], Any] = {}
+        priors = sorted({r.prior for r in self.unet_pairs})
+        with torch.no_grad():
+            for i, prior in enumerate(priors):
+                paths = [prior] + sorted({r.target for r in self.unet_pairs if r.prior == prior})
+                for k in range(1, curves + 1):
+                    for j in range(0, len(paths), 4):
+                        chunk = paths[j : j + 4]
+                        x = self._through_curves(chunk, [i] * len(chunk), [k] * len(chunk)).to(device)
+                        out.update(zip([(p, k) for p in chunk], vn.volume_conditioning(vae, x)))
+        return out
+
+    def _through_curves(self, paths: list[Path], indices: list[int], ks: list[int]) -> Any:
+        """:meth:`tensor` of ``paths``, each through curve ``ks[n]`` of index ``indices[n]``."""
+        import numpy as np
+        import torch
+
+        seed, jitter = int(self.cfg["seed"]), float(self.cfg.get("intensity_jitter") or 0.0)
+        arrays = [aug.apply(self.images[p], aug.curve(seed, i, k, jitter)) for p, i, k in zip(paths, indices, ks)]
+        return torch.from_numpy(np.stack(arrays))[:, None] * 2 - 1
 
     def _loss_weights(self, latent_shape: Any, device: Any) -> Any:
         """Per training row, 1 + region_weight inside the prompt's structures (max-pooled to the latent grid), else 1."""
@@ -582,7 +618,9 @@ class VolumeTrainer(StagedTrainer):
                         | {"vae_latent": cfg.get("vae_latent") or "sample", "vae_lr_scheduler": cfg.get("vae_lr_scheduler"),
                            "unet_batching": cfg.get("unet_batching") or "random",
                            "unet_groups_from": float(cfg.get("unet_groups_from") or 0.0),
-                           "unet_kinds": list(cfg.get("unet_kinds") or KINDS)},
+                           "unet_kinds": list(cfg.get("unet_kinds") or KINDS),
+                           "intensity_curves": int(cfg.get("intensity_curves") or 0),
+                           "intensity_jitter": float(cfg.get("intensity_jitter") or 0.0)},
             "data": cfg["data"], "pairs": {k: v for k, v in self.pairs.info.items() if k != "rules"},
             "sampling": {"steps": int(cfg["sampling_steps"]), "scheduler": str(cfg["sampling_scheduler"]),
                          "guidance_scale": float(cfg["guidance_scale"]), "image_guidance_scale": float(cfg["image_guidance_scale"]),
