@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         subjects: int = typer.Option(8, min=3, help="Simulated subjects (3 sessions each; 4:1:3 split by subject)."),
         seed: int = typer.Option(12, help="Seed of every step (12: a cohort whose test subjects show every interval)."),
         volumes: bool = typer.Option(False, "--3d", help="Whole volumes: 3D pairs, the 3D `tiny` model, volume change rates "
-                                     "(into DIR/pairs3d, model3d, report3d; about 45 minutes on 2 cores)."),
+                                     "(into DIR/pairs3d, model3d, report3d; about 50 minutes on 2 cores)."),
     ) -> None:
         """Run the whole chain on built-in data, offline: simulate a cohort from the MNI152 template,
         segment it with `atlas`, make pairs, train the `tiny` model on CPU, evaluate it. Prints the
