@@ -320,7 +320,7 @@ class VolumeTrainer(StagedTrainer):
             picked = batches(step)
             if curves:  # each image through one of its curves (or none), as stage 2 will see it
                 ks = aug.step_choice(int(cfg["seed"]), step, len(picked), curves, together=False)
-                x = self._through_curves([paths[i] for i in picked], [i for i in picked], ks).to(acc.device)
+                x = self._through_curves([paths[i] for i in picked], list(picked), ks).to(acc.device)
             else:
                 x = self.tensor([paths[i] for i in picked]).to(acc.device)
             with acc.autocast():
@@ -533,30 +533,20 @@ class VolumeTrainer(StagedTrainer):
 
     def latents(self, vae: Any, paths: list[Path], device: Any) -> dict[Path, Any]:
         """The posterior modes, unscaled, of the model-grid volumes ``paths`` (computed in chunks of 4, in order)."""
-        import torch
-
-        out: dict[Path, Any] = {}
-        with torch.no_grad():
-            for i in range(0, len(paths), 4):
-                chunk = paths[i : i + 4]
-                out.update(zip(chunk, vn.volume_conditioning(vae, self.tensor(chunk).to(device))))
-        return out
+        return dict(zip(paths, _encode(vae, paths, self.tensor, device)))
 
     def curved_latents(self, vae: Any, curves: int, device: Any) -> dict[tuple[Path, int], Any]:
         """The latents (as :meth:`latents`) of every training prior and its targets through the
         prior's curves 1..``curves`` (:mod:`.volume_augment`), keyed by (path, curve)."""
-        import torch
-
+        targets: dict[Path, set[Path]] = {}
+        for r in self.unet_pairs:
+            targets.setdefault(r.prior, set()).add(r.target)
         out: dict[tuple[Path, int], Any] = {}
-        priors = sorted({r.prior for r in self.unet_pairs})
-        with torch.no_grad():
-            for i, prior in enumerate(priors):
-                paths = [prior] + sorted({r.target for r in self.unet_pairs if r.prior == prior})
-                for k in range(1, curves + 1):
-                    for j in range(0, len(paths), 4):
-                        chunk = paths[j : j + 4]
-                        x = self._through_curves(chunk, [i] * len(chunk), [k] * len(chunk)).to(device)
-                        out.update(zip([(p, k) for p in chunk], vn.volume_conditioning(vae, x)))
+        for i, prior in enumerate(sorted(targets)):
+            paths = [prior, *sorted(targets[prior])]
+            for k in range(1, curves + 1):
+                through = lambda chunk, i=i, k=k: self._through_curves(chunk, [i] * len(chunk), [k] * len(chunk))
+                out.update(zip([(p, k) for p in paths], _encode(vae, paths, through, device)))
         return out
 
     def _through_curves(self, paths: list[Path], indices: list[int], ks: list[int]) -> Any:
@@ -630,6 +620,18 @@ class VolumeTrainer(StagedTrainer):
         tmp_info = self.out / f".{run_folder.MODEL_INFO}.tmp"
         tmp_info.write_text(json.dumps(info, indent=1), encoding="utf-8")
         os.replace(tmp_info, self.out / run_folder.MODEL_INFO)
+
+
+def _encode(vae: Any, keys: list[Any], tensor: Any, device: Any) -> list[Any]:
+    """The prior latents (:func:`volume_nets.volume_conditioning`) of ``tensor(chunk)`` for ``keys``
+    in chunks of 4, in order, without gradients."""
+    import torch
+
+    out: list[Any] = []
+    with torch.no_grad():
+        for i in range(0, len(keys), 4):
+            out.extend(vn.volume_conditioning(vae, tensor(keys[i : i + 4]).to(device)))
+    return out
 
 
 def _checkpoint_blocks(unet: Any) -> None:
